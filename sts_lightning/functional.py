@@ -42,7 +42,9 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def _check_rows(name: str, x: Tensor, d_sae: int | None = None) -> Tensor:
     """Validate a ``(n_tokens, d_sae)`` floating tensor and return it in the compute dtype."""
     if not isinstance(x, Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor of shape (n_tokens, d_sae), got {type(x)}")
+        raise TypeError(
+            f"`{name}` must be a torch.Tensor of shape (n_tokens, d_sae), got {type(x)}"
+        )
     if not x.is_floating_point():
         raise TypeError(f"`{name}` must be a floating tensor (SAE latents), got dtype {x.dtype}")
     if x.ndim != 2:
@@ -71,12 +73,12 @@ def _check_pair(base: Tensor, shifted: Tensor, shifted_name: str) -> tuple[Tenso
 def _check_latents(latents: Tensor | Iterable[int], d_sae: int) -> Tensor:
     """Validate a set of latent indices in ``[0, d_sae)`` and return a LongTensor ``(k,)``."""
     latents = torch.as_tensor(latents if isinstance(latents, Tensor) else list(latents))
-    if latents.is_floating_point() or latents.dtype == torch.bool:
-        raise TypeError(f"`latents` must be integer indices, got dtype {latents.dtype}")
     if latents.ndim != 1 or latents.numel() == 0:
         raise ValueError(
             f"`latents` must be a non-empty 1-D index set (k,), got shape {tuple(latents.shape)}"
         )
+    if latents.is_floating_point() or latents.dtype == torch.bool:
+        raise TypeError(f"`latents` must be integer indices, got dtype {latents.dtype}")
     if latents.min() < 0 or latents.max() >= d_sae:
         raise ValueError(
             f"`latents` must lie in [0, d_sae={d_sae}), got range "

@@ -57,6 +57,8 @@ def bootstrap_pearson_ci(
     denom = np.sqrt((xs**2).sum(axis=1) * (ys**2).sum(axis=1))
     valid = denom > 0
     r = (xs * ys).sum(axis=1)[valid] / denom[valid]
+    if r.size == 0:  # every resample degenerate: no interval can be given
+        return float("nan"), float("nan")
     alpha = (1.0 - confidence) / 2
     low, high = np.quantile(np.clip(r, -1.0, 1.0), [alpha, 1.0 - alpha])
     return float(low), float(high)

@@ -73,6 +73,16 @@ class _LatentSums(Metric):
             raise ValueError(f"{type(self).__name__} has no tokens yet: call `update` first")
         return self.n_tokens
 
+    def _mark_loaded(self) -> None:
+        # States restored from disk count as updates: torchmetrics otherwise warns that
+        # `compute` runs before `update`.
+        if self.n_tokens > 0:
+            self._update_count = max(self._update_count, 1)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._mark_loaded()
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the states to a safetensors file (atomically: temp file, then rename)."""
         path = Path(path)
@@ -103,6 +113,7 @@ class _LatentSums(Metric):
             if k not in tensors or tensors[k].shape != getattr(stats, k).shape:
                 raise ValueError(f"`path` {path} is missing or has a malformed state {k!r}")
             setattr(stats, k, tensors[k].to(torch.float64))
+        stats._mark_loaded()
         return stats
 
 

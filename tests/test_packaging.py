@@ -1,0 +1,55 @@
+"""`callbacks/` ships as `sts_lightning.callbacks`, never as a top-level `callbacks` package."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_PROBE = (
+    "import importlib.util, sts_lightning.callbacks as c; "
+    "print(c.__file__); print(importlib.util.find_spec('callbacks'))"
+)
+
+
+def _probe(cwd: Path, env: dict | None = None) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE], cwd=cwd, env=env, capture_output=True, text=True, check=True
+    )
+    return out.stdout.split("\n")
+
+
+def test_editable_install_maps_callbacks(tmp_path):
+    # Run outside the repository so the folder itself is not on sys.path.
+    file, top_level = _probe(tmp_path)[:2]
+    assert Path(file) == ROOT / "callbacks" / "__init__.py"
+    assert top_level == "None"
+
+
+def test_wheel_ships_callbacks_under_package(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+         "-q", "-w", str(tmp_path / "dist")],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("sts_lightning-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "sts_lightning/callbacks/__init__.py" in names
+    assert not any(n.startswith("callbacks/") for n in names)
+    assert "sts_lightning/functional.py" in names
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+         str(tmp_path / "site"), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    env = {"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin", "PYTHONNOUSERSITE": "1"}
+    # -I would drop PYTHONPATH; instead check the file comes from the target dir.
+    file, top_level = _probe(tmp_path, env)[:2]
+    assert Path(file) == tmp_path / "site" / "sts_lightning" / "callbacks" / "__init__.py"
+    assert top_level == "None"
+    assert (tmp_path / "site" / "bin" / "sts-lightning").exists()
