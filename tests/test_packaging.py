@@ -31,8 +31,18 @@ def test_editable_install_maps_callbacks(tmp_path):
 
 def test_wheel_ships_callbacks_under_package(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
-         "-q", "-w", str(tmp_path / "dist")],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(ROOT),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+        ],
         check=True,
         capture_output=True,
     )
@@ -42,8 +52,17 @@ def test_wheel_ships_callbacks_under_package(tmp_path):
     assert not any(n.startswith("callbacks/") for n in names)
     assert "sts_lightning/functional.py" in names
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
-         str(tmp_path / "site"), str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(tmp_path / "site"),
+            str(wheel),
+        ],
         check=True,
         capture_output=True,
     )
