@@ -92,3 +92,16 @@ def tiny_llama(tiny_tokenizer):
 def tiny_model(request, tiny_tokenizer):
     """One tiny random causal LM per supported family (3 layers, width 32)."""
     return _tiny(request.param, len(tiny_tokenizer))
+
+
+@pytest.fixture(scope="session")
+def tiny_sae():
+    """A random sae-lens StandardSAE on the residual stream after layer 1 of a width-32 model."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    torch.manual_seed(0)
+    sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=64))
+    with torch.no_grad():  # a bias makes some latents fire on every token, as in real SAEs
+        sae.b_enc.normal_(0.0, 0.5)
+    sae.cfg.metadata.hook_name = "blocks.1.hook_resid_post"
+    return sae.eval().requires_grad_(False)
