@@ -46,14 +46,55 @@ def _demo(seed: int = 0, d_sae: int = 4096, n_domains: int = 8) -> str:
     return "\n".join(lines)
 
 
+def _predict_parser():
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from sts_lightning.job import PredictJob
+
+    parser = ArgumentParser(
+        prog="sts-lightning predict",
+        description="Forecast per-domain transferability before fine-tuning (STS).",
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="a recipes/predict_*.yaml")
+    parser.add_class_arguments(PredictJob, None, fail_untyped=True)
+    return parser
+
+
+def _predict(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from sts_lightning.job import PredictJob, run_predict
+
+    parser = _predict_parser()
+    cfg = parser.parse_args(argv)
+    fields = {k: v for k, v in vars(parser.instantiate(cfg)).items() if k != "config"}
+    job = PredictJob(**fields)
+    out = Path(job.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # The resolved recipe beside the results: the run can be repeated exactly.
+    (out / "config.yaml").write_text(parser.dump(cfg, skip_none=False))
+    pred = run_predict(job)
+    sys.stdout.write(pred.table() + "\n")
+    t = pred.timings
+    sys.stdout.write(
+        f"wrote {out}/prediction.json, prediction.safetensors, table.txt, chart.png "
+        f"(model {t['load_model']:.0f} s, SAE {t['sae']:.0f} s, forecast {t['total']:.0f} s, "
+        f"end to end {t['end_to_end']:.0f} s)\n"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if argv[:1] == ["predict"]:
+        return _predict(argv[1:])
     parser = argparse.ArgumentParser(prog="sts-lightning", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("predict", help="forecast before training (see `predict --help`)")
     demo = sub.add_parser("demo", help="run the STS core on synthetic latents")
     demo.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "demo":
         sys.stdout.write(_demo(seed=args.seed) + "\n")
     return 0

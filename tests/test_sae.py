@@ -190,6 +190,7 @@ def test_reconstruction_quality_matches_dense_numpy():
     assert got["n_tokens"].item() == 300 and got["dead_fraction"].item() >= 5 / D_SAE
 
 
+@pytest.mark.filterwarnings("ignore:The ``compute`` method:UserWarning")
 def test_reconstruction_quality_errors():
     with pytest.raises(ValueError, match="`d_sae` must be a positive int"):
         ReconstructionQuality(D_IN, 0)

@@ -1,0 +1,156 @@
+"""`sts-lightning predict` end to end on local tiny files (offline), and on the real default."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import pytest
+import torch
+
+from sts_lightning.cli import main
+from sts_lightning.config import PredictConfig
+from sts_lightning.job import load_examples
+from sts_lightning.predict import predict
+from sts_lightning.prediction import Prediction
+from sts_lightning.prompts import Example
+
+TRAIN = [
+    {"prompt": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(4) for b in range(3)
+]
+LAW = [
+    {"prompt": t, "answer": "Void."}
+    for t in [
+        "The contract was void.",
+        "The court held.",
+        "The claim was dismissed.",
+        "Consideration.",
+    ]
+]
+CODE = [{"prompt": f"def f{i}(x):", "answer": f"    return x * {i}"} for i in range(4)]
+PROSE = [{"prompt": t} for t in ["Plants convert light.", "Energy is stored.", "Leaves are green."]]
+
+
+def _jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def files(tmp_path, tiny_llama, tiny_tokenizer, tiny_sae):
+    tiny_llama.save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save_pretrained(tmp_path / "model")
+    tiny_sae.save_model(tmp_path / "sae")
+    return {
+        "model": str(tmp_path / "model"),
+        "sae": str(tmp_path / "sae"),
+        "train": _jsonl(tmp_path / "train.jsonl", TRAIN),
+        "law": _jsonl(tmp_path / "law.jsonl", LAW),
+        "code": _jsonl(tmp_path / "code.jsonl", CODE),
+        "prose": _jsonl(tmp_path / "prose.jsonl", PROSE),
+        "out": tmp_path / "out",
+    }
+
+
+def test_cli_predict_writes_outputs_equal_to_library_call(
+    files, capsys, tiny_llama, tiny_tokenizer, tiny_sae
+):
+    domain_files = {k: files[k] for k in ("law", "code", "prose")}
+    args = [
+        "predict",
+        "--model",
+        files["model"],
+        "--sae",
+        files["sae"],
+        "--train_file",
+        files["train"],
+        "--domains",
+        "[]",
+        "--domain_files",
+        json.dumps(domain_files),
+        "--output_dir",
+        str(files["out"]),
+        "--predict.k",
+        "8",
+        "--predict.domain_demos",
+        "1",
+        "--predict.train_tokens",
+        "60",
+        "--predict.domain_tokens",
+        "20",
+        "--predict.progress",
+        "false",
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "law" in out and "STS_act" in out and "wrote" in out
+    for name in (
+        "prediction.json",
+        "prediction.safetensors",
+        "table.txt",
+        "chart.png",
+        "config.yaml",
+    ):
+        assert (files["out"] / name).stat().st_size > 0
+    saved = Prediction.load(files["out"])
+    # The same forecast through the library, from the same files.
+    cfg = PredictConfig(k=8, domain_demos=1, train_tokens=60, domain_tokens=20, progress=False)
+    domains = {k: load_examples(v) for k, v in domain_files.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        direct = predict(
+            tiny_llama, tiny_tokenizer, tiny_sae, load_examples(files["train"]), domains, cfg
+        )
+    assert torch.equal(saved.top_latents, direct.top_latents)
+    for name in domains:
+        assert saved.domains[name].act == pytest.approx(direct.domains[name].act, rel=1e-5)
+    assert "--model" not in (files["out"] / "config.yaml").read_text()
+    assert "predict:" in (files["out"] / "config.yaml").read_text()
+
+
+def test_load_examples_rejects_malformed_lines(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"answer": "no prompt"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: expected a JSON object with a 'prompt'"):
+        load_examples(tmp_path / "bad.jsonl")
+    assert load_examples(_jsonl(tmp_path / "ok.jsonl", PROSE))[0] == Example(PROSE[0]["prompt"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--predict.bogus", "1"], "unrecognized arguments"),
+        (["--predict.k", "zero"], "predict.k"),
+    ],
+)
+def test_cli_rejects_bad_recipe_values(args, message, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["predict", *args])
+    assert err.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_rejects_unknown_recipe_key(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: embedded:smollm2\npredict:\n  kk: 3\n")
+    with pytest.raises(SystemExit):
+        main(["predict", "--config", str(recipe)])
+    assert "kk" in capsys.readouterr().err
+
+
+def test_cli_offline_unknown_model_is_a_clear_error(tmp_path):
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    with pytest.raises(OSError, match="not available offline"):
+        main(
+            [
+                "predict",
+                "--model",
+                "no-such-org/no-such-model",
+                "--output_dir",
+                str(tmp_path),
+                "--cache_dir",
+                str(tmp_path / "cache"),
+            ]
+        )
