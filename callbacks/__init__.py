@@ -2,7 +2,9 @@
 
 This folder sits at the top of the repository but is installed under the ``sts_lightning``
 package (see ``[tool.setuptools] package-dir`` in ``pyproject.toml``); import it as
-``from sts_lightning.callbacks import ...``.
+``from sts_lightning.callbacks import STSCallback``.
 """
 
-__all__: list[str] = []
+from sts_lightning.callbacks.sts import STSCallback
+
+__all__ = ["STSCallback"]

@@ -110,7 +110,13 @@ def collect_activations(
     """
     examples = list(examples)
     random.Random(seed).shuffle(examples)
-    encoded = [encode_example(tokenizer, e) for e in examples]
+    encoded, planned = [], 0
+    for e in examples:  # just enough sequences for the budget: an honest progress bar
+        encoded.append(encode_example(tokenizer, e))
+        start, end = encoded[-1].span("all")
+        planned += end - start
+        if planned >= n_tokens * 1.05:  # a little slack for special tokens and outliers
+            break
     rows, total = [], 0
     for batch in iter_span_activations(
         model,

@@ -1,0 +1,253 @@
+"""``STSCallback``: the STS forecast before step 1 and the real SAE shift while a model trains.
+
+One line in a Lightning script::
+
+    trainer = Trainer(callbacks=[STSCallback(sae="path/to/sae", domains=["math", "law", "code"])])
+
+The LightningModule must expose its Hugging Face model (``.model`` by default) and tokenizer
+(``.tokenizer``, or pass one). All the work is in :class:`sts_lightning.tracking.STSTracker`;
+the hooks below only dispatch to it, log, and keep a failure in monitoring from ending training.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+
+from sts_lightning.config import PredictConfig
+from sts_lightning.prompts import Example
+from sts_lightning.tracking import Evaluator, STSTracker, TrackerConfig
+
+__all__ = ["STSCallback"]
+
+log = logging.getLogger(__name__)
+
+DomainSpec = Sequence[str] | Mapping[str, Sequence[Example | str]]
+
+
+def _as_examples(items: Sequence[Example | str]) -> list[Example]:
+    return [x if isinstance(x, Example) else Example(str(x)) for x in items]
+
+
+def resolve_domains(domains: DomainSpec, heldout_items: int) -> tuple[dict, dict]:
+    """``(scored, heldout)`` example dicts from built-in names or ``{name: texts/examples}``."""
+    if isinstance(domains, Mapping):
+        scored = {n: _as_examples(v) for n, v in domains.items()}
+        # User-given items: the later half is held out for the realised loss delta.
+        return (
+            {n: v[: max(1, len(v) // 2)] for n, v in scored.items()},
+            {n: v[len(v) // 2 :] for n, v in scored.items() if len(v) >= 2},
+        )
+    from sts_lightning.domains import load_domain
+
+    names = list(domains)
+    return (
+        {n: load_domain(n, split="score") for n in names},
+        {n: load_domain(n, split="heldout", n=heldout_items) for n in names},
+    )
+
+
+class STSCallback(Callback):
+    """Forecast per-domain transferability at train start; track the realised shift after.
+
+    Args:
+        sae: sae-lens id (``release/sae_id``), local SAE directory, or a loaded SAE object.
+        domains: Built-in domain names (scored on their "score" half, deltas on "heldout"), or
+            ``{name: examples or texts}`` (first half scored, second half held out).
+        train_examples: The fine-tuning data for the ICL forecast and the probe; ``None`` takes
+            up to ``max_train_examples`` from the train dataloader (dicts with "prompt" and
+            "answer", or Examples).
+        layer: Decoder layer; ``None`` reads it from the SAE's metadata.
+        k: Size of the shifted-latent set.
+        every_n_steps: Measure the realised shift every this many optimizer steps.
+        predict_config: Further forecast settings (budgets, demonstrations, spans).
+        tracker_config: Further tracking settings (probe size, alarm, correlated mode).
+        evaluator: ``(model, tokenizer) -> {domain: score}`` replacing held-out loss deltas.
+        model_attr: Attribute of the LightningModule holding the HF model.
+        tokenizer: The tokenizer, when the module has no ``.tokenizer``.
+        dirpath: Where plots and the forecast are written (default: the trainer's log dir).
+        heldout_items: Held-out items per built-in domain for loss deltas.
+        max_train_examples: Examples taken from the train dataloader when ``train_examples``
+            is ``None``.
+        link_template: Link per latent in the W&B table, e.g.
+            ``"https://www.neuronpedia.org/<model>/{layer}-res/{latent}"``.
+    """
+
+    def __init__(
+        self,
+        sae: Any,
+        domains: DomainSpec,
+        train_examples: Sequence[Example] | None = None,
+        *,
+        layer: int | None = None,
+        k: int = 100,
+        every_n_steps: int = 50,
+        predict_config: PredictConfig | None = None,
+        tracker_config: TrackerConfig | None = None,
+        evaluator: Evaluator | None = None,
+        model_attr: str = "model",
+        tokenizer: Any = None,
+        dirpath: str | None = None,
+        heldout_items: int = 32,
+        max_train_examples: int = 256,
+        link_template: str | None = None,
+    ) -> None:
+        if (
+            isinstance(every_n_steps, bool)
+            or not isinstance(every_n_steps, int)
+            or every_n_steps < 1
+        ):
+            raise ValueError(f"`every_n_steps` must be a positive int, got {every_n_steps!r}")
+        if not domains:
+            raise ValueError("`domains` must name at least one domain")
+        pcfg = predict_config or PredictConfig(progress=False)
+        self._predict_config = PredictConfig(
+            **{**pcfg.__dict__, "k": k, "layer": layer if layer is not None else pcfg.layer}
+        )
+        tcfg = tracker_config or TrackerConfig()
+        self._tracker_config = TrackerConfig(**{**tcfg.__dict__, "every_n_steps": every_n_steps})
+        self._sae_spec, self._domains, self._evaluator = sae, domains, evaluator
+        self._train_examples = None if train_examples is None else _as_examples(train_examples)
+        self.model_attr, self.tokenizer, self.dirpath = model_attr, tokenizer, dirpath
+        self.heldout_items, self.max_train_examples = heldout_items, max_train_examples
+        self.link_template = link_template
+        self.tracker: STSTracker | None = None
+        self._pending_state: dict | None = None
+        self._failed = False
+        self._failed_loggers: set[int] = set()
+
+    @property
+    def state_key(self) -> str:
+        # Several callbacks (one per layer / SAE) can live in one trainer and one checkpoint.
+        return self._generate_state_key(sae=str(self._sae_spec), layer=self._predict_config.layer)
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._guard(trainer, "forecast", self._start, trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
+        step = trainer.global_step
+        if self.tracker is not None and step > 0 and step % self._tracker_config.every_n_steps == 0:
+            self._guard(trainer, "measure", self._measure, trainer, pl_module)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        last = self.tracker.history[-1]["step"] if self.tracker and self.tracker.history else -1
+        if self.tracker is not None and trainer.global_step != last:
+            self._guard(trainer, "measure", self._measure, trainer, pl_module)
+        if self.tracker is not None and self.tracker.prediction is not None:
+            self._guard(trainer, "report", self._report, trainer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.tracker.state_dict() if self.tracker is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # The tracker is built at train start (it needs the SAE and the module); keep it till then.
+        self._pending_state = dict(state_dict) if state_dict else None
+
+    # ------------------------------------------------------------------ work
+    def _guard(self, trainer: Trainer, what: str, fn, *args) -> None:
+        """Run monitoring work; a failure is reported once and never stops training."""
+        try:
+            fn(*args)
+        except Exception as err:  # monitoring must not end a training run...
+            if what == "forecast" and isinstance(err, (ValueError, TypeError)):
+                raise  # ...but a misconfiguration found before step 1 loses nothing: say so now
+            if not self._failed:
+                rank_zero_warn(f"STSCallback: {what} failed and is skipped from now on: {err!r}")
+            self._failed = True
+            if what == "forecast":
+                self.tracker = None
+
+    def _hf(self, pl_module: LightningModule) -> tuple[torch.nn.Module, Any]:
+        model = getattr(pl_module, self.model_attr, None)
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, "get_input_embeddings"):
+            raise ValueError(
+                f"STSCallback needs the LightningModule's Hugging Face model at "
+                f"`{self.model_attr}` (set `model_attr`), got {type(model).__name__}"
+            )
+        tokenizer = self.tokenizer or getattr(pl_module, "tokenizer", None)
+        if tokenizer is None:
+            raise ValueError(
+                "STSCallback needs a tokenizer: pass `tokenizer=` or set `pl_module.tokenizer`"
+            )
+        return model, tokenizer
+
+    def _start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        from sts_lightning.sae import load_sae
+
+        model, tokenizer = self._hf(pl_module)
+        sae = load_sae(self._sae_spec, device=pl_module.device)
+        scored, heldout = resolve_domains(self._domains, self.heldout_items)
+        train = self._train_examples or self._from_dataloader(trainer)
+        self.tracker = STSTracker(
+            sae,
+            train,
+            scored,
+            None if self._evaluator else heldout,
+            self._predict_config,
+            self._tracker_config,
+            self._evaluator,
+        )
+        if self._pending_state:
+            self.tracker.load_state_dict(self._pending_state)  # forecast is not recomputed
+            self._pending_state = None
+        metrics = self.tracker.start(model, tokenizer)
+        self._log(trainer, metrics, step=trainer.global_step)
+        if self.tracker.prediction is not None and trainer.is_global_zero:
+            self.tracker.prediction.save(self._dir(trainer) / "forecast")
+
+    def _measure(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        model, tokenizer = self._hf(pl_module)
+        metrics, alarms = self.tracker.measure(model, tokenizer, trainer.global_step)
+        self._log(trainer, metrics, step=trainer.global_step)
+        for name in alarms:
+            rank_zero_warn(
+                f"STSCallback: held-out loss on {name!r} rose by "
+                f"{metrics[f'sts/delta/{name}']:.3f} nats/token (alarm threshold "
+                f"{self._tracker_config.alarm_threshold})"
+            )
+        if alarms and self._tracker_config.stop_on_alarm:
+            trainer.should_stop = True
+
+    def _log(self, trainer: Trainer, metrics: dict[str, float], step: int) -> None:
+        for logger in trainer.loggers:
+            try:
+                logger.log_metrics(metrics, step=step)
+            except Exception as err:  # a broken logger must not end training
+                if id(logger) not in self._failed_loggers:  # report once per logger
+                    self._failed_loggers.add(id(logger))
+                    rank_zero_warn(f"STSCallback: logger {type(logger).__name__} failed: {err!r}")
+
+    def _report(self, trainer: Trainer) -> None:
+        if trainer.is_global_zero:
+            from sts_lightning.report import log_rich, save_plots
+
+            paths = save_plots(self.tracker, self._dir(trainer))
+            log_rich(trainer.loggers, self.tracker, paths, self.link_template)
+
+    def _dir(self, trainer: Trainer) -> Path:
+        base = self.dirpath or trainer.log_dir or trainer.default_root_dir
+        return Path(base) / "sts"
+
+    def _from_dataloader(self, trainer: Trainer) -> list[Example]:
+        loader = trainer.train_dataloader
+        dataset = getattr(loader, "dataset", None)
+        items = []
+        for i in range(min(len(dataset) if dataset is not None else 0, self.max_train_examples)):
+            item = dataset[i]
+            if isinstance(item, Example):
+                items.append(item)
+            elif isinstance(item, Mapping) and "prompt" in item:
+                items.append(Example(item["prompt"], item.get("answer")))
+        if len(items) < self._predict_config.n_demos + 1:
+            raise ValueError(
+                "STSCallback found no prompt/answer items in the train dataloader's "
+                "dataset: pass `train_examples=`"
+            )
+        return items

@@ -1,0 +1,312 @@
+"""Forecast at step 0, then track what training really does: the core of both STS callbacks.
+
+:class:`STSTracker` knows nothing of Lightning or HF trainers; the Lightning callback
+(``sts_lightning.callbacks.STSCallback``) and the HF/TRL twin (:mod:`sts_lightning.hf`) only call
+:meth:`~STSTracker.start` before the first step, :meth:`~STSTracker.measure` every few steps and
+log what they return. Per measurement:
+
+- **realised shift** Δ_real,j = mean_t (h_j(x; θ_now) − h_j(x; θ_base))² on a fixed probe set
+  (the training queries), from residual rows of θ_base kept at start (``probe × d_model``, not
+  ``× d_sae``); overlap@k and per-latent Spearman with the ICL forecast Δ;
+- **realised STS** per domain: the paper's "actual shifted dimensions" variant, STS_act over the
+  top-k realised latents;
+- **realised deltas**: held-out loss change per domain (or a user evaluator's scores);
+- the **correlation** of the forecast with the realised deltas, and a **forgetting alarm**.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from scipy import stats as sps
+from torch import Tensor
+
+from sts_lightning import functional as F
+from sts_lightning.config import PredictConfig
+from sts_lightning.evaluation import encode_eval_set, sequence_losses
+from sts_lightning.features import iter_span_activations
+from sts_lightning.metric import TransferabilityCorrelation
+from sts_lightning.prediction import MODES, Prediction
+from sts_lightning.prompts import Example, encode_example
+from sts_lightning.sae import encode
+from sts_lightning.stats import PairedShift
+
+__all__ = ["STSTracker", "TrackerConfig"]
+
+log = logging.getLogger(__name__)
+
+Evaluator = Callable[[torch.nn.Module, Any], Mapping[str, float]]
+
+
+@dataclass
+class TrackerConfig:
+    """What is measured during training, and how often."""
+
+    every_n_steps: int = 50
+    """Measure every this many optimizer steps (and at the end of training)."""
+    probe_tokens: int = 1000
+    """Training-query tokens on which the realised shift is measured (fixed for the run)."""
+    eval_tokens: int = 256
+    """Held-out answer tokens per domain for the realised loss delta."""
+    mode: str = "act"
+    """Forecast mode correlated with the realised deltas: one of act, icl, notebook, signed."""
+    absolute: bool = True
+    """Correlate with |realised delta| (the paper predicts magnitude)."""
+    alarm_threshold: float | None = None
+    """Warn when a domain's held-out loss rises by more than this (nats/token); ``None``: off."""
+    stop_on_alarm: bool = False
+    """Stop training when the alarm fires (off by default: monitoring never ends a run alone)."""
+
+    def __post_init__(self) -> None:
+        for name in ("every_n_steps", "probe_tokens", "eval_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}, got {self.mode!r}")
+        if self.alarm_threshold is not None and not self.alarm_threshold > 0:
+            raise ValueError(f"`alarm_threshold` must be > 0 or None, got {self.alarm_threshold}")
+
+
+class STSTracker:
+    """Forecast + realised-shift tracking for one SAE (one layer).
+
+    Args:
+        sae: Loaded SAE (see :func:`~sts_lightning.sae.load_sae`); kept here, never on a module.
+        train_examples: The fine-tuning data (prompt/answer), for the forecast and the probe.
+        domains: ``{name: examples}`` scored by the forecast.
+        heldout: ``{name: examples}`` never used for scoring, for realised loss deltas
+            (``None`` with an ``evaluator``, or to skip deltas).
+        predict_config: Forecast settings.
+        config: Tracking settings.
+        evaluator: ``(model, tokenizer) -> {domain: score}``; its change from step 0 replaces the
+            held-out loss delta.
+    """
+
+    def __init__(
+        self,
+        sae,
+        train_examples: Sequence[Example],
+        domains: Mapping[str, Sequence[Example]],
+        heldout: Mapping[str, Sequence[Example]] | None = None,
+        predict_config: PredictConfig | None = None,
+        config: TrackerConfig | None = None,
+        evaluator: Evaluator | None = None,
+    ) -> None:
+        if not domains:
+            raise ValueError("`domains` must name at least one domain to score")
+        if len(domains) < 3:
+            warnings.warn(
+                f"{len(domains)} domain(s): the forecast-vs-realised correlation needs "
+                "3 or more and is not reported; shifts are still tracked",
+                stacklevel=2,
+            )
+        if evaluator is not None and not callable(evaluator):
+            raise TypeError("`evaluator` must be callable (model, tokenizer) -> {domain: score}")
+        self.sae, self.evaluator = sae, evaluator
+        self.train_examples, self.domains = list(train_examples), dict(domains)
+        self.heldout = dict(heldout or {})
+        self.predict_config = predict_config or PredictConfig(progress=False)
+        self.config = config or TrackerConfig()
+        self.prediction: Prediction | None = None
+        self.probe: dict[str, Any] | None = None  # ids, spans, base rows
+        self.base_scores: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+        self._eval_sets: dict | None = None
+
+    # ---------------------------------------------------------------- start (step 0)
+    def start(self, model, tokenizer) -> dict[str, float]:
+        """Forecast and record the base state (skipped when restored); returns metrics to log."""
+        if self.prediction is None:
+            from sts_lightning.predict import predict
+
+            self.prediction = predict(
+                model, tokenizer, self.sae, self.train_examples, self.domains, self.predict_config
+            )
+        if self.probe is None:
+            self.probe = self._build_probe(model, tokenizer)
+            self.base_scores = self._scores(model, tokenizer)
+        pred, out = self.prediction, {}
+        for name, score in pred.domains.items():
+            for mode in MODES:
+                value = getattr(score, mode)
+                if value is not None:
+                    out[f"sts/pred/{mode}/{name}"] = value
+        out["sts/sae/fvu"], out["sts/sae/l0"] = pred.quality["fvu"], pred.quality["l0"]
+        return out
+
+    def _build_probe(self, model, tokenizer) -> dict[str, Any]:
+        cfg = self.predict_config
+        order = list(range(len(self.train_examples)))
+        random.Random(cfg.seed + 1).shuffle(order)
+        ids, spans, total = [], [], 0
+        for i in order:
+            enc = encode_example(
+                tokenizer,
+                self.train_examples[i],
+                system_prompt=cfg.system_prompt,
+                use_chat_template=cfg.use_chat_template,
+            )
+            ids.append(enc.input_ids)
+            spans.append(enc.span(cfg.train_span))
+            total += spans[-1][1] - spans[-1][0]
+            if total >= self.config.probe_tokens:
+                break
+        probe = {"input_ids": ids, "spans": spans}
+        rows = self._probe_rows(model, tokenizer, probe)  # (n_rows, d_model) at θ_base
+        # Massive-activation rows are chosen once, on the base model: fine-tuning may rescale
+        # the residual stream, and the realised shift must compare the same token rows.
+        probe["keep"] = torch.linalg.vector_norm(rows, dim=-1) <= self.prediction.max_norm
+        probe["rows"] = rows[probe["keep"]]
+        return probe
+
+    def _probe_rows(self, model, tokenizer, probe) -> Tensor:
+        exclude = (
+            set(tokenizer.all_special_ids) if self.predict_config.exclude_special_tokens else ()
+        )
+        rows = iter_span_activations(
+            model,
+            probe["input_ids"],
+            probe["spans"],
+            layer=self.prediction.layer,
+            batch_size=self.predict_config.batch_size,
+            pad_token_id=tokenizer.pad_token_id or 0,
+            exclude_token_ids=exclude,
+        )
+        return torch.cat([r.cpu() for r in rows])
+
+    def _scores(self, model, tokenizer) -> dict[str, float]:
+        if self.evaluator is not None:
+            return {k: float(v) for k, v in self.evaluator(model, tokenizer).items()}
+        if not self.heldout:
+            return {}
+        if self._eval_sets is None:
+            self._eval_sets = {
+                n: encode_eval_set(tokenizer, ex, self.config.eval_tokens)
+                for n, ex in self.heldout.items()
+            }
+        return sequence_losses(
+            model,
+            self._eval_sets,
+            pad_token_id=tokenizer.pad_token_id or 0,
+            batch_size=self.predict_config.batch_size,
+        )
+
+    # ---------------------------------------------------------------- measure (step t)
+    def measure(self, model, tokenizer, step: int) -> tuple[dict[str, float], list[str]]:
+        """Realised shift, realised STS, deltas and correlations at ``step``.
+
+        Returns:
+            ``(metrics, alarms)``: metrics to log, and the domains whose alarm fired.
+        """
+        if self.prediction is None or self.probe is None:
+            raise RuntimeError("STSTracker.measure called before start()")
+        pred, k = self.prediction, len(self.prediction.top_latents)
+        now_rows = self._probe_rows(model, tokenizer, self.probe)[self.probe["keep"]]
+        shift = PairedShift(pred.shift.numel())
+        shift.update(encode(self.sae, self.probe["rows"]), encode(self.sae, now_rows))
+        real = shift.feature_shift().float()
+        real_top = F.top_shifted(real, k)
+        out = {
+            f"sts/shift/overlap@{k}": float(F.overlap_at_k(pred.top_latents, real_top)),
+            "sts/shift/total": float(real.sum()),
+            "sts/shift/spearman": _spearman(pred.shift, real),
+        }
+        realised_sts = {
+            name: float(mean[real_top].sum()) for name, mean in pred.domain_means.items()
+        }
+        out |= {f"sts/realised/{n}": v for n, v in realised_sts.items()}
+        deltas = {}
+        if self.base_scores:
+            now = self._scores(model, tokenizer)
+            deltas = {n: now[n] - self.base_scores[n] for n in self.base_scores if n in now}
+            out |= {f"sts/delta/{n}": v for n, v in deltas.items()}
+        out |= self._correlations(pred.scores(self.config.mode), realised_sts, deltas)
+        alarms = self._alarms(deltas)
+        out["sts/alarm"] = float(len(alarms))
+        self.history.append({"step": float(step), **out})
+        return out, alarms
+
+    def _correlations(self, forecast, realised_sts, deltas) -> dict[str, float]:
+        common = [n for n in forecast if n in deltas and math.isfinite(deltas[n])]
+        out = {}
+        if len(common) < 3:
+            return out
+        for prefix, scores in (("sts/corr", forecast), ("sts/corr_realised", realised_sts)):
+            metric = TransferabilityCorrelation(absolute=self.config.absolute, n_bootstrap=500)
+            metric.update(
+                torch.tensor([scores[n] for n in common], dtype=torch.float64),
+                torch.tensor([deltas[n] for n in common], dtype=torch.float64),
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # constant: NaN, reported as is
+                res = metric.compute()
+            out |= {
+                f"{prefix}/{key}": float(res[key])
+                for key in ("pearson", "spearman", "kendall", "pearson_p")
+            }
+        return out
+
+    def _alarms(self, deltas: Mapping[str, float]) -> list[str]:
+        threshold = self.config.alarm_threshold
+        if threshold is None or self.evaluator is not None:
+            return []
+        return [n for n, d in deltas.items() if d > threshold]
+
+    # ---------------------------------------------------------------- resume
+    def state_dict(self) -> dict[str, Any]:
+        """Forecast, probe (with its base rows), base scores and history; tensors stay tensors."""
+        pred = self.prediction
+        return {
+            "prediction": None
+            if pred is None
+            else {
+                **pred.to_dict(),
+                "shift": pred.shift,
+                "signed_shift": pred.signed_shift,
+                "top_latents": pred.top_latents,
+                "domain_means": dict(pred.domain_means),
+            },
+            "probe": self.probe,
+            "base_scores": dict(self.base_scores),
+            "history": list(self.history),
+            "config": asdict(self.config),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved; :meth:`start` then skips the forecast."""
+        p = state.get("prediction")
+        if p is not None:
+            from sts_lightning.prediction import DomainScore
+
+            self.prediction = Prediction(
+                domains={k: DomainScore(**v) for k, v in p["domains"].items()},
+                shift=p["shift"],
+                signed_shift=p["signed_shift"],
+                top_latents=p["top_latents"],
+                layer=p["layer"],
+                train=p["train"],
+                quality=p["quality"],
+                max_norm=p["max_norm"],
+                config=p["config"],
+                domain_means=p["domain_means"],
+                timings=p.get("timings", {}),
+                meta=p.get("meta", {}),
+            )
+        self.probe = state.get("probe")
+        self.base_scores = dict(state.get("base_scores", {}))
+        self.history = list(state.get("history", []))
+
+
+def _spearman(a: Tensor, b: Tensor) -> float:
+    a, b = a.double().cpu().numpy(), b.double().cpu().numpy()
+    if a.std() == 0 or b.std() == 0:
+        return math.nan
+    return float(sps.spearmanr(a, b)[0])
