@@ -31,8 +31,14 @@ log = logging.getLogger(__name__)
 DomainSpec = Sequence[str] | Mapping[str, Sequence[Example | str]]
 
 
-def _as_examples(items: Sequence[Example | str]) -> list[Example]:
-    return [x if isinstance(x, Example) else Example(str(x)) for x in items]
+def _as_examples(items: Sequence[Example | str | Mapping]) -> list[Example]:
+    """Examples from Examples, plain texts or ``{"prompt", "answer"?}`` dicts."""
+    out = []
+    for x in items:
+        if isinstance(x, Mapping):
+            x = Example(x["prompt"], x.get("answer"))
+        out.append(x if isinstance(x, Example) else Example(str(x)))
+    return out
 
 
 def resolve_domains(domains: DomainSpec, heldout_items: int) -> tuple[dict, dict]:

@@ -16,15 +16,21 @@ log what they return. Per measurement:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import random
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from scipy import stats as sps
 from torch import Tensor
 
@@ -38,7 +44,7 @@ from sts_lightning.prompts import Example, encode_example
 from sts_lightning.sae import encode
 from sts_lightning.stats import PairedShift
 
-__all__ = ["STSTracker", "TrackerConfig"]
+__all__ = ["STSTracker", "TrackerConfig", "load_tracker_state", "save_tracker_state"]
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +309,51 @@ class STSTracker:
         self.probe = state.get("probe")
         self.base_scores = dict(state.get("base_scores", {}))
         self.history = list(state.get("history", []))
+
+
+def save_tracker_state(state: Mapping[str, Any], directory: str | Path) -> Path:
+    """Write a tracker ``state_dict`` as safetensors (tensors) + JSON (the rest), atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, Tensor] = {}
+
+    def split(value: Any, key: str) -> Any:
+        if isinstance(value, Tensor):
+            tensors[key] = value.detach().cpu().contiguous()
+            return {"__tensor__": key}
+        if isinstance(value, Mapping):
+            return {k: split(v, f"{key}/{k}") for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [split(v, f"{key}/{i}") for i, v in enumerate(value)]
+        return value
+
+    doc = split(dict(state), "state")
+    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=".sts-"))
+    try:
+        save_file(tensors, tmp / "tracker.safetensors")
+        (tmp / "tracker.json").write_text(json.dumps(doc))
+        for name in ("tracker.safetensors", "tracker.json"):
+            os.replace(tmp / name, directory / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def load_tracker_state(directory: str | Path) -> dict[str, Any]:
+    """Read what :func:`save_tracker_state` wrote."""
+    directory = Path(directory)
+    tensors = load_file(str(directory / "tracker.safetensors"))
+
+    def join(value: Any) -> Any:
+        if isinstance(value, dict):
+            if set(value) == {"__tensor__"}:
+                return tensors[value["__tensor__"]]
+            return {k: join(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [join(v) for v in value]
+        return value
+
+    return join(json.loads((directory / "tracker.json").read_text()))
 
 
 def _spearman(a: Tensor, b: Tensor) -> float:
