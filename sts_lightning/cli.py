@@ -46,26 +46,12 @@ def _demo(seed: int = 0, d_sae: int = 4096, n_domains: int = 8) -> str:
     return "\n".join(lines)
 
 
-def _predict_parser():
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    from sts_lightning.job import PredictJob
-
-    parser = ArgumentParser(
-        prog="sts-lightning predict",
-        description="Forecast per-domain transferability before fine-tuning (STS).",
-    )
-    parser.add_argument("--config", action=ActionConfigFile, help="a recipes/predict_*.yaml")
-    parser.add_class_arguments(PredictJob, None, fail_untyped=True)
-    return parser
-
-
 def _predict(argv: list[str]) -> int:
     from pathlib import Path
 
-    from sts_lightning.job import PredictJob, run_predict
+    from sts_lightning.job import PredictJob, job_parser, run_predict
 
-    parser = _predict_parser()
+    parser = job_parser()
     cfg = parser.parse_args(argv)
     fields = {k: v for k, v in vars(parser.instantiate(cfg)).items() if k != "config"}
     job = PredictJob(**fields)
@@ -89,9 +75,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if argv[:1] == ["predict"]:
         return _predict(argv[1:])
+    if argv[:1] in (["fit"], ["validate"]):
+        from sts_lightning.lightning_cli import run  # lazy: Lightning's CLI imports take seconds
+
+        return run(argv)
     parser = argparse.ArgumentParser(prog="sts-lightning", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("predict", help="forecast before training (see `predict --help`)")
+    sub.add_parser("fit", help="train from a recipe (see `fit --help`)")
+    sub.add_parser("validate", help="validate from a recipe (see `validate --help`)")
     demo = sub.add_parser("demo", help="run the STS core on synthetic latents")
     demo.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

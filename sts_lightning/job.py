@@ -24,7 +24,15 @@ from sts_lightning.prediction import Prediction
 from sts_lightning.prompts import Example, encode_example
 from sts_lightning.sae_training import SAETrainConfig
 
-__all__ = ["PredictJob", "collect_activations", "load_examples", "run_predict"]
+__all__ = [
+    "PredictJob",
+    "collect_activations",
+    "job_parser",
+    "load_examples",
+    "load_job",
+    "resolve_sae",
+    "run_predict",
+]
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +148,12 @@ def collect_activations(
     return torch.cat(rows)[:n_tokens]
 
 
-def _sae(job: PredictJob, model, tokenizer, cache: Path):
+def resolve_sae(job: PredictJob, model, tokenizer, cache: Path | None = None):
+    """The job's SAE: loaded from ``job.sae``, or trained on first use and cached."""
+    if cache is None:
+        from sts_lightning.embedded import default_cache_dir
+
+        cache = Path(job.cache_dir) if job.cache_dir else default_cache_dir()
     from sts_lightning.sae import load_sae
     from sts_lightning.sae_training import train_sae
 
@@ -195,6 +208,26 @@ class _Lazy:
         yield self.build()
 
 
+def job_parser():
+    """The ``sts-lightning predict`` argument parser (recipes are its ``--config`` files)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(
+        prog="sts-lightning predict",
+        description="Forecast per-domain transferability before fine-tuning (STS).",
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="a recipes/predict_*.yaml")
+    parser.add_class_arguments(PredictJob, None, fail_untyped=True)
+    return parser
+
+
+def load_job(recipe: str | Path, *overrides: str) -> PredictJob:
+    """A :class:`PredictJob` from a predict recipe (+ ``--key value`` overrides)."""
+    parser = job_parser()
+    cfg = parser.parse_args(["--config", str(recipe), *overrides])
+    return PredictJob(**{k: v for k, v in vars(parser.instantiate(cfg)).items() if k != "config"})
+
+
 def run_predict(job: PredictJob) -> Prediction:
     """Load everything the job names, forecast, and write the outputs; returns the prediction."""
     from sts_lightning.domains import load_domain, load_training_set
@@ -207,7 +240,7 @@ def run_predict(job: PredictJob) -> Prediction:
         job.model, dtype=job.dtype, trust_remote_code=job.trust_remote_code, cache_dir=cache
     )
     t_model = time.perf_counter()
-    sae = _sae(job, model, tokenizer, cache)
+    sae = resolve_sae(job, model, tokenizer, cache)
     t_sae = time.perf_counter()
     if job.train_file:
         train = load_examples(job.train_file)

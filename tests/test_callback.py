@@ -137,7 +137,7 @@ def test_shift_is_zero_at_step_zero_and_trained_domain_rises(
     tiny_llama, tiny_tokenizer, tiny_sae, tmp_path
 ):
     callback = _callback(tiny_sae, every=100)
-    trainer, module = _fit(tmp_path, tiny_llama, tiny_tokenizer, callback, max_steps=1)
+    _fit(tmp_path, tiny_llama, tiny_tokenizer, callback, max_steps=1)
     tracker = callback.tracker
     # The base model against itself: exactly no shift.
     fresh = copy.deepcopy(tiny_llama)
@@ -146,7 +146,7 @@ def test_shift_is_zero_at_step_zero_and_trained_domain_rises(
     at_zero, _ = tracker.measure(fresh, tiny_tokenizer, step=0)
     assert at_zero["sts/shift/total"] == 0.0
     # Training on arithmetic moves the latents arithmetic uses more than those of other domains.
-    trainer, module = _fit(
+    _trainer, _module = _fit(
         tmp_path, tiny_llama, tiny_tokenizer, callback2 := _callback(tiny_sae), max_steps=8
     )
     last = callback2.tracker.history[-1]
