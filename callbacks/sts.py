@@ -21,6 +21,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
 from sts_lightning.config import PredictConfig
+from sts_lightning.prediction import Prediction
 from sts_lightning.prompts import Example
 from sts_lightning.tracking import Evaluator, STSTracker, TrackerConfig
 
@@ -81,6 +82,8 @@ class STSCallback(Callback):
         heldout_items: Held-out items per built-in domain for loss deltas.
         max_train_examples: Examples taken from the train dataloader when ``train_examples``
             is ``None``.
+        forecast: A saved forecast (``sts-lightning predict`` output dir or a ``Prediction``)
+            to use instead of computing one at train start.
         link_template: Link per latent in the W&B table, e.g.
             ``"https://www.neuronpedia.org/<model>/{layer}-res/{latent}"``.
     """
@@ -103,6 +106,7 @@ class STSCallback(Callback):
         heldout_items: int = 32,
         max_train_examples: int = 256,
         link_template: str | None = None,
+        forecast: str | Prediction | None = None,
     ) -> None:
         if (
             isinstance(every_n_steps, bool)
@@ -123,6 +127,7 @@ class STSCallback(Callback):
         self.model_attr, self.tokenizer, self.dirpath = model_attr, tokenizer, dirpath
         self.heldout_items, self.max_train_examples = heldout_items, max_train_examples
         self.link_template = link_template
+        self.forecast = Prediction.load(forecast) if isinstance(forecast, (str, Path)) else forecast
         self.tracker: STSTracker | None = None
         self._pending_state: dict | None = None
         self._failed = False
@@ -199,6 +204,7 @@ class STSCallback(Callback):
             self._predict_config,
             self._tracker_config,
             self._evaluator,
+            prediction=self.forecast,
         )
         if self._pending_state:
             self.tracker.load_state_dict(self._pending_state)  # forecast is not recomputed

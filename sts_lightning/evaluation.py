@@ -19,15 +19,28 @@ __all__ = ["encode_eval_set", "sequence_losses"]
 
 
 def encode_eval_set(
-    tokenizer, examples: Sequence[Example], max_tokens: int, *, use_chat_template: bool = True
+    tokenizer,
+    examples: Sequence[Example],
+    max_tokens: int,
+    *,
+    span: str = "all",
+    use_chat_template: bool = True,
 ) -> list[EncodedPrompt]:
-    """Encode examples in order until their scored tokens reach ``max_tokens``."""
+    """Encode examples in order until their scored tokens reach ``max_tokens``.
+
+    ``span`` picks the scored tokens: ``"all"`` (prompt and answer: the domain's perplexity,
+    cheapest per token), ``"answer"`` (the answer given the prompt), or ``"prompt"``. Items
+    without an answer are scored on their prompt.
+    """
+    if span not in ("all", "answer", "prompt"):
+        raise ValueError(f"`span` must be 'all', 'answer' or 'prompt', got {span!r}")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ValueError(f"`max_tokens` must be a positive int, got {max_tokens!r}")
     out, total = [], 0
     for example in examples:
         enc = encode_example(tokenizer, example, use_chat_template=use_chat_template)
-        start, end = enc.span("answer" if example.answer is not None else "prompt")
+        enc.scored = span if example.answer is not None else "prompt"
+        start, end = enc.span(enc.scored)
         out.append(enc)
         total += end - start
         if total >= max_tokens:
@@ -69,7 +82,7 @@ def sequence_losses(
                 for i, e in enumerate(batch):
                     ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
                     mask[i, : len(e.input_ids)] = 1
-                    start, end = e.span("answer" if e.answer_span is not None else "prompt")
+                    start, end = e.span(getattr(e, "scored", "all"))
                     start = max(start, 1)  # position 0 has no context to predict it from
                     target[i, start:end] = ids[i, start:end]
                 with torch.no_grad():

@@ -60,7 +60,10 @@ class TrackerConfig:
     probe_tokens: int = 1000
     """Training-query tokens on which the realised shift is measured (fixed for the run)."""
     eval_tokens: int = 256
-    """Held-out answer tokens per domain for the realised loss delta."""
+    """Held-out tokens per domain for the realised loss delta."""
+    eval_span: str = "all"
+    """Which held-out tokens are scored: ``"all"`` (prompt + answer: the domain's perplexity,
+    cheapest per token), ``"answer"`` or ``"prompt"``."""
     mode: str = "act"
     """Forecast mode correlated with the realised deltas: one of act, icl, notebook, signed."""
     absolute: bool = True
@@ -75,6 +78,10 @@ class TrackerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+        if self.eval_span not in ("all", "answer", "prompt"):
+            raise ValueError(
+                f"`eval_span` must be 'all', 'answer' or 'prompt', got {self.eval_span!r}"
+            )
         if self.mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}, got {self.mode!r}")
         if self.alarm_threshold is not None and not self.alarm_threshold > 0:
@@ -94,6 +101,8 @@ class STSTracker:
         config: Tracking settings.
         evaluator: ``(model, tokenizer) -> {domain: score}``; its change from step 0 replaces the
             held-out loss delta.
+        prediction: A forecast made earlier (``sts-lightning predict``, ``Prediction.load``):
+            the forecast step is skipped.
     """
 
     def __init__(
@@ -105,6 +114,7 @@ class STSTracker:
         predict_config: PredictConfig | None = None,
         config: TrackerConfig | None = None,
         evaluator: Evaluator | None = None,
+        prediction: Prediction | None = None,
     ) -> None:
         if not domains:
             raise ValueError("`domains` must name at least one domain to score")
@@ -121,7 +131,8 @@ class STSTracker:
         self.heldout = dict(heldout or {})
         self.predict_config = predict_config or PredictConfig(progress=False)
         self.config = config or TrackerConfig()
-        self.prediction: Prediction | None = None
+        self.prediction: Prediction | None = prediction
+        self._check_loaded = prediction is not None
         self.probe: dict[str, Any] | None = None  # ids, spans, base rows
         self.base_scores: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
@@ -130,6 +141,22 @@ class STSTracker:
     # ---------------------------------------------------------------- start (step 0)
     def start(self, model, tokenizer) -> dict[str, float]:
         """Forecast and record the base state (skipped when restored); returns metrics to log."""
+        if self._check_loaded:  # a forecast made elsewhere must fit this model and SAE
+            from sts_lightning.features import decoder_layers
+            from sts_lightning.sae import check_sae, sae_d_sae
+
+            check_sae(
+                self.sae,
+                d_model=model.get_input_embeddings().weight.shape[1],
+                n_layers=len(decoder_layers(model)),
+                layer=self.prediction.layer,
+            )
+            if self.prediction.shift.numel() != sae_d_sae(self.sae):
+                raise ValueError(
+                    f"`forecast` has d_sae={self.prediction.shift.numel()}, the SAE "
+                    f"has {sae_d_sae(self.sae)}: it was made with another SAE"
+                )
+            self._check_loaded = False
         if self.prediction is None:
             from sts_lightning.predict import predict
 
@@ -195,7 +222,9 @@ class STSTracker:
             return {}
         if self._eval_sets is None:
             self._eval_sets = {
-                n: encode_eval_set(tokenizer, ex, self.config.eval_tokens)
+                n: encode_eval_set(
+                    tokenizer, ex, self.config.eval_tokens, span=self.config.eval_span
+                )
                 for n, ex in self.heldout.items()
             }
         return sequence_losses(

@@ -264,3 +264,25 @@ def test_module_without_hf_model_is_a_clear_error(tmp_path, tiny_sae, tiny_token
     )
     with pytest.raises(ValueError, match="Hugging Face model at `model`"):
         trainer.fit(module, _loader(tiny_tokenizer, TEXTS["arith"]))
+
+
+def test_saved_forecast_is_used_instead_of_recomputing(
+    tmp_path, tiny_llama, tiny_tokenizer, tiny_sae, monkeypatch
+):
+    first = _callback(tiny_sae, every=100)
+    _fit(tmp_path / "a", tiny_llama, tiny_tokenizer, first, max_steps=1)
+    saved = first.tracker.prediction.save(tmp_path / "forecast")
+    monkeypatch.setattr(predict_module, "predict", lambda *a, **k: pytest.fail("recomputed"))
+    second = _callback(tiny_sae, every=2, forecast=str(saved))
+    _fit(tmp_path / "b", tiny_llama, tiny_tokenizer, second, max_steps=2)
+    assert torch.equal(second.tracker.prediction.shift, first.tracker.prediction.shift)
+    assert second.tracker.history[-1]["step"] == 2
+
+
+def test_forecast_from_another_sae_is_rejected(tmp_path, tiny_llama, tiny_tokenizer, tiny_sae):
+    first = _callback(tiny_sae, every=100)
+    _fit(tmp_path / "a", tiny_llama, tiny_tokenizer, first, max_steps=1)
+    pred = first.tracker.prediction
+    pred.layer = 2  # as if made at another layer
+    with pytest.raises(ValueError, match="layer"):
+        _fit(tmp_path / "b", tiny_llama, tiny_tokenizer, _callback(tiny_sae, forecast=pred), 1)

@@ -271,3 +271,21 @@ def test_iter_span_activations_rejects_bad_input(tiny_llama, kwargs, match):
     args = dict(sequences=SEQS, spans=SPANS, layer=0, pad_token_id=0) | kwargs
     with pytest.raises(ValueError, match=match):
         list(iter_span_activations(tiny_llama, **args))
+
+
+@pytest.mark.slow
+def test_residual_stream_on_smollm2():
+    from sts_lightning.embedded import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer("embedded:smollm2")
+    batch = tok(
+        ["The capital of France is Paris.", "def add(a, b): return a + b"],
+        return_tensors="pt",
+        padding=True,
+    )
+    with torch.no_grad():
+        hidden = model(**batch, output_hidden_states=True).hidden_states
+    mask = batch["attention_mask"].bool()
+    for layer in (0, 6, 12, 28):
+        got = residual_stream(model, batch["input_ids"], batch["attention_mask"], layer=layer)
+        torch.testing.assert_close(got[mask], hidden[layer + 1][mask], atol=1e-5, rtol=1e-5)

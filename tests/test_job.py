@@ -154,3 +154,41 @@ def test_cli_offline_unknown_model_is_a_clear_error(tmp_path):
                 str(tmp_path / "cache"),
             ]
         )
+
+
+@pytest.mark.slow
+def test_embedded_default_predict_runs_offline(tmp_path, capsys):
+    """The README's main job on the real SmolLM2, CPU-sized: model rebuild (cached), a small SAE
+    trained on its residual stream, a forecast over three built-in domains."""
+    out = tmp_path / "pred"
+    args = [
+        "predict",
+        "--config",
+        "recipes/predict_arithmetic_smollm2.yaml",
+        "--output_dir",
+        str(out),
+        "--sae_tokens",
+        "20000",
+        "--sae_training.training_tokens",
+        "61440",
+        "--sae_training.lr_decay_steps",
+        "10",
+        "--domains",
+        "[math, law, code]",
+        "--predict.train_tokens",
+        "600",
+        "--predict.domain_tokens",
+        "300",
+        "--predict.progress",
+        "false",
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(args) == 0
+    pred = Prediction.load(out)
+    assert set(pred.domains) == {"math", "law", "code"}
+    assert pred.layer == 12 and pred.top_latents.shape == (100,)
+    assert pred.quality["fvu"] < 0.6  # a real, if small, SAE
+    assert all(s.n_tokens >= 300 and s.icl is not None for s in pred.domains.values())
+    assert pred.train["n_tokens"] >= 600
+    assert "math" in capsys.readouterr().out
