@@ -72,3 +72,15 @@ def test_wheel_ships_callbacks_under_package(tmp_path):
     assert Path(file) == tmp_path / "site" / "sts_lightning" / "callbacks" / "__init__.py"
     assert top_level == "None"
     assert (tmp_path / "site" / "bin" / "sts-lightning").exists()
+
+
+def test_top_level_names_resolve_and_stay_lazy():
+    code = (
+        "import sys, sts_lightning as s; "
+        "assert 'sae_lens' not in sys.modules and 'trl' not in sys.modules; "
+        "[getattr(s, n) for n in s.__all__]; "
+        "from sts_lightning.callbacks import STSCallback; "
+        "assert s.STSCallback is STSCallback; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"
