@@ -22,7 +22,6 @@ _LAZY = {
     "STSTrainerCallback": "sts_lightning.hf",
     "STSTracker": "sts_lightning.tracking",
     "TrackerConfig": "sts_lightning.tracking",
-    "predict": "sts_lightning.predict",
     "Prediction": "sts_lightning.prediction",
     "PredictConfig": "sts_lightning.config",
     "Example": "sts_lightning.prompts",

@@ -116,20 +116,43 @@ class Prediction:
             "meta": self.meta,
         }
 
+    def tensors(self) -> dict[str, Tensor]:
+        """The tensor part, flat: Δ, δ, D and ``domain_mean/<name>``."""
+        tensors = {
+            "shift": self.shift,
+            "signed_shift": self.signed_shift,
+            "top_latents": self.top_latents,
+        }
+        return tensors | {f"domain_mean/{k}": v for k, v in self.domain_means.items()}
+
+    @classmethod
+    def from_parts(cls, data: dict[str, Any], tensors: dict[str, Tensor]) -> Prediction:
+        """Inverse of (:meth:`to_dict`, :meth:`tensors`)."""
+        return cls(
+            domains={k: DomainScore(**v) for k, v in data["domains"].items()},
+            shift=tensors["shift"],
+            signed_shift=tensors["signed_shift"],
+            top_latents=tensors["top_latents"],
+            layer=data["layer"],
+            train=data["train"],
+            quality=data["quality"],
+            max_norm=data["max_norm"],
+            config=data["config"],
+            domain_means={
+                k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("domain_mean/")
+            },
+            timings=data.get("timings", {}),
+            meta=data.get("meta", {}),
+        )
+
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``prediction.json`` and ``.safetensors`` into ``directory``, atomically."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=directory, prefix=".prediction-"))
         try:
-            tensors = {
-                "shift": self.shift,
-                "signed_shift": self.signed_shift,
-                "top_latents": self.top_latents,
-            }
-            tensors |= {f"domain_mean/{k}": v for k, v in self.domain_means.items()}
             save_file(
-                {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                {k: v.detach().cpu().contiguous() for k, v in self.tensors().items()},
                 tmp / "prediction.safetensors",
             )
             text = json.dumps(self.to_dict(), indent=2, default=_json_default, allow_nan=True)
@@ -147,24 +170,7 @@ class Prediction:
         try:
             data = json.loads((directory / "prediction.json").read_text())
             tensors = load_file(str(directory / "prediction.safetensors"))
-            return cls(
-                domains={k: DomainScore(**v) for k, v in data["domains"].items()},
-                shift=tensors["shift"],
-                signed_shift=tensors["signed_shift"],
-                top_latents=tensors["top_latents"],
-                layer=data["layer"],
-                train=data["train"],
-                quality=data["quality"],
-                max_norm=data["max_norm"],
-                config=data["config"],
-                domain_means={
-                    k.split("/", 1)[1]: v
-                    for k, v in tensors.items()
-                    if k.startswith("domain_mean/")
-                },
-                timings=data.get("timings", {}),
-                meta=data.get("meta", {}),
-            )
+            return cls.from_parts(data, tensors)
         except (OSError, KeyError, TypeError, ValueError) as err:
             raise ValueError(
                 f"`directory` {directory} does not hold a readable prediction "

@@ -302,13 +302,7 @@ class STSTracker:
         return {
             "prediction": None
             if pred is None
-            else {
-                **pred.to_dict(),
-                "shift": pred.shift,
-                "signed_shift": pred.signed_shift,
-                "top_latents": pred.top_latents,
-                "domain_means": dict(pred.domain_means),
-            },
+            else {"data": pred.to_dict(), "tensors": pred.tensors()},
             "probe": self.probe,
             "base_scores": dict(self.base_scores),
             "history": list(self.history),
@@ -319,22 +313,7 @@ class STSTracker:
         """Restore what :meth:`state_dict` saved; :meth:`start` then skips the forecast."""
         p = state.get("prediction")
         if p is not None:
-            from sts_lightning.prediction import DomainScore
-
-            self.prediction = Prediction(
-                domains={k: DomainScore(**v) for k, v in p["domains"].items()},
-                shift=p["shift"],
-                signed_shift=p["signed_shift"],
-                top_latents=p["top_latents"],
-                layer=p["layer"],
-                train=p["train"],
-                quality=p["quality"],
-                max_norm=p["max_norm"],
-                config=p["config"],
-                domain_means=p["domain_means"],
-                timings=p.get("timings", {}),
-                meta=p.get("meta", {}),
-            )
+            self.prediction = Prediction.from_parts(p["data"], p["tensors"])
         self.probe = state.get("probe")
         self.base_scores = dict(state.get("base_scores", {}))
         self.history = list(state.get("history", []))

@@ -183,7 +183,9 @@ def test_resume_restores_state_without_recomputing_forecast(
         trainer2.fit(module, _loader(tiny_tokenizer, TEXTS["arith"] * 4), ckpt_path=ckpt)
     assert calls == []  # the forecast came from the checkpoint
     restored = second.tracker
-    assert torch.equal(restored.prediction.top_latents, saved["prediction"]["top_latents"])
+    assert torch.equal(
+        restored.prediction.top_latents, saved["prediction"]["tensors"]["top_latents"]
+    )
     assert torch.equal(restored.probe["rows"], saved["probe"]["rows"])
     assert restored.history[: len(saved["history"])] == saved["history"]
     assert [h["step"] for h in restored.history] == [4.0, 8.0]
