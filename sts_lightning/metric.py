@@ -64,6 +64,13 @@ def bootstrap_pearson_ci(
     return float(low), float(high)
 
 
+def _values(state: list[Tensor] | Tensor) -> np.ndarray:
+    """A list state as float64 numpy: a list locally, one concatenated tensor after a DDP sync."""
+    if isinstance(state, list) and not state:
+        return np.empty(0)
+    return dim_zero_cat(state).double().cpu().numpy()
+
+
 class TransferabilityCorrelation(Metric):
     """Correlation between per-domain predicted scores and realised per-domain deltas.
 
@@ -137,8 +144,7 @@ class TransferabilityCorrelation(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         """Correlations, p-values, bootstrap CI of Pearson and ``n``; see the class docstring."""
-        x = dim_zero_cat(self.predicted).cpu().numpy() if self.predicted else np.empty(0)
-        y = dim_zero_cat(self.realised).cpu().numpy() if self.realised else np.empty(0)
+        x, y = _values(self.predicted), _values(self.realised)
         if self.absolute:
             y = np.abs(y)
         n = len(x)
