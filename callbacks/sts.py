@@ -211,8 +211,9 @@ class STSCallback(Callback):
             self._pending_state = None
         metrics = self.tracker.start(model, tokenizer)
         self._log(trainer, metrics, step=trainer.global_step)
+        directory = self._dir(trainer)  # on every rank: `trainer.log_dir` is a collective
         if self.tracker.prediction is not None and trainer.is_global_zero:
-            self.tracker.prediction.save(self._dir(trainer) / "forecast")
+            self.tracker.prediction.save(directory / "forecast")
 
     def _measure(self, trainer: Trainer, pl_module: LightningModule) -> None:
         model, tokenizer = self._hf(pl_module)
@@ -237,10 +238,11 @@ class STSCallback(Callback):
                     rank_zero_warn(f"STSCallback: logger {type(logger).__name__} failed: {err!r}")
 
     def _report(self, trainer: Trainer) -> None:
+        directory = self._dir(trainer)  # on every rank: `trainer.log_dir` is a collective
         if trainer.is_global_zero:
             from sts_lightning.report import log_rich, save_plots
 
-            paths = save_plots(self.tracker, self._dir(trainer))
+            paths = save_plots(self.tracker, directory)
             log_rich(trainer.loggers, self.tracker, paths, self.link_template)
 
     def _dir(self, trainer: Trainer) -> Path:

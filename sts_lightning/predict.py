@@ -223,7 +223,11 @@ def predict(
         cfg,
         extractor.exclude,
     )
-    shift, quality = PairedShift(d_sae), ReconstructionQuality(model_width(model), d_sae)
+    # Every process runs the whole forecast on the same data, so nothing is reduced across
+    # processes (a DDP sum would count each token once per rank).
+    local = {"sync_on_compute": False}
+    shift = PairedShift(d_sae, **local)
+    quality = ReconstructionQuality(model_width(model), d_sae, **local)
     train = extractor.run(pairs, cfg.train_span, "train", paired=True, shift=shift, quality=quality)
     train |= {"n_examples": len(pairs), "budget": cfg.train_tokens}
     delta, signed = shift.feature_shift().float(), shift.signed_shift().float()
@@ -249,8 +253,8 @@ def predict(
                 f"{cfg.domain_tokens}; scoring it on {n_avail}",
                 stacklevel=2,
             )
-        moments = LatentMoments(d_sae)
-        dshift = PairedShift(d_sae) if paired else None
+        moments = LatentMoments(d_sae, **local)
+        dshift = PairedShift(d_sae, **local) if paired else None
         counts = extractor.run(
             pairs, cfg.domain_span, name, paired=paired, moments=moments, shift=dshift
         )

@@ -245,7 +245,8 @@ class STSTracker:
             raise RuntimeError("STSTracker.measure called before start()")
         pred, k = self.prediction, len(self.prediction.top_latents)
         now_rows = self._probe_rows(model, tokenizer, self.probe)[self.probe["keep"]]
-        shift = PairedShift(pred.shift.numel())
+        # Each rank measures the same probe with the same (DDP-synchronised) weights: no reduction.
+        shift = PairedShift(pred.shift.numel(), sync_on_compute=False)
         shift.update(encode(self.sae, self.probe["rows"]), encode(self.sae, now_rows))
         real = shift.feature_shift().float()
         real_top = F.top_shifted(real, k)
@@ -275,7 +276,9 @@ class STSTracker:
         if len(common) < 3:
             return out
         for prefix, scores in (("sts/corr", forecast), ("sts/corr_realised", realised_sts)):
-            metric = TransferabilityCorrelation(absolute=self.config.absolute, n_bootstrap=500)
+            metric = TransferabilityCorrelation(
+                absolute=self.config.absolute, n_bootstrap=500, sync_on_compute=False
+            )
             metric.update(
                 torch.tensor([scores[n] for n in common], dtype=torch.float64),
                 torch.tensor([deltas[n] for n in common], dtype=torch.float64),

@@ -33,8 +33,7 @@ _CORPUS = [
 ] * 20
 
 
-@pytest.fixture(scope="session")
-def tiny_tokenizer():
+def make_tiny_tokenizer():
     """A byte-level BPE tokenizer (vocab ~300) with ChatML special tokens and a pad token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -58,7 +57,13 @@ def tiny_tokenizer():
     return fast
 
 
-def _tiny(model_type: str, vocab_size: int, **overrides):
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return make_tiny_tokenizer()
+
+
+def make_tiny_model(model_type: str, vocab_size: int, **overrides):
+    """A tiny random causal LM (3 layers, width 32), seeded."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
@@ -85,17 +90,16 @@ def _tiny(model_type: str, vocab_size: int, **overrides):
 
 @pytest.fixture(scope="session")
 def tiny_llama(tiny_tokenizer):
-    return _tiny("llama", len(tiny_tokenizer))
+    return make_tiny_model("llama", len(tiny_tokenizer))
 
 
 @pytest.fixture(scope="session", params=["llama", "qwen2", "gemma2", "gpt2"])
 def tiny_model(request, tiny_tokenizer):
     """One tiny random causal LM per supported family (3 layers, width 32)."""
-    return _tiny(request.param, len(tiny_tokenizer))
+    return make_tiny_model(request.param, len(tiny_tokenizer))
 
 
-@pytest.fixture(scope="session")
-def tiny_sae():
+def make_tiny_sae():
     """A random sae-lens StandardSAE on the residual stream after layer 1 of a width-32 model."""
     from sae_lens import StandardSAE, StandardSAEConfig
 
@@ -105,3 +109,8 @@ def tiny_sae():
         sae.b_enc.normal_(0.0, 0.5)
     sae.cfg.metadata.hook_name = "blocks.1.hook_resid_post"
     return sae.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def tiny_sae():
+    return make_tiny_sae()

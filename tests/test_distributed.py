@@ -86,3 +86,33 @@ def test_two_processes_equal_one():
         for key, value in single.items():
             # The domain order differs (rank 0's then rank 1's), which no correlation depends on.
             torch.testing.assert_close(results[rank][key], value, rtol=1e-6, atol=1e-9, msg=key)
+
+
+def _run_script(out, devices):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "scripts" / "ddp_callback.py"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    subprocess.run(
+        [sys.executable, str(script), str(out), str(devices)],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
+    import json
+
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(devices)]
+
+
+def test_callback_under_ddp_matches_single_process(tmp_path):
+    (single,) = _run_script(tmp_path / "one", 1)
+    rank0, rank1 = _run_script(tmp_path / "two", 2)
+    assert rank0 == rank1  # every rank sees the same forecast and realised statistics
+    assert rank0["top"] == single["top"] and rank0["shift"] == single["shift"]
+    assert rank0["act"] == single["act"]
+    (h2,), (h1,) = rank0["history"], single["history"]
+    assert h2["step"] == h1["step"] == 2
+    assert h2["sts/shift/total"] == pytest.approx(h1["sts/shift/total"], rel=0.05)
