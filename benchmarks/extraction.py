@@ -91,7 +91,9 @@ def _run(mode: str, model, tok, sae, seqs, spans, layer: int) -> float:
 
 def _memory_child(n_tokens: int, layer: int) -> dict:
     model, tok, sae, encoded = _setup(layer)
-    seqs, spans, total = _batches(encoded, n_tokens)
+    # The same 64 sequences over and over: the transient peak of a batch depends on its longest
+    # sequence, so only a repeated set isolates what grows with the token count.
+    seqs, spans, total = _batches(encoded[:64] * (1 + n_tokens // 2000), n_tokens)
     base = _rss_mb()
     # Sample RSS during the run: ru_maxrss would report the model-loading peak instead.
     peak, done = [base], threading.Event()

@@ -169,3 +169,15 @@ def test_config_checks():
     ]:
         with pytest.raises(ValueError, match=match):
             PredictConfig(**kwargs)
+
+
+def test_missing_pad_token_falls_back_to_eos_with_warning(tiny_llama, tiny_tokenizer, tiny_sae):
+    import copy
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.pad_token = None
+    cfg = PredictConfig(k=4, domain_demos=0, train_tokens=20, domain_tokens=10, progress=False)
+    with pytest.warns(UserWarning, match="no pad token; padding with the eos token"):
+        pred = predict(tiny_llama, tok, tiny_sae, TRAIN, DOMAINS, cfg)
+    reference = predict(tiny_llama, tiny_tokenizer, tiny_sae, TRAIN, DOMAINS, cfg)
+    torch.testing.assert_close(pred.shift, reference.shift)  # padding is masked either way
