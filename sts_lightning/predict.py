@@ -51,7 +51,9 @@ class _Extractor:
         self.exclude = set(tokenizer.all_special_ids) if cfg.exclude_special_tokens else set()
         self.max_norm = cfg.max_norm
 
-    def _rows(self, prompts: Sequence[EncodedPrompt], span: str, desc: str) -> Iterator[Tensor]:
+    def _rows(
+        self, prompts: Sequence[EncodedPrompt], span: str, desc: str | None
+    ) -> Iterator[Tensor]:
         return iter_span_activations(
             self.model,
             [p.input_ids for p in prompts],
@@ -60,7 +62,7 @@ class _Extractor:
             batch_size=self.cfg.batch_size,
             pad_token_id=self.pad_id,
             exclude_token_ids=self.exclude,
-            progress=self.cfg.progress,
+            progress=self.cfg.progress and desc is not None,
             desc=desc,
         )
 
@@ -85,7 +87,8 @@ class _Extractor:
     ) -> dict[str, int]:
         """Feed the statistics given; ``paired=False`` runs only the base prompts."""
         base_it = self._rows([b for b, _ in pairs], span, desc)
-        icl_it = self._rows([i for _, i in pairs], span, desc + " (ICL)") if paired else None
+        # One bar: the ICL pass advances in lockstep with the base one.
+        icl_it = self._rows([i for _, i in pairs], span, None) if paired else None
         kept = dropped = 0
         for base in base_it:
             icl = next(icl_it) if icl_it is not None else None
