@@ -1,0 +1,179 @@
+"""From rows to batches: answer-only labels, padding, and a training loader that can resume.
+
+:func:`tokenize_sft` renders each (prompt, answer) pair with the tokenizer's chat template
+(:func:`~sts_lightning.prompts.encode_example`) and labels the answer tokens plus the end-of-turn
+token that closes the answer (so the model learns to stop); everything else is ``-100``.
+:class:`SFTCollator` right-pads them; :func:`collate_rows` turns prompt rows into a dict of lists.
+
+:class:`ResumableDataLoader` shuffles by ``(seed, epoch)`` and records how many batches of the
+epoch it has yielded in Lightning checkpoints (Lightning saves ``state_dict()`` of a training
+loader that has one), so a run resumed mid-epoch sees the same batches as one never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from sts_lightning.prompts import Example, encode_example
+
+__all__ = ["ResumableDataLoader", "SFTCollator", "collate_rows", "resumable_loader", "tokenize_sft"]
+
+log = logging.getLogger(__name__)
+
+
+def tokenize_sft(
+    tokenizer,
+    rows: list[dict[str, Any]],
+    *,
+    max_length: int,
+    system_prompt: str | None = None,
+    label_end_of_turn: bool = True,
+    where: str = "train",
+) -> list[dict[str, Any]]:
+    """``{"input_ids", "labels", "prompt", "answer"}`` per row; labels: answer ids, else ``-100``.
+
+    Sequences longer than ``max_length`` are cut at the end (the answer's tail is lost); a row
+    whose answer starts past ``max_length`` is dropped with a warning.
+
+    Raises:
+        ValueError: A row without answer, or ``max_length`` truncating every answer.
+    """
+    if not rows:
+        raise ValueError(f"{where} has no rows")
+    special = set(tokenizer.all_special_ids)
+    items, dropped, first_answer = [], 0, []
+    for i, row in enumerate(rows):
+        if row.get("answer") is None:
+            raise ValueError(f"row {i} of {where} has no answer: SFT needs (prompt, answer) pairs")
+        enc = encode_example(
+            tokenizer, Example(row["prompt"], row["answer"]), system_prompt=system_prompt
+        )
+        ids = enc.input_ids
+        start, end = enc.answer_span
+        if label_end_of_turn and end < len(ids) and ids[end] in special:
+            end += 1  # `<|im_end|>` / `<|eot_id|>`: without it the model never learns to stop
+        labels = [-100] * start + ids[start:end] + [-100] * (len(ids) - end)
+        first_answer.append(start)
+        if start >= max_length:  # the loss is on the answer: nothing of it would remain
+            dropped += 1
+            continue
+        # The text rides along (the collator ignores it) for callbacks that read the dataset.
+        item = {"input_ids": ids[:max_length], "labels": labels[:max_length]}
+        items.append({**item, "prompt": row["prompt"], "answer": row["answer"]})
+    if not items:
+        raise ValueError(
+            f"`max_length`={max_length} truncates every answer of {where}: answers start at token "
+            f"{min(first_answer)} or later; raise `max_length` above {min(first_answer)}"
+        )
+    if dropped:
+        log.warning(
+            "%s: %d of %d rows dropped, their answer starts past `max_length`=%d",
+            where,
+            dropped,
+            len(rows),
+            max_length,
+        )
+    return items
+
+
+@dataclass
+class SFTCollator:
+    """Right-pads ``{"input_ids", "labels"}`` items into ``(B, T)`` tensors."""
+
+    pad_token_id: int
+    """Id written in padding positions (masked by ``attention_mask`` and ``-100`` labels)."""
+    name: str | None = None
+    """Added to every batch as ``batch["name"]`` (the validation domain it comes from)."""
+
+    def __call__(self, items: list[dict[str, list[int]]]) -> dict[str, Any]:
+        longest = max(len(x["input_ids"]) for x in items)
+        input_ids = torch.full((len(items), longest), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(items), longest), dtype=torch.long)
+        labels = torch.full((len(items), longest), -100, dtype=torch.long)
+        for row, item in enumerate(items):
+            n = len(item["input_ids"])
+            input_ids[row, :n] = torch.tensor(item["input_ids"])
+            attention_mask[row, :n] = 1
+            labels[row, :n] = torch.tensor(item["labels"])
+        batch: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+        }
+        if self.name is not None:
+            batch["name"] = self.name
+        return batch
+
+
+def collate_rows(items: list[dict[str, Any]], name: str | None = None) -> dict[str, list[Any]]:
+    """Rows → a dict of lists (every key of the first row), plus ``"name"`` when given."""
+    batch: dict[str, Any] = {key: [item.get(key) for item in items] for key in items[0]}
+    if name is not None:
+        batch["name"] = name
+    return batch
+
+
+class _ResumableSampler(DistributedSampler):
+    """Shuffles by ``(seed, epoch)``; starts ``skip`` items into the epoch once after a resume.
+
+    A ``DistributedSampler`` (one replica when not distributed), so Lightning keeps it as is.
+    """
+
+    skip: int = 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        start, self.skip = self.skip, 0
+        return iter(indices[start:])
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position in the epoch is part of Lightning checkpoints."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.sampler, _ResumableSampler):
+            raise TypeError(f"`sampler` must be a _ResumableSampler, got {type(self.sampler)}")
+        self._batches = 0
+        self._resume: tuple[int, int] | None = None
+
+    def __iter__(self):
+        # A generator: runs at the first `next`, after Lightning has called `set_epoch`.
+        epoch, done = self._resume or (-1, 0)
+        self._resume = None
+        self._batches = done if epoch == self.sampler.epoch else 0
+        self.sampler.skip = self._batches * self.batch_size
+        for batch in super().__iter__():
+            self._batches += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches": self._batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = (int(state["epoch"]), int(state["batches"]))
+
+
+def resumable_loader(
+    dataset, *, batch_size: int, seed: int, trainer=None, **kwargs
+) -> ResumableDataLoader:
+    """A shuffled :class:`ResumableDataLoader` over this rank's share of ``dataset``.
+
+    Args:
+        dataset: A map-style dataset (a list works).
+        batch_size: Items per batch.
+        seed: Seed of the per-epoch permutation (the same on every rank).
+        trainer: The Lightning trainer (its ``distributed_sampler_kwargs`` give rank and world
+            size); ``None``: one process.
+        **kwargs: Other ``DataLoader`` arguments (``collate_fn``, ``num_workers``...).
+    """
+    dist = None if trainer is None else trainer.distributed_sampler_kwargs
+    sampler = _ResumableSampler(
+        dataset, shuffle=True, seed=seed, **(dist or {"num_replicas": 1, "rank": 0})
+    )
+    return ResumableDataLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs)

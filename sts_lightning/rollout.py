@@ -1,0 +1,229 @@
+"""The rollout half of GRPO, as plain functions: prompts → sampled completions → rewards.
+
+Read top to bottom in the order the data flows through one GRPO step:
+
+1. :func:`encode_prompts`: chat-template the user turns (``add_generation_prompt=True``) and
+   left-pad them, so every completion starts at the same column.
+2. :func:`sample_completions`: ``G`` sampled completions per prompt with HF ``generate``; the
+   completion mask keeps tokens up to and including the first EOS (TRL's convention).
+3. :func:`~sts_lightning.rewards.score_completions` (in :mod:`sts_lightning.rewards`): each
+   reward function called once on the whole rollout.
+4. :func:`completion_logps`: per-token log-probabilities of the completion tokens under a model
+   (the policy with grad; the old policy and the reference without).
+
+No Lightning here: :class:`~sts_lightning.grpo.GRPOModule` strings these together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+__all__ = [
+    "completion_logps",
+    "encode_prompts",
+    "eos_token_ids",
+    "sample_completions",
+    "seeded_sampling",
+    "split_batch",
+]
+
+
+def split_batch(batch: Any) -> tuple[list[Any], dict[str, list[Any]]]:
+    """``(prompts, other columns)`` from a dict of lists (or a list of dicts).
+
+    A column holding one value for the whole batch (a validation loader's ``"name"``) is
+    repeated for every prompt; tensors become lists.
+
+    Example:
+        >>> split_batch({"prompt": ["a", "b"], "answer": ["1", "2"], "name": "val"})
+        (['a', 'b'], {'answer': ['1', '2'], 'name': ['val', 'val']})
+    """
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], dict):
+        batch = {key: [row[key] for row in batch] for key in batch[0]}
+    if not isinstance(batch, dict) or "prompt" not in batch:
+        raise ValueError("a GRPO batch must be a dict of lists with a 'prompt' key")
+    prompts = list(batch["prompt"])
+    columns = {}
+    for key, values in batch.items():
+        if isinstance(values, torch.Tensor):
+            values = values.tolist() if values.dim() else values.item()
+        if isinstance(values, (list, tuple)) and len(values) == len(prompts):
+            columns[key] = list(values)
+        else:
+            columns[key] = [values] * len(prompts)
+    del columns["prompt"]
+    return prompts, columns
+
+
+@contextmanager
+def seeded_sampling(seed: int, device: torch.device) -> Iterator[None]:
+    """Run the block with torch's RNG seeded by ``seed``, restoring the outer RNG state after.
+
+    Sampling then depends on the seed only, not on what ran before: a run resumed from a
+    checkpoint draws the same completions at a given step as a run never stopped.
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed % (2**63))
+        yield
+
+
+def encode_prompts(
+    tokenizer,
+    prompts: Sequence[str | list[dict[str, str]]],
+    *,
+    system_prompt: str | None = None,
+    use_chat_template: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenize prompts for generation, left-padded.
+
+    Args:
+        tokenizer: A Hugging Face tokenizer with a pad token.
+        prompts: User turns (strings) or whole conversations (lists of ``{"role", "content"}``).
+        system_prompt: An explicit system turn before each user turn; ``None`` keeps whatever
+            the chat template inserts.
+        use_chat_template: ``False`` tokenizes the strings as raw text (BOS added by the
+            tokenizer's own rules).
+
+    Returns:
+        ``input_ids`` and ``attention_mask``, both ``(B, P)``, padded on the left.
+    """
+    if tokenizer.pad_token_id is None:
+        raise ValueError("`tokenizer` needs a pad token to batch prompts")
+    rows = []
+    for prompt in prompts:
+        if use_chat_template:
+            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            if system_prompt is not None and messages[0]["role"] != "system":
+                messages = [{"role": "system", "content": system_prompt}, *messages]
+            text = tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
+            # The template already wrote every special token it wants.
+            rows.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+        else:
+            if not isinstance(prompt, str):
+                raise TypeError("`prompts` must be strings when `use_chat_template` is False")
+            rows.append(tokenizer(prompt)["input_ids"])
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """The tokenizer's EOS plus any the model's generation config stops on."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(configured if isinstance(configured, list) else [configured]) - {None}
+    return sorted(ids)
+
+
+@torch.no_grad()
+def sample_completions(
+    model,
+    tokenizer,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One completion per row of ``input_ids`` (repeat rows beforehand for ``G`` per prompt).
+
+    Args:
+        model: A causal LM (or a peft model wrapping one).
+        tokenizer: Its tokenizer (pad and EOS ids).
+        input_ids: Left-padded prompts, ``(N, P)``.
+        attention_mask: Their mask, ``(N, P)``.
+        max_new_tokens: Completion budget (TRL's ``max_completion_length``).
+        do_sample: ``False`` decodes greedily (validation).
+        temperature: Sampling temperature.
+        top_p: Nucleus sampling mass; 1.0 disables it.
+        top_k: Top-k sampling; 0 disables it (TRL's default).
+
+    Returns:
+        ``completion_ids`` ``(N, C)`` (pad after the first EOS) and ``completion_mask``
+        ``(N, C)``: 1 up to and including the first EOS.
+    """
+    from transformers import GenerationConfig
+
+    eos = eos_token_ids(model, tokenizer)
+    # Every processor setting is explicit: `generate` fills unset ones from the model's own
+    # generation config (Qwen2.5 ships repetition_penalty=1.05, top_k=20), which would sample
+    # from a distribution other than the one the loss scores.
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        repetition_penalty=1.0,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=eos,
+    )
+    out = model.generate(
+        input_ids=input_ids, attention_mask=attention_mask, generation_config=config
+    )
+    completion_ids = out[:, input_ids.size(1) :]  # (N, C)
+    is_eos = torch.isin(completion_ids, torch.tensor(eos, device=completion_ids.device))
+    # First EOS per row (C when there is none); everything after it is masked out.
+    first = torch.where(is_eos.any(1), is_eos.int().argmax(1), completion_ids.size(1))
+    positions = torch.arange(completion_ids.size(1), device=completion_ids.device)
+    completion_mask = (positions.unsqueeze(0) <= first.unsqueeze(1)).long()  # (N, C)
+    completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
+    return completion_ids, completion_mask
+
+
+def completion_logps(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    n_completion: int,
+    *,
+    temperature: float = 1.0,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """Log-probabilities of the last ``n_completion`` tokens of each row, logits / temperature.
+
+    Position ids follow the attention mask (as ``generate`` does for left-padded prompts), and
+    only the completion's logits are materialised (``logits_to_keep``).
+
+    Args:
+        model: A causal LM.
+        input_ids: Prompt + completion, ``(N, P + C)``.
+        attention_mask: ``(N, P + C)``.
+        n_completion: ``C``.
+        temperature: The sampling temperature (TRL scores the tempered distribution).
+        batch_size: Rows per forward pass; ``None`` does all at once.
+
+    Returns:
+        ``(N, C)`` float32 log-probabilities (meaningless where the completion mask is 0).
+    """
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    step = batch_size or input_ids.size(0)
+    chunks = []
+    for start in range(0, input_ids.size(0), step):
+        rows = slice(start, start + step)
+        logits = model(
+            input_ids=input_ids[rows],
+            attention_mask=attention_mask[rows],
+            position_ids=position_ids[rows],
+            logits_to_keep=n_completion + 1,
+            use_cache=False,
+        ).logits[:, -n_completion - 1 : -1]  # (b, C, V): position t predicts token t + 1
+        logits = logits.float() / temperature
+        targets = input_ids[rows, -n_completion:].unsqueeze(-1)  # (b, C, 1)
+        # gather - logsumexp avoids a second (b, C, V) tensor from log_softmax.
+        chunks.append(logits.gather(-1, targets).squeeze(-1) - logits.logsumexp(-1))
+    return torch.cat(chunks)

@@ -1,0 +1,398 @@
+"""Supervised fine-tuning of any Hugging Face causal LM as a LightningModule.
+
+The loss is the mean negative log-likelihood of the *answer* tokens only: batches carry
+``labels`` equal to ``input_ids`` on answer tokens and ``-100`` everywhere else (prompt, chat
+template, padding), as :class:`~sts_lightning.data.SFTDataModule` builds them. Logits are computed
+only at the positions whose next token is labelled (the model's own ``logits_to_keep`` with a
+boolean mask): on short answers this skips most of the vocabulary projection, which dominates the
+cost of a small model on CPU.
+
+The HF model is loaded lazily (:meth:`SFTModule.configure_model`, or the first access to
+:attr:`SFTModule.model` / :attr:`SFTModule.tokenizer`): building the module from a recipe reads
+no weights, and Lightning loads them inside its device / sharding contexts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import Tensor
+
+from sts_lightning.embedded import DEFAULT_MODEL, load_model_and_tokenizer
+
+__all__ = ["LoraSettings", "SFTModule", "answer_nll", "lr_factor"]
+
+log = logging.getLogger(__name__)
+
+Schedule = Literal["cosine", "linear", "constant"]
+
+
+@dataclass
+class LoraSettings:
+    """A LoRA adapter (peft) on the frozen base model."""
+
+    r: int = 16
+    """Rank of the update matrices."""
+    alpha: int = 32
+    """Scaling numerator: the update is multiplied by ``alpha / r``."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    target_modules: str | list[str] = "all-linear"
+    """Module names (or suffixes) to adapt; ``"all-linear"``: every linear layer but the head."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ValueError(f"`r` must be a positive int, got {self.r!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout!r}")
+        if not self.target_modules:
+            raise ValueError("`target_modules` must name at least one module, got an empty value")
+
+    def to_peft(self):
+        """The equivalent ``peft.LoraConfig``."""
+        from peft import LoraConfig  # lazy: ~5 s of imports, only for LoRA runs
+
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            task_type="CAUSAL_LM",
+        )
+
+
+def answer_nll(
+    model, input_ids: Tensor, attention_mask: Tensor, labels: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Summed NLL of the labelled tokens and their count, with logits only where needed.
+
+    Args:
+        model: A Hugging Face causal LM (or a peft model around one).
+        input_ids: ``(B, T)`` token ids.
+        attention_mask: ``(B, T)``, 1 on real tokens.
+        labels: ``(B, T)``: the token id where it carries loss, ``-100`` elsewhere (unshifted, the
+            HF convention: the logits at ``t`` are scored against ``labels[t + 1]``).
+
+    Returns:
+        ``(nll_sum, n_tokens)``, two scalars; ``nll_sum`` is fp32 and differentiable.
+    """
+    targets = labels[:, 1:]  # (B, T-1): the token each position predicts
+    scored = F.pad(targets != -100, (0, 1), value=False)  # (B, T): positions with a target
+    try:
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            logits_to_keep=scored,
+            use_cache=False,
+        )
+        logits = out.logits  # (N, V) when the model honours a boolean logits_to_keep
+    except TypeError:  # a model without `logits_to_keep`
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    if logits.dim() == 3:  # it ignored the mask and returned (B, T, V): select here
+        logits = logits[scored]
+    n_tokens = scored.sum()
+    # fp32 log-softmax: under bf16 autocast the logits come out in bf16.
+    nll = F.cross_entropy(logits.float(), targets[scored[:, :-1]], reduction="sum")
+    return nll, n_tokens
+
+
+def lr_factor(
+    step: int, *, warmup: int, total: float, schedule: Schedule = "cosine", min_ratio: float = 0.0
+) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step``.
+
+    Linear warm-up over ``warmup`` steps, then ``schedule`` from 1 down to ``min_ratio`` at
+    ``total`` steps (``total`` may be ``inf``: the rate then stays at the peak).
+
+    Example:
+        >>> [round(lr_factor(s, warmup=2, total=6), 3) for s in range(7)]
+        [0.5, 1.0, 1.0, 0.854, 0.5, 0.146, 0.0]
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or not math.isfinite(total) or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / (total - warmup))
+    decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+    return min_ratio + (1.0 - min_ratio) * decay
+
+
+class SFTModule(LightningModule):
+    """Fine-tune a causal LM on (prompt, answer) pairs, loss on answer tokens only.
+
+    Args:
+        model_name_or_path: ``"embedded:smollm2"``, a local checkpoint directory or a hub id.
+        dtype: Dtype the weights are loaded in (``"float32"``, ``"bfloat16"``, ...). With
+            ``precision="bf16-mixed"`` keep fp32 for full fine-tuning; a LoRA base may be bf16.
+        trust_remote_code: Run modelling code shipped with the checkpoint (off: it is arbitrary
+            code).
+        cache_dir: Cache root of embedded models.
+        lora: Train a LoRA adapter instead of every weight (a dict of its fields works too);
+            ``None``: full fine-tuning.
+        freeze_tied_embeddings: In full fine-tuning, freeze the input embedding when the LM head
+            shares it: it is most of a small model's parameters and optimizer time, and an
+            update there moves every token's input representation at once.
+        gradient_checkpointing: Recompute activations in the backward pass (less memory, slower).
+        lr: Peak learning rate (AdamW).
+        weight_decay: AdamW decay of matrices (biases and norms are never decayed).
+        betas: AdamW betas.
+        warmup_steps: Linear warm-up: an int is a number of optimizer steps, a float in
+            ``[0, 1)`` a fraction of the total.
+        lr_schedule: Decay after warm-up (``"cosine"``, ``"linear"``, ``"constant"``), per step.
+        min_lr_ratio: Final learning rate as a fraction of ``lr``.
+        save_hf_on_fit_end: Write ``<log_dir>/hf_model`` (``save_pretrained``) when ``fit`` ends.
+        checkpoint_frozen_weights: Also store frozen weights in Lightning checkpoints. Off: only
+            trainable weights are stored (a LoRA checkpoint of an 8B model is then megabytes, not
+            16 GB); frozen ones are reloaded from ``model_name_or_path`` on restore.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = DEFAULT_MODEL,
+        *,
+        dtype: str = "float32",
+        trust_remote_code: bool = False,
+        cache_dir: str | None = None,
+        lora: LoraSettings | dict[str, Any] | None = None,
+        freeze_tied_embeddings: bool = True,
+        gradient_checkpointing: bool = False,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int | float = 0,
+        lr_schedule: Schedule = "cosine",
+        min_lr_ratio: float = 0.0,
+        save_hf_on_fit_end: bool = True,
+        checkpoint_frozen_weights: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model_name_or_path, str) or not model_name_or_path:
+            raise ValueError(
+                f"`model_name_or_path` must be a non-empty string, got {model_name_or_path!r}"
+            )
+        if not lr > 0:
+            raise ValueError(f"`lr` must be > 0, got {lr!r}")
+        if lr_schedule not in ("cosine", "linear", "constant"):
+            raise ValueError(
+                f"`lr_schedule` must be 'cosine', 'linear' or 'constant', got {lr_schedule!r}"
+            )
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(f"`min_lr_ratio` must be in [0, 1], got {min_lr_ratio!r}")
+        is_ratio = isinstance(warmup_steps, float)
+        if isinstance(warmup_steps, bool) or warmup_steps < 0 or (is_ratio and warmup_steps >= 1):
+            raise ValueError(
+                f"`warmup_steps` must be an int >= 0 or a float in [0, 1), got {warmup_steps!r}"
+            )
+        if isinstance(lora, dict):  # from a checkpoint's hyperparameters
+            lora = LoraSettings(**lora)
+        self.save_hyperparameters(ignore=["lora"])
+        # Stored as a dict: checkpoints load with weights_only=True, which refuses custom classes.
+        self.hparams["lora"] = None if lora is None else asdict(lora)
+        self.lora = lora
+        self._tokenizer = None
+        self._val_sums: dict[str, Tensor] = {}
+        # Answer tokens trained on, over all ranks; a buffer, so checkpoints carry it.
+        self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long))
+
+    # ----------------------------------------------------------------------------- the model
+    @property
+    def model(self):
+        """The HF model (a ``peft`` model with LoRA); loaded on first access."""
+        if "model" not in self._modules:
+            self.configure_model()
+        return self._modules["model"]
+
+    @property
+    def tokenizer(self):
+        """The tokenizer of ``model_name_or_path`` (always with a pad token)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            from sts_lightning.embedded import resolve_model
+
+            hp = self.hparams
+            path = resolve_model(hp.model_name_or_path, cache_dir=hp.cache_dir)
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=hp.trust_remote_code)
+            if tok.pad_token is None:  # same rule as load_model_and_tokenizer
+                tok.pad_token = tok.eos_token
+            self._tokenizer = tok
+        return self._tokenizer
+
+    def configure_model(self) -> None:
+        """Load the model (idempotent); Lightning calls it before fit/validate and on restore."""
+        if "model" in self._modules:
+            return
+        hp = self.hparams
+        model, tokenizer = load_model_and_tokenizer(
+            hp.model_name_or_path,
+            dtype=hp.dtype,
+            trust_remote_code=hp.trust_remote_code,
+            cache_dir=hp.cache_dir,
+        )
+        if hp.gradient_checkpointing:
+            # Non-reentrant: works with frozen inputs (LoRA) without enable_input_require_grads.
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        if self.lora is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, self.lora.to_peft())
+        elif hp.freeze_tied_embeddings:
+            head = model.get_output_embeddings()
+            embedding = model.get_input_embeddings()
+            if head is not None and head.weight is embedding.weight:
+                embedding.weight.requires_grad_(False)
+                log.info("tied input/output embedding frozen (freeze_tied_embeddings=True)")
+        if self._tokenizer is None:
+            self._tokenizer = tokenizer
+        # Assigned through _modules: `model` is a read-only property that loads on demand.
+        self._modules["model"] = model.train()
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in model.parameters())
+        log.info("trainable parameters: %s of %s (%.2f %%)", n_train, n_all, 100 * n_train / n_all)
+
+    # ----------------------------------------------------------------------------- steps
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        nll, n = answer_nll(
+            self.model, batch["input_ids"], batch["attention_mask"], batch["labels"]
+        )
+        loss = nll / n.clamp_min(1)
+        with torch.no_grad():
+            self.tokens_seen += self.trainer.strategy.reduce(n.detach(), reduce_op="sum")
+        batch_size = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/tokens", self.tokens_seen.double(), batch_size=batch_size)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = {}
+
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        nll, n = answer_nll(
+            self.model, batch["input_ids"], batch["attention_mask"], batch["labels"]
+        )
+        # The data module names each loader (its domain); a bare loader falls back to its index.
+        name = batch.get("name") or str(dataloader_idx)
+        sums = torch.stack([nll.detach().double(), n.double()])
+        self._val_sums[name] = self._val_sums.get(name, 0) + sums
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_sums:
+            return
+        names = list(self._val_sums)  # loaders run in the same order on every rank
+        sums = self.trainer.strategy.reduce(
+            torch.stack([self._val_sums[k] for k in names]), reduce_op="sum"
+        )
+        losses = sums[:, 0] / sums[:, 1].clamp_min(1)  # token-weighted mean NLL per loader
+        # Equal on every rank already; sync_dist only keeps Lightning's distributed check quiet.
+        for name, loss in zip(names, losses, strict=True):
+            self.log(f"val/loss/{name}", loss.float(), add_dataloader_idx=False, sync_dist=True)
+        # Unweighted mean over domains: one number for checkpoint selection and early stopping.
+        self.log("val/loss", losses.mean().float(), add_dataloader_idx=False, sync_dist=True)
+        self._val_sums = {}
+
+    # ----------------------------------------------------------------------------- optimizer
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        if not named:
+            raise RuntimeError("the model has no trainable parameters")
+        groups = [
+            {"params": [p for _, p in named if p.ndim >= 2], "weight_decay": hp.weight_decay},
+            {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        groups = [g for g in groups if g["params"]]
+        try:  # the fused kernel: one launch for all parameters (CPU since torch 2.4, CUDA)
+            optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=True)
+        except (RuntimeError, ValueError) as err:
+            log.info("fused AdamW unavailable (%s); using the foreach implementation", err)
+            optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        total = float(self.trainer.estimated_stepping_batches)
+        warmup = hp.warmup_steps
+        if isinstance(warmup, float):
+            warmup = int(warmup * total) if math.isfinite(total) else 0
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: lr_factor(
+                step, warmup=warmup, total=total, schedule=hp.lr_schedule, min_ratio=hp.min_lr_ratio
+            ),
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def _trainable_keys(self) -> set[str]:
+        # keep_vars: Parameters, so a trainable weight tied under two names is kept under both.
+        weights = self.state_dict(keep_vars=True)
+        return {k for k, v in weights.items() if v.requires_grad} | {"tokens_seen"}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.hparams.checkpoint_frozen_weights:
+            return
+        # The frozen weights equal the base model's: on_load_checkpoint takes them from there.
+        keep = self._trainable_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Called before the state dict is loaded: supply the frozen weights it leaves out from
+        # the base model just loaded, so loading stays strict for everything else.
+        stored = checkpoint["state_dict"]
+        missing = sorted(self._trainable_keys() - set(stored))
+        if missing:
+            raise RuntimeError(
+                f"the checkpoint lacks trainable weights {missing[:5]} (of {len(missing)}): it was "
+                "written with another `lora` or `model_name_or_path`"
+            )
+        for key, value in self.state_dict().items():
+            stored.setdefault(key, value)
+
+    # ----------------------------------------------------------------------------- export
+    def on_fit_end(self) -> None:
+        if self.hparams.save_hf_on_fit_end:
+            root = self.trainer.log_dir or self.trainer.default_root_dir
+            self.save_hf(Path(root) / "hf_model")
+
+    def save_hf(self, path: str | Path) -> Path:
+        """Write the model (or LoRA adapter) and tokenizer with ``save_pretrained``.
+
+        Under a trainer every rank must call it (a sharded model is gathered first); rank 0
+        writes. ``from_pretrained(path)`` (or ``PeftModel.from_pretrained``) reloads it.
+
+        Args:
+            path: Output directory.
+
+        Returns:
+            ``path`` as a :class:`~pathlib.Path`.
+        """
+        path = Path(path)
+        trainer = self._trainer
+        state_dict = None
+        if trainer is not None:
+            from lightning.pytorch.strategies import FSDPStrategy
+
+            if isinstance(trainer.strategy, FSDPStrategy):  # gather the shards (a collective)
+                full = trainer.strategy.lightning_module_state_dict()
+                state_dict = {
+                    k[len("model.") :]: v for k, v in full.items() if k.startswith("model.")
+                }
+        if trainer is None or trainer.is_global_zero:
+            kwargs = {} if state_dict is None else {"state_dict": state_dict}
+            self.model.save_pretrained(path, **kwargs)
+            self.tokenizer.save_pretrained(path)
+            log.info("saved the HF %s to %s", "adapter" if self.lora else "model", path)
+        if trainer is not None:
+            trainer.strategy.barrier("sts_save_hf")
+        return path

@@ -1,0 +1,334 @@
+"""GRPO: the pure math against hand computations, then the LightningModule on the tiny model."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from sts_lightning.grpo import GRPOConfig, GRPOModule, LoraSettings, grpo_advantages, grpo_loss
+from sts_lightning.grpo_loss import combine_rewards
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(4)]
+
+
+def even_token_reward(prompts, completions, completion_ids, **kwargs):
+    """Fraction of even token ids: ~0.5 for a random model, learnable in a few steps."""
+    return [sum(t % 2 == 0 for t in ids) / max(len(ids), 1) for ids in completion_ids]
+
+
+class Recorder(pl.Callback):
+    """Every logged metric after every training batch."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    def curve(self, key: str) -> list[float]:
+        return [step[key] for step in self.steps]
+
+
+def make_module(model, tokenizer, **kwargs) -> GRPOModule:
+    grpo = GRPOConfig(**{"num_generations": 4, "max_new_tokens": 4, **kwargs.pop("grpo", {})})
+    defaults = dict(reward_funcs=[even_token_reward], lr=0.1, lr_schedule="constant")
+    return GRPOModule(copy.deepcopy(model), tokenizer, grpo=grpo, **{**defaults, **kwargs})
+
+
+def fit(module, max_steps, *, data=None, callbacks=(), ckpt_path=None, **kwargs):
+    recorder = Recorder()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        callbacks=[recorder, *callbacks],
+        **kwargs,
+    )
+    loader = data or torch.utils.data.DataLoader(PROMPTS, batch_size=4)
+    trainer.fit(module, loader, ckpt_path=ckpt_path)
+    return trainer, recorder
+
+
+# ----------------------------------------------------------------------------- the math
+def test_advantages_match_a_hand_computation():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 3.0, 1.0, 2.0, 2.0])
+    # Group 1: mean 0.25, Bessel std 0.5. Group 2: mean 2, std sqrt(2/3).
+    hand = [0.75 / 0.5001, -0.25 / 0.5001, -0.25 / 0.5001, -0.25 / 0.5001]
+    std2 = math.sqrt(2 / 3) + 1e-4
+    hand += [1 / std2, -1 / std2, 0.0, 0.0]
+    assert grpo_advantages(rewards, 4).tolist() == pytest.approx(hand, rel=1e-6)
+    assert grpo_advantages(rewards, 4, scale_rewards=False).tolist() == pytest.approx(
+        [0.75, -0.25, -0.25, -0.25, 1.0, -1.0, 0.0, 0.0]
+    )
+    batch_std = torch.std(rewards).item() + 1e-4  # "batch": one std over all rewards
+    assert grpo_advantages(rewards, 4, scale_rewards="batch")[0].item() == pytest.approx(
+        0.75 / batch_std
+    )
+
+
+def test_unscorable_completions_leave_the_baseline_and_get_zero_advantage():
+    nan = float("nan")
+    per_func = torch.tensor([[1.0, nan], [nan, nan], [0.0, 1.0], [0.0, nan]])
+    rewards = combine_rewards(per_func, torch.tensor([1.0, 0.5]))
+    assert rewards[1].isnan() and rewards[[0, 2, 3]].tolist() == [1.0, 0.5, 0.0]
+    adv = grpo_advantages(rewards, 4, scale_rewards=False)
+    assert adv.tolist() == pytest.approx([0.5, 0.0, 0.0, -0.5])  # mean of (1, 0.5, 0) = 0.5
+
+
+def test_num_generations_below_two_is_an_error():
+    with pytest.raises(ValueError, match="`num_generations` must be >= 2"):
+        GRPOConfig(num_generations=1)
+    with pytest.raises(ValueError, match="`num_generations` must be >= 2"):
+        grpo_advantages(torch.zeros(4), 1)
+    with pytest.raises(ValueError, match="`scale_rewards`"):
+        GRPOConfig(scale_rewards="per-token")
+
+
+def test_loss_is_the_clipped_surrogate_with_k3_kl():
+    adv = torch.tensor([1.0, -1.0])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    old = torch.zeros(2, 3)
+    logps = torch.log(torch.tensor([[1.5, 1.1, 9.0], [0.5, 1.0, 1.0]])).requires_grad_()
+    ref = torch.zeros(2, 3)
+    loss, sums = grpo_loss(logps, old, adv, mask, ref_logps=ref, beta=0.1)
+    # Ratios (1.5, 1.1 | 0.5); A = +1 clips 1.5 to 1.2, A = -1 clips 0.5 to 0.8: per token
+    # -min(rA, clip(r)A) = (-1.2, -1.1 | 0.8); k3(ref=0) = 1/r - log(1/r) - 1 per token.
+    k3 = [1 / r + math.log(r) - 1 for r in (1.5, 1.1, 0.5)]
+    hand = (-1.2 - 1.1 + 0.8 + 0.1 * sum(k3)) / 3  # dapo: / active tokens
+    assert loss.item() == pytest.approx(hand, rel=1e-5)
+    assert sums["clipped"].item() == 2 and sums["tokens"].item() == 3
+    assert sums["kl"].item() == pytest.approx(sum(k3), rel=1e-5)
+    loss.backward()
+    # Clipped tokens carry only the KL gradient; the padding token none at all.
+    assert logps.grad[0, 2] == 0
+    grpo_only, _ = grpo_loss(logps, old, adv, mask, loss_type="grpo")
+    assert grpo_only.item() == pytest.approx(((-1.2 - 1.1) / 2 + 0.8) / 2, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- the module
+def test_reward_function_errors_name_the_function(tiny_llama, tiny_tokenizer):
+    def exploding_reward(prompts, completions, **kwargs):
+        raise ZeroDivisionError("boom")
+
+    def short_reward(prompts, completions, **kwargs):
+        return [0.0]
+
+    batch = {"prompt": ["What is 1 + 1?"], "answer": ["2"]}
+    module = make_module(tiny_llama, tiny_tokenizer, reward_funcs=[exploding_reward])
+    with pytest.raises(RuntimeError, match="`exploding_reward` raised ZeroDivisionError: boom"):
+        module._rollout(batch)
+    module = make_module(tiny_llama, tiny_tokenizer, reward_funcs=[short_reward])
+    with pytest.raises(ValueError, match="`short_reward` returned 1 rewards for 4 completions"):
+        module._rollout(batch)
+    with pytest.raises(ValueError, match="`reward_weights`"):
+        make_module(tiny_llama, tiny_tokenizer, reward_weights=[1.0, 2.0])
+
+
+def test_a_few_steps_raise_the_reward(tiny_llama, tiny_tokenizer):
+    module = make_module(tiny_llama, tiny_tokenizer)
+    _, rec = fit(module, 6)
+    curve = rec.curve("grpo/reward_mean")
+    assert len(curve) == 6
+    assert sum(curve[-2:]) / 2 > sum(curve[:2]) / 2 + 0.2, curve
+    keys = {"grpo/reward_std", "grpo/rewards/even_token_reward", "grpo/completion_length"}
+    assert keys | {"grpo/clip_ratio", "train/loss", "lr"} <= set(rec.steps[-1])
+    assert rec.steps[-1]["lr"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["frozen-copy", "lora-adapter-off"])
+def test_kl_is_zero_before_the_first_update(tiny_llama, tiny_tokenizer, lora):
+    settings = LoraSettings(r=4, alpha=8) if lora else None
+    module = make_module(tiny_llama, tiny_tokenizer, grpo={"beta": 0.1}, lora=settings)
+    assert (module._ref_model is None) == lora  # LoRA: no second copy of the model
+    base = {n: p.detach().clone() for n, p in module.model.named_parameters() if "lora" not in n}
+    _, rec = fit(module, 3)
+    kl = rec.curve("grpo/kl")
+    assert kl[0] == 0.0 and kl[-1] > 0.0, kl
+    if lora:  # only the adapter moved
+        for name, param in module.model.named_parameters():
+            if "lora" not in name:
+                assert torch.equal(param, base[name]), name
+
+
+def test_num_iterations_reuse_each_rollout(tiny_llama, tiny_tokenizer):
+    module = make_module(tiny_llama, tiny_tokenizer, grpo={"num_iterations": 2}, lr=1e-2)
+    trainer, rec = fit(module, 4)
+    # Two rollouts of two optimizer steps each; the second step's ratios move off 1.
+    assert len(rec.steps) == 2 and trainer.global_step == 4
+    assert all(math.isfinite(step["train/loss"]) for step in rec.steps)
+
+
+def test_validation_logs_the_mean_reward(tiny_llama, tiny_tokenizer):
+    from sts_lightning.data import PromptDataModule
+
+    data = PromptDataModule(PROMPTS, train_size=None, val_from_train=2, batch_size=2)
+    module = make_module(tiny_llama, tiny_tokenizer)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
+    assert 0.0 <= metrics["val/reward"] <= 1.0
+    assert metrics["val/reward/train_heldout"] == metrics["val/reward"]
+    assert "val/rewards/even_token_reward" in metrics
+
+
+def test_resume_reproduces_the_uninterrupted_curve(tiny_llama, tiny_tokenizer, tmp_path):
+    from sts_lightning.data import PromptDataModule
+
+    def data():  # 2 batches per epoch: the interruption falls mid-epoch
+        return PromptDataModule(PROMPTS, train_size=None, batch_size=2, seed=3)
+
+    def module():
+        return make_module(tiny_llama, tiny_tokenizer, lr=0.05, lr_schedule="linear")
+
+    class StopAt(pl.Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            trainer.should_stop = trainer.global_step >= 3
+
+    _, full = fit(module(), 5, data=data())
+    trainer, first = fit(module(), 5, data=data(), callbacks=[StopAt()])
+    trainer.save_checkpoint(tmp_path / "step3.ckpt")
+    _, rest = fit(module(), 5, data=data(), ckpt_path=tmp_path / "step3.ckpt")
+    for key in ("grpo/reward_mean", "train/loss", "lr"):
+        assert first.curve(key) + rest.curve(key) == pytest.approx(full.curve(key), rel=1e-5)
+
+
+def test_lora_checkpoint_holds_the_adapter_and_save_hf(tiny_llama, tiny_tokenizer, tmp_path):
+    module = make_module(tiny_llama, tiny_tokenizer, lora=LoraSettings(r=4))
+    trainer, _ = fit(module, 1)
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    state = torch.load(tmp_path / "a.ckpt", weights_only=False)["state_dict"]
+    assert state and all("lora_" in key for key in state)
+    fresh = make_module(tiny_llama, tiny_tokenizer, lora=LoraSettings(r=4))
+    fresh.on_load_checkpoint({"state_dict": state})
+    fresh.load_state_dict(state, strict=False)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in state.items())
+    out = module.save_hf(tmp_path / "hf")
+    assert (out / "adapter_config.json").is_file() and (out / "tokenizer_config.json").is_file()
+    with pytest.raises(RuntimeError, match="LoRA adapter"):
+        make_module(tiny_llama, tiny_tokenizer, lora=LoraSettings(r=2)).on_load_checkpoint(
+            {"state_dict": {"model.other": torch.zeros(1)}}
+        )
+
+
+_DDP_SCRIPT = """
+import json, os, sys
+import lightning.pytorch as pl
+import torch
+from sts_lightning.data import PromptDataModule
+from sts_lightning.grpo import GRPOConfig, GRPOModule
+
+def even_token_reward(prompts, completions, completion_ids, **kwargs):
+    return [sum(t % 2 == 0 for t in ids) / max(len(ids), 1) for ids in completion_ids]
+
+class Record(pl.Callback):
+    rewards = []
+    def on_train_batch_end(self, trainer, *args):
+        self.rewards.append(float(trainer.callback_metrics["grpo/reward_mean"]))
+
+model_dir, out = sys.argv[1], sys.argv[2]
+module = GRPOModule(model_dir, reward_funcs=[even_token_reward], lr=0.05,
+                    grpo=GRPOConfig(num_generations=4, max_new_tokens=4, beta=0.05))
+prompts = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(8)]
+trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=2, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, log_every_n_steps=1, callbacks=[Record()])
+trainer.fit(module, datamodule=PromptDataModule(prompts, train_size=None, batch_size=2))
+checksum = sum(p.double().sum().item() for p in module.model.parameters())
+with open(f"{out}/rank{trainer.global_rank}.json", "w") as f:
+    json.dump({"checksum": checksum, "rewards": Record.rewards,
+               "world": trainer.world_size}, f)
+"""
+
+
+def test_ddp_on_two_cpu_processes(tiny_llama, tiny_tokenizer, tmp_path):
+    tiny_llama.save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save_pretrained(tmp_path / "model")
+    script = tmp_path / "ddp_grpo.py"
+    script.write_text(textwrap.dedent(_DDP_SCRIPT))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "model"), str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    # Gradients were all-reduced: both replicas hold the same weights after the updates...
+    assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-6)
+    # ...and the logged reward is over the gathered rollout, so equal on every rank.
+    assert ranks[0]["rewards"] == ranks[1]["rewards"] and len(ranks[0]["rewards"]) == 2
+
+
+@pytest.mark.slow
+def test_smollm2_recipe_runs_two_steps(tmp_path, monkeypatch):
+    from sts_lightning.lightning_cli import run
+
+    monkeypatch.chdir(tmp_path)
+    recipe = ROOT / "recipes" / "grpo_arithmetic_smollm2.yaml"
+    args = ["fit", "--config", str(recipe), "--trainer.max_steps", "2"]
+    args += ["--trainer.default_root_dir", str(tmp_path), "--trainer.limit_val_batches", "1"]
+    assert run(args) == 0
+    metrics = list(tmp_path.rglob("metrics.csv"))
+    assert metrics, list(tmp_path.rglob("*"))
+    header = metrics[0].read_text().splitlines()[0].split(",")
+    assert {"grpo/reward_mean", "grpo/rewards/accuracy_reward", "train/loss"} <= set(header)
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("grpo_*.yaml")), ids=str)
+def test_recipes_parse(recipe):
+    from sts_lightning.lightning_cli import parse_config
+
+    cfg = parse_config(["--config", str(recipe)])
+    assert cfg.model.class_path == "sts_lightning.grpo.GRPOModule"
+    assert cfg.data.class_path == "sts_lightning.data.PromptDataModule"
+
+
+def test_gpu_recipe_runs_on_cpu_with_the_tiny_model(
+    tiny_llama, tiny_tokenizer, tmp_path, monkeypatch
+):
+    """Everything in the 7B recipe but the model, the GPU and the dataset: LoRA, the KL to the
+    adapter-off model, bf16-mixed, micro-batches, truncation masking, validation, loggers."""
+    from sts_lightning.lightning_cli import run
+
+    tiny_llama.save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save_pretrained(tmp_path / "model")
+    recipe = ROOT / "recipes" / "grpo_gsm8k_qwen2.5_7b.yaml"
+    overrides = {
+        "model.init_args.model": str(tmp_path / "model"),
+        "model.init_args.dtype": "float32",
+        "model.init_args.grpo.max_new_tokens": "4",
+        "trainer.accelerator": "cpu",
+        "trainer.max_steps": "2",
+        "trainer.val_check_interval": "2",
+        "trainer.default_root_dir": str(tmp_path / "runs"),
+        "data.init_args.train": "arithmetic",
+        "data.init_args.train_subset": "null",
+        "data.init_args.prompt_column": "prompt",
+        "data.init_args.train_size": "8",
+        "data.init_args.val_from_train": "2",
+        "data.init_args.batch_size": "2",
+    }
+    monkeypatch.chdir(tmp_path)  # the recipe's loggers write under ./runs
+    args = [f"--{key}={value}" for key, value in overrides.items()]
+    assert run(["fit", "--config", str(recipe), *args]) == 0
+    (metrics,) = (tmp_path / "runs").rglob("metrics.csv")
+    header = metrics.read_text().splitlines()[0].split(",")
+    assert {"grpo/kl", "grpo/rewards/accuracy_reward", "val/reward"} <= set(header), header
