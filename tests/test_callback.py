@@ -288,3 +288,46 @@ def test_forecast_from_another_sae_is_rejected(tmp_path, tiny_llama, tiny_tokeni
     pred.layer = 2  # as if made at another layer
     with pytest.raises(ValueError, match="layer"):
         _fit(tmp_path / "b", tiny_llama, tiny_tokenizer, _callback(tiny_sae, forecast=pred), 1)
+
+
+@pytest.mark.parametrize("mode", ["offline", "disabled"])
+def test_wandb_offline_and_disabled_runs_complete(
+    mode, tmp_path, tiny_llama, tiny_tokenizer, tiny_sae, monkeypatch
+):
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = WandbLogger(save_dir=str(tmp_path), mode=mode, project="sts-test")
+    callback = _callback(tiny_sae)
+    trainer, _ = _fit(tmp_path, tiny_llama, tiny_tokenizer, callback, logger=logger)
+    assert trainer.global_step == 8
+    assert not callback._failed  # tables, images and scalars all went through
+    if mode == "offline":  # the run, with the tables and images logged at the end, is on disk
+        (run,) = (tmp_path / "wandb").glob("offline-run-*")
+        assert any(run.glob("run-*.wandb"))
+    logger.experiment.finish()
+
+
+def test_fewer_than_three_domains_warn_and_still_track(
+    tmp_path, tiny_llama, tiny_tokenizer, tiny_sae
+):
+    two = {k: TEXTS[k] for k in ("arith", "law")}
+    cb = STSCallback(
+        tiny_sae,
+        domains=two,
+        train_examples=[Example(t) for t in TEXTS["arith"]],
+        k=8,
+        every_n_steps=4,
+        predict_config=PredictConfig(train_tokens=100, domain_tokens=100, progress=False),
+        tracker_config=TrackerConfig(probe_tokens=100, eval_tokens=50),
+    )
+    with pytest.warns(UserWarning, match="needs 3 or more"):
+        _fit(tmp_path, tiny_llama, tiny_tokenizer, cb)
+    last = cb.tracker.history[-1]
+    assert "sts/shift/total" in last and "sts/corr/pearson" not in last
+
+
+def test_unknown_sae_id_offline_is_a_clear_error(tmp_path, tiny_llama, tiny_tokenizer):
+    cb = STSCallback("no-such-release/no-such-sae", domains=TEXTS, train_examples=["a", "b", "c"])
+    with pytest.raises(ValueError, match="`sae`"):
+        _fit(tmp_path, tiny_llama, tiny_tokenizer, cb, max_steps=1)
