@@ -77,6 +77,7 @@ def main() -> None:
     p.add_argument("--every", type=int, default=5)
     p.add_argument("--default-every", type=int, default=50)
     p.add_argument("--sae", default=None, help="SAE id/dir (default: the embedded default's)")
+    p.add_argument("--forecast", default=None, help="a `sts-lightning predict` output dir to reuse")
     args = p.parse_args()
 
     from sts_lightning.embedded import load_model_and_tokenizer
@@ -98,12 +99,13 @@ def main() -> None:
             domain_tokens=3000,
             progress=False,
         ),
+        forecast=args.forecast,
     )
 
     base = _run(args.steps, [])
     with_cb = _run(args.steps, [callback])  # includes the forecast before step 1
     tracker = callback.tracker
-    forecast = tracker.prediction.timings["total"]
+    forecast = tracker.prediction.timings["total"]  # when loaded: the time it took in `predict`
     n_measure = len(tracker.history)
     per_measure = (with_cb - base) / n_measure
     step = base / args.steps
