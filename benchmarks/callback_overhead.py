@@ -10,6 +10,7 @@ output with ``forecast=``), so it is timed separately; the recurring cost is one
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 import warnings
 
@@ -63,6 +64,7 @@ def _run(steps: int, callbacks: list) -> float:
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
+        default_root_dir=tempfile.mkdtemp(prefix="sts-overhead-"),  # plots land here
         callbacks=[timer, *callbacks],
     )
     with warnings.catch_warnings():
