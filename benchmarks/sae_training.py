@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import random
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from sts_lightning.sae import keep_rows
 from sts_lightning.sae_training import SAETrainConfig, train_sae
@@ -135,19 +137,22 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="train on the first ROWS rows")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[2048])
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--acts-cache", default="/tmp/sts_bench_acts_L12.pt")
+    parser.add_argument(
+        "--acts-cache",
+        default=os.path.join(tempfile.gettempdir(), "sts_bench_acts_L12.safetensors"),
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()}")
 
     if Path(args.acts_cache).exists():
-        acts = torch.load(args.acts_cache)
+        acts = load_file(args.acts_cache)["acts"]
         print(f"loaded {acts.shape[0]} cached rows from {args.acts_cache}")
     else:
         acts, _ = cache_activations(
             args.tokens, args.layer, args.max_norm, args.seq_len, args.model_batch
         )
-        torch.save(acts, args.acts_cache)
+        save_file({"acts": acts.contiguous()}, args.acts_cache)
 
     if args.rows is not None:  # rows were cached in shuffled batch order: a fair subset
         acts = acts[: args.rows]
