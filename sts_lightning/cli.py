@@ -1,4 +1,5 @@
-"""The ``sts-lightning`` command line: ``predict`` (forecast before training) and ``demo``."""
+"""The ``sts-lightning`` command line: ``predict`` (forecast before training), ``experiment``
+(forecast → fine-tune → realised deltas → report), ``fit``/``validate`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -70,11 +71,32 @@ def _predict(argv: list[str]) -> int:
     return 0
 
 
+def _experiment(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from sts_lightning.experiment.cli import experiment_parser, job_from_args
+    from sts_lightning.experiment.run import run_experiment
+
+    parser = experiment_parser()
+    cfg = parser.parse_args(argv)
+    job = job_from_args(parser, cfg)
+    out = Path(job.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(parser.dump(cfg, skip_none=False))
+    results = run_experiment(job)
+    sys.stdout.write(
+        f"wrote {out}/report.md, results.json and figures in {results['timings']['total']:.0f} s\n"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if argv[:1] == ["predict"]:
         return _predict(argv[1:])
+    if argv[:1] == ["experiment"]:
+        return _experiment(argv[1:])
     if argv[:1] in (["fit"], ["validate"]):
         from sts_lightning.lightning_cli import run  # lazy: Lightning's CLI imports take seconds
 
@@ -82,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sts-lightning", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("predict", help="forecast before training (see `predict --help`)")
+    sub.add_parser("experiment", help="forecast, fine-tune, measure, report (see --help)")
     sub.add_parser("fit", help="train from a recipe (see `fit --help`)")
     sub.add_parser("validate", help="validate from a recipe (see `validate --help`)")
     demo = sub.add_parser("demo", help="run the STS core on synthetic latents")

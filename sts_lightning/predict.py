@@ -84,8 +84,14 @@ class _Extractor:
         moments=None,
         shift=None,
         quality=None,
+        raw_moments=None,
+        raw_shift=None,
     ) -> dict[str, int]:
-        """Feed the statistics given; ``paired=False`` runs only the base prompts."""
+        """Feed the statistics given; ``paired=False`` runs only the base prompts.
+
+        ``moments``/``shift`` get SAE latents; ``raw_moments``/``raw_shift`` get the residual rows
+        themselves (the raw-neuron baseline), from the same forward passes.
+        """
         base_it = self._rows([b for b, _ in pairs], span, desc)
         # One bar: the ICL pass advances in lockstep with the base one.
         icl_it = self._rows([i for _, i in pairs], span, None) if paired else None
@@ -109,6 +115,10 @@ class _Extractor:
                 quality.update(base[keep].to(x_hat.device), x_hat, base_lat)
             if shift is not None:
                 shift.update(base_lat, encode(self.sae, icl[keep]))
+            if raw_moments is not None:
+                raw_moments.update(base[keep])
+            if raw_shift is not None:
+                raw_shift.update(base[keep], icl[keep])
         return {"n_tokens": kept, "n_dropped": dropped}
 
 
@@ -130,8 +140,13 @@ def _select(
     budget: int,
     cfg: PredictConfig,
     exclude: set[int],
+    demo_pool: Sequence[Example] | None = None,
 ) -> tuple[list[Pair], int]:
-    """Seeded choice of examples until ``budget`` span tokens; returns the pairs and the count."""
+    """Seeded choice of examples until ``budget`` span tokens; returns the pairs and the count.
+
+    The queries depend only on ``examples``, the seed and the budget; ``demo_pool`` (default:
+    ``examples``) only changes what precedes them in the ICL prompt.
+    """
     order = list(range(len(examples)))
     random.Random(cfg.seed).shuffle(order)
     chosen, n_tokens, chunk = [], 0, 32
@@ -142,7 +157,7 @@ def _select(
             queries,
             n_demos,
             seed=cfg.seed,
-            demo_pool=examples,
+            demo_pool=examples if demo_pool is None else demo_pool,
             system_prompt=cfg.system_prompt,
             use_chat_template=cfg.use_chat_template,
         ):

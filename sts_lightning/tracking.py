@@ -245,11 +245,7 @@ class STSTracker:
         if self.prediction is None or self.probe is None:
             raise RuntimeError("STSTracker.measure called before start()")
         pred, k = self.prediction, len(self.prediction.top_latents)
-        now_rows = self._probe_rows(model, tokenizer, self.probe)[self.probe["keep"]]
-        # Each rank measures the same probe with the same (DDP-synchronised) weights: no reduction.
-        shift = PairedShift(pred.shift.numel(), sync_on_compute=False)
-        shift.update(encode(self.sae, self.probe["rows"]), encode(self.sae, now_rows))
-        real = shift.feature_shift().float()
+        real = self.realised_shift(model, tokenizer)
         real_top = F.top_shifted(real, k)
         out = {
             f"sts/shift/overlap@{k}": float(F.overlap_at_k(pred.top_latents, real_top)),
@@ -270,6 +266,16 @@ class STSTracker:
         out["sts/alarm"] = float(len(alarms))
         self.history.append({"step": float(step), **out})
         return out, alarms
+
+    def realised_shift(self, model, tokenizer) -> Tensor:
+        """Δ_real ``(d_sae,)``: mean squared change of each latent on the probe since step 0."""
+        if self.prediction is None or self.probe is None:
+            raise RuntimeError("STSTracker.realised_shift called before start()")
+        now_rows = self._probe_rows(model, tokenizer, self.probe)[self.probe["keep"]]
+        # Each rank measures the same probe with the same (DDP-synchronised) weights: no reduction.
+        shift = PairedShift(self.prediction.shift.numel(), sync_on_compute=False)
+        shift.update(encode(self.sae, self.probe["rows"]), encode(self.sae, now_rows))
+        return shift.feature_shift().float()
 
     def _correlations(self, forecast, realised_sts, deltas) -> dict[str, float]:
         common = [n for n in forecast if n in deltas and math.isfinite(deltas[n])]
@@ -353,8 +359,17 @@ def save_tracker_state(state: Mapping[str, Any], directory: str | Path) -> Path:
 
 def load_tracker_state(directory: str | Path) -> dict[str, Any]:
     """Read what :func:`save_tracker_state` wrote."""
+    from safetensors import SafetensorError
+
     directory = Path(directory)
-    tensors = load_file(str(directory / "tracker.safetensors"))
+    try:
+        tensors = load_file(str(directory / "tracker.safetensors"))
+        doc = json.loads((directory / "tracker.json").read_text())
+    except (OSError, ValueError, SafetensorError) as err:
+        raise ValueError(
+            f"`directory` {directory} does not hold a readable tracker state "
+            f"(tracker.json + tracker.safetensors): {err}"
+        ) from err
 
     def join(value: Any) -> Any:
         if isinstance(value, dict):
@@ -365,7 +380,7 @@ def load_tracker_state(directory: str | Path) -> dict[str, Any]:
             return [join(v) for v in value]
         return value
 
-    return join(json.loads((directory / "tracker.json").read_text()))
+    return join(doc)
 
 
 def _spearman(a: Tensor, b: Tensor) -> float:

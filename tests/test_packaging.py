@@ -49,6 +49,7 @@ def test_wheel_ships_callbacks_under_package(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("sts_lightning-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "sts_lightning/callbacks/__init__.py" in names
+    assert "sts_lightning/experiment/run.py" in names  # subpackages must be listed too
     assert not any(n.startswith("callbacks/") for n in names)
     assert "sts_lightning/functional.py" in names
     subprocess.run(

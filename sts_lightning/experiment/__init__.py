@@ -1,0 +1,1 @@
+"""The crystal-ball experiment: forecast → fine-tune → realised deltas → does STS predict?"""

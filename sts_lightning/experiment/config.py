@@ -1,0 +1,162 @@
+"""The experiment's settings: one dataclass per stage, a docstring under every field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sts_lightning.config import PredictConfig
+from sts_lightning.sae_training import SAETrainConfig
+from sts_lightning.sft import LoraSettings
+
+__all__ = ["EvalSettings", "ExperimentJob", "FinetuneSettings"]
+
+
+def _positive(owner: object, *names: str) -> None:
+    for name in names:
+        value = getattr(owner, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+
+
+@dataclass
+class FinetuneSettings:
+    """How each (source task, seed) model is fine-tuned (``SFTModule`` or ``GRPOModule``)."""
+
+    method: Literal["sft", "grpo"] = "sft"
+    """``sft``: answer-only NLL (:class:`~sts_lightning.sft.SFTModule`); ``grpo``: group-relative
+    policy optimisation with the task's checker as reward
+    (:class:`~sts_lightning.grpo.GRPOModule`)."""
+    steps: int = 40
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Examples per step (SFT) or prompts per step (GRPO)."""
+    lr: float = 1e-4
+    """Peak learning rate."""
+    warmup_steps: int = 4
+    """Linear warm-up steps."""
+    lora: LoraSettings | None = None
+    """A LoRA adapter instead of full fine-tuning; ``None``: full fine-tuning (tied embedding
+    frozen)."""
+    num_generations: int = 4
+    """GRPO only: completions sampled per prompt."""
+    max_completion_length: int = 16
+    """GRPO only: new tokens per completion."""
+    track_every: int = 10
+    """The STS callback measures the realised shift every this many steps (and at the end)."""
+
+    def __post_init__(self) -> None:
+        if self.method not in ("sft", "grpo"):
+            raise ValueError(f"`finetune.method` must be 'sft' or 'grpo', got {self.method!r}")
+        _positive(self, "steps", "batch_size", "num_generations", "max_completion_length")
+        _positive(self, "track_every")
+        if not self.lr > 0:
+            raise ValueError(f"`finetune.lr` must be > 0, got {self.lr!r}")
+        if isinstance(self.warmup_steps, bool) or self.warmup_steps < 0:
+            raise ValueError(
+                f"`finetune.warmup_steps` must be an int >= 0, got {self.warmup_steps}"
+            )
+
+
+@dataclass
+class EvalSettings:
+    """How the realised change of each domain is measured (held-out items only)."""
+
+    tokens: int = 1024
+    """Held-out tokens per domain whose loss is compared before and after fine-tuning (paired
+    by item: the standard error comes from the item-level differences)."""
+    span: Literal["all", "answer", "prompt"] = "all"
+    """Scored tokens of each held-out item: ``all`` (the domain's text), ``answer`` or
+    ``prompt``."""
+    task_items: int = 64
+    """Held-out problems of each source task for exact match before/after (a check that
+    fine-tuning learned the task); 0 skips it."""
+    batch_size: int = 8
+    """Sequences per forward pass."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "tokens", "batch_size")
+        if isinstance(self.task_items, bool) or self.task_items < 0:
+            raise ValueError(f"`evaluation.task_items` must be an int >= 0, got {self.task_items}")
+        if self.span not in ("all", "answer", "prompt"):
+            raise ValueError(f"`evaluation.span` must be all/answer/prompt, got {self.span!r}")
+
+
+@dataclass
+class ExperimentJob:
+    """Forecast → fine-tune → realised deltas → correlations, for several source tasks and seeds.
+
+    Domains and metrics are fixed here, before any outcome is seen: pre-registration.
+    """
+
+    model: str = "embedded:smollm2"
+    """HF model id, local checkpoint directory, or ``embedded:smollm2`` (offline default)."""
+    dtype: str = "float32"
+    """Dtype of the model's forward passes."""
+    trust_remote_code: bool = False
+    """Allow a hub model's own code to run. Off unless you trust the checkpoint."""
+    sae: str | None = None
+    """sae-lens id ``release/sae_id`` or a local directory; ``None`` trains one (cached) on the
+    model's residual stream at ``predict.layer``, as ``sts-lightning predict`` does."""
+    sae_training: SAETrainConfig = field(default_factory=SAETrainConfig)
+    """How the SAE is trained when ``sae`` is ``None``."""
+    sae_tokens: int = 100_000
+    """Residual rows collected to train the SAE."""
+    tasks: list[str] = field(default_factory=lambda: ["arithmetic", "family"])
+    """Source tasks (≥ 2 for the cross-task comparison): built-in training sets
+    (``arithmetic``, ``family``, ``syllogism``), ``.jsonl`` files or ``datasets`` names / files
+    (e.g. ``GAIR/LIMO``) of prompt/answer pairs."""
+    prompt_column: str = "prompt"
+    """Prompt column of file / ``datasets`` source tasks (e.g. ``question`` for LIMO)."""
+    answer_column: str = "answer"
+    """Answer column of file / ``datasets`` source tasks (e.g. ``solution`` for LIMO)."""
+    task_examples: int = 2048
+    """Examples drawn from each built-in source task (fine-tuning and forecast use this pool)."""
+    domains: list[str] = field(
+        default_factory=lambda: ["math", "physics", "law", "history", "health", "code"]
+    )
+    """Built-in domains: scored on their "score" half, measured on their "heldout" half."""
+    domain_files: dict[str, str] = field(default_factory=dict)
+    """Extra domains ``{name: .jsonl}``: first half scored, second half held out."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """One fine-tune per (task, seed); the seed picks the demonstrations, the fine-tuning
+    subset and its order."""
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    """The forecast (the paper's definitions; ``predict.seed`` is replaced by each seed)."""
+    raw_k: int = 100
+    """Size of the shifted set in the raw residual-neuron baseline (≤ d_model)."""
+    contrast_task: str | None = "syllogism"
+    """Source of *unrelated* demonstrations for the task-specific ICL shift
+    (Δ_task − Δ_unrelated on the same query tokens); ``None`` skips it. Must not be a source
+    task."""
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    """Fine-tuning of each (task, seed)."""
+    evaluation: EvalSettings = field(default_factory=EvalSettings)
+    """Realised-change measurement."""
+    n_bootstrap: int = 2000
+    """Bootstrap resamples of every Pearson CI."""
+    output_dir: str = "runs/experiment"
+    """Where ``report.md``, the figures, ``results.json`` and the W&B run are written."""
+    cache_dir: str | None = None
+    """Cache of the rebuilt embedded model and trained SAEs."""
+    wandb: bool = True
+    """Also write an offline W&B run (``wandb sync`` it later) with the report's tables and
+    plots."""
+
+    def __post_init__(self) -> None:
+        if len(self.tasks) < 1 or len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"`tasks` must name one or more distinct tasks, got {self.tasks!r}")
+        n_domains = len(self.domains) + len(self.domain_files)
+        if n_domains < 3:
+            raise ValueError(
+                f"`domains` + `domain_files` must name at least 3 domains to correlate, "
+                f"got {n_domains}"
+            )
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"`seeds` must be distinct ints, at least one, got {self.seeds!r}")
+        if self.contrast_task is not None and self.contrast_task in self.tasks:
+            raise ValueError(
+                f"`contrast_task`={self.contrast_task!r} is a source task; the contrast needs "
+                "demonstrations unrelated to every source task"
+            )
+        _positive(self, "sae_tokens", "task_examples", "raw_k", "n_bootstrap")

@@ -1,0 +1,141 @@
+"""Fine-tune one (source task, seed) with the STS callback on, and hand back the trained model."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sts_lightning.experiment.config import ExperimentJob
+from sts_lightning.prediction import Prediction
+from sts_lightning.prompts import Example
+
+__all__ = ["finetune", "task_reward"]
+
+log = logging.getLogger(__name__)
+
+
+def _no_deltas(model, tokenizer) -> dict[str, float]:
+    # The experiment measures realised losses itself, on more items and paired by item; the
+    # callback only tracks the latent shift (overlap@k over steps).
+    return {}
+
+
+def task_reward(task: str | None):
+    """``score(completion, example) -> float`` with the task's checker (exact match = 1.0)."""
+    from sts_lightning.rewards import accuracy_reward
+
+    def score(completion: str, example: Example) -> float:
+        value = accuracy_reward(
+            [example.prompt], [completion], answer=[example.answer], task=[task]
+        )[0]
+        if value is None:  # no number and no named checker: plain string match
+            return float(completion.strip() == str(example.answer).strip())
+        return value
+
+    return score
+
+
+def finetune(
+    job: ExperimentJob,
+    task: str,
+    builtin: bool,
+    examples: Sequence[Example],
+    seed: int,
+    sae: Any,
+    prediction: Prediction,
+    domains: Mapping[str, Sequence[Example]],
+    log_dir: Path,
+):
+    """Fit ``job.finetune.method`` on ``examples`` (seeded subset and order).
+
+    Returns:
+        ``(model, tracker)``: the fine-tuned HF model (a peft model with LoRA) and the STS
+        callback's tracker (its ``history`` holds the realised shift over steps).
+    """
+    from lightning.pytorch import Trainer, seed_everything
+    from lightning.pytorch.loggers import CSVLogger
+
+    from sts_lightning.callbacks import STSCallback
+
+    ft = job.finetune
+    seed_everything(seed, verbose=False)
+    n = min(len(examples), ft.steps * ft.batch_size)
+    callback = STSCallback(
+        sae,
+        dict(domains),
+        train_examples=list(examples),
+        layer=prediction.layer,
+        k=len(prediction.top_latents),
+        every_n_steps=ft.track_every,
+        predict_config=job.predict,
+        evaluator=_no_deltas,
+        forecast=prediction,
+        dirpath=str(log_dir),
+    )
+    if ft.method == "sft":
+        from sts_lightning.data import SFTDataModule
+        from sts_lightning.sft import SFTModule
+
+        module = SFTModule(
+            job.model,
+            dtype=job.dtype,
+            trust_remote_code=job.trust_remote_code,
+            cache_dir=job.cache_dir,
+            lora=ft.lora,
+            lr=ft.lr,
+            warmup_steps=min(ft.warmup_steps, ft.steps - 1),
+            save_hf_on_fit_end=False,
+        )
+        data = SFTDataModule(
+            list(examples), train_size=n, batch_size=ft.batch_size, seed=seed, max_length=512
+        )
+        clip = 1.0
+    else:
+        from sts_lightning.data import PromptDataModule
+        from sts_lightning.embedded import load_model_and_tokenizer
+        from sts_lightning.grpo import GRPOModule
+        from sts_lightning.grpo_loss import GRPOConfig
+
+        model, tokenizer = load_model_and_tokenizer(
+            job.model,
+            dtype=job.dtype,
+            trust_remote_code=job.trust_remote_code,
+            cache_dir=job.cache_dir,
+        )
+        module = GRPOModule(
+            model,
+            tokenizer,
+            grpo=GRPOConfig(
+                num_generations=ft.num_generations, max_new_tokens=ft.max_completion_length
+            ),
+            lora=ft.lora,
+            lr=ft.lr,
+            warmup_steps=ft.warmup_steps,
+            lr_schedule="constant",
+            seed=seed,
+        )
+        rows = [
+            {"prompt": e.prompt, "answer": e.answer, **({"task": task} if builtin else {})}
+            for e in examples
+        ]
+        data = PromptDataModule(rows, train_size=n, batch_size=ft.batch_size, seed=seed)
+        clip = None  # GRPO clips inside its manual optimisation
+    trainer = Trainer(
+        accelerator="auto",
+        devices=1,
+        max_steps=ft.steps,
+        logger=CSVLogger(str(log_dir), name="", version=""),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        log_every_n_steps=1,
+        gradient_clip_val=clip,
+        callbacks=[callback],
+    )
+    trainer.fit(module, datamodule=data)
+    if callback.tracker is None:
+        raise RuntimeError(f"the STS callback failed for task {task!r}, seed {seed}: see warnings")
+    return module.model, module.tokenizer, callback.tracker

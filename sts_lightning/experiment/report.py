@@ -1,0 +1,291 @@
+"""The experiment's report directory: ``report.md``, PNG figures, ``results.json``, a W&B run.
+
+Everything is rendered from the results dict
+(:func:`~sts_lightning.experiment.summary.summarise_runs` plus config and timings): no number is
+typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from sts_lightning.experiment.analysis import fit_line
+
+__all__ = ["write_report"]
+
+_SCATTER = ("act", "icl", "act_contrast", "raw_act", "repsim_sae", "base_loss", "post_shift_sae")
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: NaN/inf → None, tuples → lists."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.3e}"
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def _figures(results: dict[str, Any], out: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = {}
+    for task, table in results["tables"].items():
+        domains = list(table)
+        y = [abs(table[d]["delta"]) for d in domains]
+        err = [table[d]["se"] for d in domains]
+        preds = [p for p in _SCATTER if p in table[domains[0]]]
+        fig, axes = plt.subplots(1, len(preds), figsize=(3.2 * len(preds), 3.2))
+        for ax, p in zip(axes, preds, strict=True):
+            x = [table[d][p] for d in domains]
+            ax.errorbar(x, y, yerr=err, fmt="o", ms=4, capsize=2)
+            slope, icpt = fit_line(x, y)
+            if math.isfinite(slope):
+                xs = [min(x), max(x)]
+                ax.plot(xs, [slope * v + icpt for v in xs], "--", color="tab:red")
+            r = results["correlations"][task][p]["pooled"]["pearson"]
+            ax.set_title(f"{p}  r = {_f(r, 2)}", fontsize=9)
+            ax.set_xlabel(p, fontsize=8)
+        axes[0].set_ylabel("|realised Δ loss| (nats/token)")
+        fig.suptitle(f"forecast vs realised, {task} (seed means, ±SE)", fontsize=10)
+        fig.tight_layout()
+        paths[f"scatter_{task}"] = _save(fig, out / f"scatter_{task}.png")
+
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 0.35 * len(domains) + 1.8))
+        a1.barh(domains, [table[d]["delta"] for d in domains], xerr=err, color="tab:gray")
+        a1.set_title(f"realised Δ loss, {task}")
+        a2.barh(domains, [table[d]["act"] for d in domains], color="tab:blue")
+        a2.set_title("forecast STS_act")
+        for ax in (a1, a2):
+            ax.invert_yaxis()
+        fig.tight_layout()
+        paths[f"bars_{task}"] = _save(fig, out / f"bars_{task}.png")
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for run in results["runs"]:
+        hist = run["history"]
+        steps = [h["step"] for h in hist]
+        key = next(
+            (k for k in (hist[0] if hist else {}) if k.startswith("sts/shift/overlap@")), None
+        )
+        label = f"{run['task']} s{run['seed']}"
+        if key is not None:
+            a1.plot(steps, [h[key] for h in hist], marker="o", label=label)
+        a2.plot(steps, [h.get("sts/shift/total", math.nan) for h in hist], marker="o", label=label)
+    a1.axhline(results["overlap_random"], ls=":", color="k", label="chance")
+    a1.set(title=f"overlap@{results['k']}: ICL forecast vs realised", xlabel="step")
+    a2.set(title="realised latent shift Σ_j Δ_real,j (training probe)", xlabel="step")
+    a1.legend(fontsize=7)
+    fig.tight_layout()
+    paths["steps"] = _save(fig, out / "steps.png")
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _correlation_rows(results: dict[str, Any], task: str) -> list[list[str]]:
+    rows = []
+    for group, preds in results["predictors"].items():
+        for p in preds:
+            if p not in results["correlations"][task]:
+                continue
+            c = results["correlations"][task][p]
+            pooled, seeds = c["pooled"], c["pearson_seeds"]
+            part = results["partial"][task].get(p, {}).get("pearson", {})
+            rows.append(
+                [
+                    p,
+                    group,
+                    f"{_f(pooled['pearson'])} [{_f(pooled['pearson_ci_low'], 2)}, "
+                    f"{_f(pooled['pearson_ci_high'], 2)}]",
+                    _f(pooled["pearson_p"], 2),
+                    _f(pooled["spearman"]),
+                    _f(pooled["kendall"]),
+                    f"{_f(seeds['mean'])} ± {_f(seeds['std'], 2)}",
+                    f"{_f(part.get('r'))} (p {_f(part.get('p'), 2)})" if part else "—",
+                ]
+            )
+    return rows
+
+
+def _markdown(results: dict[str, Any], figures: dict[str, Path]) -> str:
+    cfg = results["config"]
+    ft, ev = cfg["finetune"], cfg["evaluation"]
+    lines = [
+        "# STS crystal-ball experiment",
+        "",
+        f"Model `{cfg['model']}`, SAE `{cfg['sae'] or 'trained and cached'}` at layer "
+        f"{cfg['predict']['layer']} (d_sae {results['d_sae']}, k = {results['k']}). "
+        f"Source tasks: {', '.join(results['tasks'])}; seeds {cfg['seeds']}; "
+        f"{len(next(iter(results['tables'].values())))} pre-registered domains. Fine-tuning: "
+        f"{ft['method']}, {ft['steps']} steps × {ft['batch_size']}, lr {ft['lr']}"
+        f"{', LoRA' if ft['lora'] else ', full'}. Realised change: held-out loss on "
+        f"~{ev['tokens']} tokens per domain ({ev['span']} tokens), paired by item.",
+        "",
+        "Realised Δ = mean NLL per token after − before fine-tuning (> 0: worse); correlations "
+        'are with |Δ| (the paper predicts magnitude), over domains, on seed means ("pooled", '
+        "95 % bootstrap CI of Pearson) and per seed (mean ± std). Partial r controls for each "
+        "domain's base-model loss.",
+        "",
+        "## Did fine-tuning learn the task?",
+        "",
+    ]
+    acc = results["task_accuracy"]
+    lines += _table(
+        ["task", "exact match before", "after (mean ± std over seeds)"],
+        [
+            [t, _f(a["before"]), f"{_f(a['after']['mean'])} ± {_f(a['after']['std'], 2)}"]
+            for t, a in acc.items()
+        ],
+    )
+    for task in results["tasks"]:
+        lines += ["", f"## Correlation with |realised Δ|: {task}", ""]
+        lines += _table(
+            [
+                "predictor",
+                "kind",
+                "Pearson [95% CI]",
+                "p",
+                "Spearman",
+                "Kendall",
+                "Pearson per seed",
+                "partial r (base loss)",
+            ],
+            _correlation_rows(results, task),
+        )
+    for pair, preds in results["cross_task"].items():
+        lines += [
+            "",
+            f"## Cross-task: {pair}",
+            "",
+            "log(score_A/score_B) vs log(|Δ_A|/|Δ_B|) per domain: per-domain constants "
+            "cancel (a constant predictor such as base loss is undefined here).",
+            "",
+        ]
+        lines += _table(
+            ["predictor", "Pearson", "p", "Spearman", "n"],
+            [
+                [p, _f(c["pearson"]), _f(c["pearson_p"], 2), _f(c["spearman"]), c["n"]]
+                for p, c in preds.items()
+            ],
+        )
+    lines += ["", "## Sign and overlap", ""]
+    lines += _table(
+        [
+            "task",
+            "sign accuracy (signed STS)",
+            "majority baseline",
+            "per seed",
+            f"overlap@{results['k']} ICL",
+            "overlap contrast",
+            "chance",
+        ],
+        [
+            [
+                t,
+                _f(s["pooled"]["accuracy"]),
+                _f(s["pooled"]["majority"]),
+                f"{_f(s['seeds']['mean'])} ± {_f(s['seeds']['std'], 2)}",
+                f"{_f(results['overlap'][t]['icl']['mean'])} ± "
+                f"{_f(results['overlap'][t]['icl']['std'], 2)}",
+                _f(results["overlap"][t].get("contrast", {}).get("mean")),
+                _f(results["overlap_random"]),
+            ]
+            for t, s in results["sign"].items()
+        ],
+    )
+    for task, table in results["tables"].items():
+        cols = [
+            c
+            for c in ("act", "icl", "act_contrast", "raw_act", "repsim_sae", "post_shift_sae")
+            if c in next(iter(table.values()))
+        ]
+        lines += ["", f"## Per-domain table: {task} (seed means)", ""]
+        lines += _table(
+            ["domain", "Δ loss", "SE", "std over seeds", "base loss", *cols],
+            [
+                [
+                    d,
+                    _f(r["delta"]),
+                    _f(r["se"], 2),
+                    _f(r["delta_std"], 2),
+                    _f(r["base_loss"]),
+                    *[_f(r[c]) for c in cols],
+                ]
+                for d, r in table.items()
+            ],
+        )
+    lines += ["", "## Figures", ""] + [f"![{k}]({p.name})" for k, p in figures.items()]
+    lines += ["", "## Timings (seconds)", ""]
+    lines += _table(["stage", "s"], [[k, f"{v:.1f}"] for k, v in results["timings"].items()])
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: dict[str, Any], out: str | os.PathLike, *, wandb: bool = True) -> Path:
+    """Write ``results.json``, figures and ``report.md`` into ``out`` (and an offline W&B run)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    clean = _clean(results)
+    (out / "results.json").write_text(json.dumps(clean, indent=1) + "\n")
+    figures = _figures(results, out)
+    (out / "report.md").write_text(_markdown(clean, figures))
+    if wandb:
+        _log_wandb(clean, figures, out)
+    return out / "report.md"
+
+
+def _log_wandb(results: dict[str, Any], figures: dict[str, Path], out: Path) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    logger = WandbLogger(
+        project="sts-lightning", name="experiment", save_dir=str(out), offline=True
+    )
+    for task in results["tasks"]:
+        logger.log_table(
+            f"correlations/{task}",
+            columns=[
+                "predictor",
+                "kind",
+                "pearson_ci",
+                "p",
+                "spearman",
+                "kendall",
+                "per_seed",
+                "partial",
+            ],
+            data=_correlation_rows(results, task),
+        )
+        table = results["tables"][task]
+        cols = list(next(iter(table.values())))
+        logger.log_table(
+            f"domains/{task}",
+            columns=["domain", *cols],
+            data=[[d, *[r[c] for c in cols]] for d, r in table.items()],
+        )
+    logger.log_image("figures", images=[str(p) for p in figures.values()])
+    logger.experiment.finish()

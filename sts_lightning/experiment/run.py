@@ -1,0 +1,240 @@
+"""``sts-lightning experiment``: the whole crystal-ball loop, for several source tasks and seeds.
+
+In order (each stage printed with the elapsed time):
+
+1. load the model and the SAE (trained and cached on first use);
+2. domain statistics on each domain's "score" half (once: they do not depend on the task);
+3. the base model's pass over each domain's "heldout" half (losses per item, layer-L rows) and
+   its exact match on held-out problems of each source task;
+4. per (task, seed): the forecast (every STS mode, contrast, raw baseline, similarity
+   controls), fine-tuning with the STS callback tracking the realised shift, and the fine-tuned
+   model's pass over the same held-out items;
+5. :mod:`~sts_lightning.experiment.summary` and :mod:`~sts_lightning.experiment.report`.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sts_lightning import functional as F
+from sts_lightning.experiment.config import ExperimentJob
+from sts_lightning.experiment.forecast import Forecaster, score_domains, to_prediction
+from sts_lightning.experiment.realised import compare, exact_match, item_losses
+from sts_lightning.prompts import Example
+
+__all__ = ["run_experiment"]
+
+log = logging.getLogger(__name__)
+
+
+class _Stages:
+    """One line per stage on stderr, with the elapsed time: the run's progress display."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+        self.timings: dict[str, float] = {}
+        self._t = self.start
+
+    def __call__(self, what: str, key: str | None = None) -> None:
+        now = time.perf_counter()
+        if key is not None:
+            self.timings[key] = self.timings.get(key, 0.0) + now - self._t
+        self._t = now
+        if what:
+            self.done += 1
+            minutes, seconds = divmod(int(now - self.start), 60)
+            print(f"[{self.done}/{self.total} {minutes:02d}:{seconds:02d}] {what}", file=sys.stderr)
+
+
+def _task_pool(job: ExperimentJob, task: str) -> tuple[str, bool, list[Example]]:
+    """``(name, is_builtin, examples)`` of a source task: built-in, ``.jsonl`` or HF dataset."""
+    from sts_lightning.domains import TRAINING_SETS, load_training_set
+    from sts_lightning.sources import is_hf_source, load_rows
+
+    if task in TRAINING_SETS:
+        return task, True, load_training_set(task, job.task_examples, seed=0)
+    if not is_hf_source(task) and not Path(task).is_file():
+        raise ValueError(
+            f"`tasks` entry {task!r} is not a built-in training set {list(TRAINING_SETS)}, "
+            "an existing .jsonl file or a datasets name"
+        )
+    rows = load_rows(
+        task,
+        prompt_column=job.prompt_column,
+        answer_column=job.answer_column,
+        argument="tasks",
+    )
+    examples = [Example(r["prompt"], r["answer"]) for r in rows][: job.task_examples]
+    name = Path(task).stem if Path(task).suffix else task.rstrip("/").rsplit("/", 1)[-1]
+    return name, False, examples
+
+
+def _domains(job: ExperimentJob) -> tuple[dict, dict]:
+    from sts_lightning.domains import load_domain
+    from sts_lightning.job import load_examples
+
+    scored = {n: load_domain(n, split="score") for n in job.domains}
+    heldout = {n: load_domain(n, split="heldout") for n in job.domains}
+    for name, path in job.domain_files.items():
+        items = load_examples(path)
+        if len(items) < 4:
+            raise ValueError(f"`domain_files[{name!r}]` has {len(items)} items; at least 4 needed")
+        scored[name], heldout[name] = items[: len(items) // 2], items[len(items) // 2 :]
+    return scored, heldout
+
+
+def run_experiment(job: ExperimentJob) -> dict[str, Any]:
+    """Run the experiment the job describes, write its report, return the results dict."""
+    from sts_lightning.domains import load_training_set
+    from sts_lightning.embedded import default_cache_dir, load_model_and_tokenizer
+    from sts_lightning.evaluation import encode_eval_set
+    from sts_lightning.experiment.finetune import finetune, task_reward
+    from sts_lightning.experiment.report import write_report
+    from sts_lightning.experiment.summary import summarise_runs
+    from sts_lightning.job import PredictJob, resolve_sae
+    from sts_lightning.sae import check_sae, sae_d_sae, sae_layer
+
+    out = Path(job.output_dir)
+    runs_total = len(job.tasks) * len(job.seeds)
+    stage = _Stages(4 + 3 * runs_total)
+    cache = Path(job.cache_dir) if job.cache_dir else default_cache_dir()
+    model, tokenizer = load_model_and_tokenizer(
+        job.model, dtype=job.dtype, trust_remote_code=job.trust_remote_code, cache_dir=cache
+    )
+    stage(f"model {job.model} loaded", "load_model")
+    predict_job = PredictJob(
+        model=job.model,
+        sae=job.sae,
+        sae_training=job.sae_training,
+        sae_tokens=job.sae_tokens,
+        predict=job.predict,
+        cache_dir=job.cache_dir,
+    )
+    sae = resolve_sae(predict_job, model, tokenizer, cache)
+    layer = job.predict.layer if job.predict.layer is not None else sae_layer(sae)
+    if layer is None:
+        raise ValueError("`predict.layer` is None and the SAE's metadata names no hook layer")
+    d_model = model.get_input_embeddings().weight.shape[1]
+    from sts_lightning.features import decoder_layers
+
+    check_sae(sae, d_model=d_model, n_layers=len(decoder_layers(model)), layer=layer)
+    if job.predict.k > sae_d_sae(sae):
+        raise ValueError(f"`predict.k`={job.predict.k} exceeds the SAE's d_sae={sae_d_sae(sae)}")
+    if job.raw_k > d_model:
+        raise ValueError(f"`raw_k`={job.raw_k} exceeds the model's width d_model={d_model}")
+    stage(f"SAE ready (layer {layer}, d_sae {sae_d_sae(sae)})", "sae")
+
+    scored, heldout = _domains(job)
+    pools = {
+        name: (builtin, ex) for name, builtin, ex in map(lambda t: _task_pool(job, t), job.tasks)
+    }
+    task_eval = {}
+    for name, (builtin, pool) in pools.items():
+        if job.evaluation.task_items and builtin:
+            task_eval[name] = load_training_set(
+                name, job.evaluation.task_items, seed=10_000, exclude=pool
+            )
+    contrast = None
+    if job.contrast_task is not None:
+        contrast = _task_pool(job, job.contrast_task)[2][:512]
+    forecaster = Forecaster(model, tokenizer, sae, layer, job.predict)
+    domain_stats = forecaster.domains(scored, seed=job.predict.seed)
+    stage(f"domain statistics ({len(scored)} domains)", "domain_statistics")
+
+    exclude = sorted(set(tokenizer.all_special_ids))
+    encoded = {
+        n: encode_eval_set(tokenizer, ex, job.evaluation.tokens, span=job.evaluation.span)
+        for n, ex in heldout.items()
+    }
+    eval_kw = dict(
+        layer=layer,
+        pad_token_id=tokenizer.pad_token_id,
+        exclude_token_ids=exclude,
+        batch_size=job.evaluation.batch_size,
+    )
+    base = item_losses(model, encoded, **eval_kw)
+    base_accuracy = {
+        n: exact_match(model, tokenizer, ex, task_reward(n)) for n, ex in task_eval.items()
+    }
+    stage("base model evaluated on the held-out halves", "evaluation")
+
+    runs = []
+    max_norm = float(forecaster.extractor.max_norm)
+    for name, (builtin, pool) in pools.items():
+        for seed in job.seeds:
+            tag = f"{name} seed {seed}"
+            tf = forecaster.task(pool, seed, contrast, desc=f"forecast {tag}")
+            scores = score_domains(domain_stats, tf, job.predict.k, job.raw_k)
+            prediction = to_prediction(
+                domain_stats,
+                tf,
+                scores,
+                layer=layer,
+                k=job.predict.k,
+                max_norm=max_norm,
+                config=job.predict,
+            )
+            stage(f"forecast {tag}", "forecast")
+            run_dir = out / "runs" / f"{name}-seed{seed}"
+            ft_model, ft_tok, tracker = finetune(
+                job, name, builtin, pool, seed, sae, prediction, scored, run_dir
+            )
+            stage(
+                f"fine-tuned {tag} ({job.finetune.method}, {job.finetune.steps} steps)", "finetune"
+            )
+            now = item_losses(ft_model, encoded, **eval_kw)
+            realised = compare(base, now, sae, max_norm)
+            real = tracker.realised_shift(ft_model, ft_tok)
+            real_top = F.top_shifted(real, job.predict.k)
+            for d, row in realised.items():
+                row["realised_sts"] = float(prediction.domain_means[d][real_top].sum())
+            overlap = {"icl": float(F.overlap_at_k(prediction.top_latents, real_top))}
+            if tf.contrast is not None:
+                from sts_lightning.experiment.forecast import contrast_shift
+
+                top_c = F.top_shifted(contrast_shift(tf), job.predict.k)
+                overlap["contrast"] = float(F.overlap_at_k(top_c, real_top))
+            accuracy = (
+                exact_match(ft_model, ft_tok, task_eval[name], task_reward(name))
+                if name in task_eval
+                else float("nan")
+            )
+            runs.append(
+                {
+                    "task": name,
+                    "seed": seed,
+                    "scores": scores,
+                    "realised": realised,
+                    "overlap": overlap,
+                    "task_accuracy": {
+                        "before": base_accuracy.get(name, float("nan")),
+                        "after": accuracy,
+                    },
+                    "history": tracker.history,
+                    "sae_quality": tf.quality,
+                    "train_counts": tf.counts,
+                }
+            )
+            del ft_model, tracker
+            gc.collect()
+            stage(f"realised change measured for {tag}", "evaluation")
+    results = summarise_runs(
+        runs, k=job.predict.k, d_sae=sae_d_sae(sae), n_bootstrap=job.n_bootstrap
+    )
+    results["config"] = asdict(job)
+    results["timings"] = dict(stage.timings)
+    results["domain_counts"] = {n: d.counts for n, d in domain_stats.items()}
+    write_report(results, out, wandb=job.wandb)
+    results["timings"]["report"] = time.perf_counter() - stage._t
+    results["timings"]["total"] = time.perf_counter() - stage.start
+    stage(f"report written to {out / 'report.md'}", "report")
+    torch.set_grad_enabled(True)
+    return results

@@ -1,0 +1,170 @@
+"""From per-run measurements to the report's numbers: tables, correlations, controls, seeds.
+
+Every number in the report is computed here from the runs, never typed: the per-domain table
+(seed means), correlations of every predictor with |realised Δ| (pooled over seeds and per
+seed), partial correlations controlling for the base-model loss, the cross-task comparison,
+sign accuracy and overlap@k.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from sts_lightning.experiment.analysis import (
+    correlations,
+    cross_task,
+    partial_correlation,
+    sign_accuracy,
+    summarise,
+)
+
+__all__ = ["GROUPS", "PREDICTORS", "summarise_runs"]
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    "STS (paper's definitions)": ("act", "icl", "notebook", "signed"),
+    "STS, task-specific ICL contrast": ("act_contrast", "icl_contrast"),
+    "baselines (forecast time)": ("raw_act", "raw_icl", "repsim_sae", "repsim_resid"),
+    "control": ("base_loss",),
+    "references (need the fine-tuned model)": (
+        "realised_sts",
+        "post_shift_sae",
+        "post_shift_resid",
+    ),
+}
+"""Predictors by kind, in report order."""
+
+PREDICTORS: tuple[str, ...] = tuple(p for group in GROUPS.values() for p in group)
+
+_POST = ("realised_sts", "post_shift_sae", "post_shift_resid")
+
+
+def _predictors(run: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """``{domain: {predictor: value}}`` of one run (forecast scores + controls + references)."""
+    out = {}
+    for domain, scores in run["scores"].items():
+        realised = run["realised"][domain]
+        row = {**scores, "base_loss": realised["base_loss"]}
+        row |= {p: realised[p] for p in _POST}
+        out[domain] = row
+    return out
+
+
+def _mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _partial(x, y, z, method: str) -> tuple[float, float]:
+    """Partial correlation, NaN (not an error) with < 4 finite domains."""
+    keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(z)
+    if keep.sum() < 4:
+        return float("nan"), float("nan")
+    x, y, z = (np.asarray(v, dtype=float)[keep] for v in (x, y, z))
+    return partial_correlation(x, y, z, method=method)
+
+
+def _task_table(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Seed-mean of every predictor and of the realised delta, per domain."""
+    per_run = [_predictors(r) for r in runs]
+    table = {}
+    for domain in runs[0]["realised"]:
+        predictors = [p for p in PREDICTORS if p in per_run[0][domain]]
+        row = {p: _mean([pr[domain][p] for pr in per_run]) for p in predictors}
+        deltas = [r["realised"][domain]["delta"] for r in runs]
+        row["delta"] = _mean(deltas)
+        row["delta_std"] = float(np.std(deltas, ddof=1)) if len(deltas) > 1 else float("nan")
+        row["se"] = _mean([r["realised"][domain]["se"] for r in runs])
+        table[domain] = row
+    return table
+
+
+def summarise_runs(
+    runs: list[dict[str, Any]], *, k: int, d_sae: int, n_bootstrap: int = 2000
+) -> dict[str, Any]:
+    """The report's numbers from the runs (each a dict written by the experiment runner).
+
+    Returns:
+        ``{"runs", "tasks", "tables", "correlations", "partial", "cross_task", "sign",
+        "overlap", "task_accuracy", "predictors"}``; see ``docs/results.md`` for how to read them.
+    """
+    tasks = list(dict.fromkeys(r["task"] for r in runs))
+    by_task = {t: [r for r in runs if r["task"] == t] for t in tasks}
+    tables = {t: _task_table(rs) for t, rs in by_task.items()}
+    corr, partial, sign, overlap, accuracy = {}, {}, {}, {}, {}
+    for task, rs in by_task.items():
+        table, domains = tables[task], list(tables[task])
+        delta = [table[d]["delta"] for d in domains]
+        base = [table[d]["base_loss"] for d in domains]
+        corr[task], partial[task] = {}, {}
+        for p in (p for p in PREDICTORS if p in table[domains[0]]):
+            pooled = correlations([table[d][p] for d in domains], delta, n_bootstrap=n_bootstrap)
+            seeds = [
+                correlations(
+                    [_predictors(r)[d][p] for d in domains],
+                    [r["realised"][d]["delta"] for d in domains],
+                    n_bootstrap=1,
+                )
+                for r in rs
+            ]
+            corr[task][p] = {
+                "pooled": pooled,
+                "pearson_seeds": summarise([s["pearson"] for s in seeds]),
+                "spearman_seeds": summarise([s["spearman"] for s in seeds]),
+            }
+            if p != "base_loss":
+                x = [table[d][p] for d in domains]
+                partial[task][p] = {}
+                for method in ("pearson", "spearman"):
+                    r, pv = _partial(x, np.abs(delta), base, method)
+                    partial[task][p][method] = {"r": r, "p": pv}
+        sign[task] = {
+            "pooled": sign_accuracy([table[d]["signed"] for d in domains], delta),
+            "seeds": summarise(
+                [
+                    sign_accuracy(
+                        [r["scores"][d]["signed"] for d in domains],
+                        [r["realised"][d]["delta"] for d in domains],
+                    )["accuracy"]
+                    for r in rs
+                ]
+            ),
+        }
+        overlap[task] = {
+            kind: summarise([r["overlap"][kind] for r in rs]) for kind in rs[0]["overlap"]
+        }
+        accuracy[task] = {
+            "before": rs[0]["task_accuracy"]["before"],
+            "after": summarise([r["task_accuracy"]["after"] for r in rs]),
+        }
+    pairs = {}
+    for a, b in itertools.combinations(tasks, 2):
+        ta, tb = tables[a], tables[b]
+        pairs[f"{a} vs {b}"] = {
+            p: cross_task(
+                {d: v[p] for d, v in ta.items()},
+                {d: v[p] for d, v in tb.items()},
+                {d: v["delta"] for d, v in ta.items()},
+                {d: v["delta"] for d, v in tb.items()},
+            )
+            for p in PREDICTORS
+            if p in ta[next(iter(ta))]
+        }
+    return {
+        "tasks": tasks,
+        "predictors": {g: [p for p in ps] for g, ps in GROUPS.items()},
+        "k": k,
+        "d_sae": d_sae,
+        "overlap_random": k * k / d_sae,
+        "tables": tables,
+        "correlations": corr,
+        "partial": partial,
+        "cross_task": pairs,
+        "sign": sign,
+        "overlap": overlap,
+        "task_accuracy": accuracy,
+        "runs": runs,
+    }

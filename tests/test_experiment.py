@@ -1,0 +1,168 @@
+"""`sts-lightning experiment` end to end on a tiny model: every report artefact, numbers = JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from scipy import stats as sps
+
+from sts_lightning.cli import main
+from sts_lightning.experiment.summary import PREDICTORS
+
+SUMS = [{"prompt": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(6) for b in range(6)]
+WORDS = [
+    {"prompt": f"Spell {w} backwards.", "answer": w[::-1]}
+    for w in [
+        "cat",
+        "dog",
+        "sun",
+        "tree",
+        "leaf",
+        "rain",
+        "star",
+        "moon",
+        "fish",
+        "bird",
+        "lamp",
+        "road",
+        "ship",
+        "wind",
+        "rock",
+        "sand",
+    ]
+]
+ODD = [{"prompt": f"Is {n} odd?", "answer": "Yes" if n % 2 else "No"} for n in range(20)]
+DOMAINS = {
+    "law": [
+        {"prompt": f"The court held that contract {i} was void.", "answer": "Void."}
+        for i in range(8)
+    ],
+    "code": [{"prompt": f"def f{i}(x):", "answer": f"    return x * {i}"} for i in range(8)],
+    "bio": [{"prompt": f"Plants convert light {i}.", "answer": "Energy."} for i in range(8)],
+    "maths": [{"prompt": f"Compute {i} * 3.", "answer": str(3 * i)} for i in range(8)],
+}
+
+
+def _jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def recipe(tmp_path, tiny_llama, tiny_tokenizer, tiny_sae):
+    tiny_llama.save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save_pretrained(tmp_path / "model")
+    tiny_sae.save_model(tmp_path / "sae")
+    domains = {n: _jsonl(tmp_path / f"{n}.jsonl", rows) for n, rows in DOMAINS.items()}
+    return [
+        "--model",
+        str(tmp_path / "model"),
+        "--sae",
+        str(tmp_path / "sae"),
+        "--tasks",
+        json.dumps(
+            [_jsonl(tmp_path / "sums.jsonl", SUMS), _jsonl(tmp_path / "words.jsonl", WORDS)]
+        ),
+        "--contrast_task",
+        _jsonl(tmp_path / "odd.jsonl", ODD),
+        "--domains",
+        "[]",
+        "--domain_files",
+        json.dumps(domains),
+        "--seeds",
+        "[0, 1]",
+        "--predict.layer",
+        "1",
+        "--predict.k",
+        "8",
+        "--predict.n_demos",
+        "1",
+        "--predict.domain_demos",
+        "1",
+        "--predict.train_tokens",
+        "60",
+        "--predict.domain_tokens",
+        "40",
+        "--predict.max_norm",
+        "1000",
+        "--predict.progress",
+        "false",
+        "--raw_k",
+        "8",
+        "--finetune.steps",
+        "3",
+        "--finetune.batch_size",
+        "4",
+        "--finetune.lr",
+        "0.01",
+        "--finetune.warmup_steps",
+        "0",
+        "--finetune.track_every",
+        "2",
+        "--evaluation.tokens",
+        "60",
+        "--n_bootstrap",
+        "50",
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
+
+
+@pytest.mark.slow
+def test_experiment_writes_every_artefact_and_its_numbers_match_the_json(recipe, tmp_path):
+    assert main(["experiment", *recipe]) == 0
+    out = tmp_path / "out"
+    for name in (
+        "report.md",
+        "results.json",
+        "config.yaml",
+        "steps.png",
+        "scatter_sums.png",
+        "bars_sums.png",
+        "scatter_words.png",
+    ):
+        assert (out / name).is_file(), name
+    assert list(out.glob("wandb/offline-run-*")), "no offline W&B run"
+    results = json.loads((out / "results.json").read_text())
+    assert results["tasks"] == ["sums", "words"]
+    assert len(results["runs"]) == 4
+    report = (out / "report.md").read_text()
+    for task, table in results["tables"].items():
+        domains = list(table)
+        assert domains == list(DOMAINS)
+        # Seed means in the table are the means of the runs' values.
+        runs = [r for r in results["runs"] if r["task"] == task]
+        for d in domains:
+            mean = sum(r["realised"][d]["delta"] for r in runs) / len(runs)
+            assert math.isclose(table[d]["delta"], mean, rel_tol=1e-9, abs_tol=1e-12)
+        # Every predictor's pooled correlation, recomputed from the table with scipy.
+        delta = [abs(table[d]["delta"]) for d in domains]
+        for p in PREDICTORS:
+            x = [table[d][p] for d in domains]
+            got = results["correlations"][task][p]["pooled"]
+            if got["pearson"] is None:
+                continue
+            assert math.isclose(got["pearson"], sps.pearsonr(x, delta)[0], abs_tol=1e-9), p
+            assert math.isclose(got["spearman"], sps.spearmanr(x, delta)[0], abs_tol=1e-9), p
+        assert f"## Correlation with |realised Δ|: {task}" in report
+        assert set(results["overlap"][task]) == {"icl", "contrast"}
+    for section in ("Cross-task: sums vs words", "Sign and overlap", "Timings"):
+        assert section in report
+    for p in (
+        "act",
+        "icl",
+        "notebook",
+        "signed",
+        "act_contrast",
+        "raw_act",
+        "repsim_sae",
+        "base_loss",
+        "post_shift_sae",
+        "realised_sts",
+    ):
+        assert f"| {p} |" in report
+    # Training curves from the STS callback: step 0 and the end, per run.
+    for run in results["runs"]:
+        assert [h["step"] for h in run["history"]][-1] == 3
