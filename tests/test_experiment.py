@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from scipy import stats as sps
 
 from sts_lightning.cli import main
+from sts_lightning.experiment.cli import load_experiment
 from sts_lightning.experiment.summary import PREDICTORS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SUMS = [{"prompt": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(6) for b in range(6)]
 WORDS = [
@@ -166,3 +170,49 @@ def test_experiment_writes_every_artefact_and_its_numbers_match_the_json(recipe,
     # Training curves from the STS callback: step 0 and the end, per run.
     for run in results["runs"]:
         assert [h["step"] for h in run["history"]][-1] == 3
+
+
+EXPERIMENT_RECIPES = sorted(ROOT.glob("recipes/experiment_*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_RECIPES, ids=lambda p: p.name)
+def test_experiment_recipes_parse(path):
+    job = load_experiment(path)
+    assert len(job.tasks) >= 2 and len(job.seeds) >= 3
+    assert len(job.domains) + len(job.domain_files) >= 8
+    assert job.trust_remote_code is False
+    assert job.contrast_task not in job.tasks
+
+
+def test_there_are_three_experiment_scales():
+    names = {p.name for p in EXPERIMENT_RECIPES}
+    assert {"experiment_smollm2.yaml", "experiment_smollm2_full.yaml"} <= names
+    assert any("llama3_8b" in n for n in names)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--contrast_task", "arithmetic"], "`contrast_task`='arithmetic' is a source task"),
+        (["--domains", "[math, law]"], "at least 3 domains"),
+        (["--seeds", "[1, 1, 2]"], "`seeds` must be distinct"),
+        (["--raw_k", "0"], "`raw_k` must be a positive int"),
+        (["--finetune.steps", "0"], "`steps` must be a positive int"),
+        (["--finetune.method", "ppo"], "finetune.method"),
+        (["--evaluation.tokens", "-5"], "`tokens` must be a positive int"),
+    ],
+)
+def test_experiment_rejects_bad_settings(override, message, capsys):
+    # jsonargparse reports a failed instantiation on stderr and exits with status 2.
+    with pytest.raises((ValueError, SystemExit)) as info:
+        load_experiment(ROOT / "recipes/experiment_smollm2.yaml", *override)
+    assert message in str(info.value) + capsys.readouterr().err
+
+
+def test_unknown_task_is_a_clear_error(tmp_path):
+    from sts_lightning.experiment.config import ExperimentJob
+    from sts_lightning.experiment.run import _task_pool
+
+    job = ExperimentJob(tasks=["arithmetic", "family"])
+    with pytest.raises(ValueError, match="missing.jsonl' is not a built-in training set"):
+        _task_pool(job, str(tmp_path / "missing.jsonl"))

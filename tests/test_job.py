@@ -158,7 +158,7 @@ def test_cli_offline_unknown_model_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_embedded_default_predict_runs_offline(tmp_path, capsys):
-    """The README's main job on the real SmolLM2, CPU-sized: model rebuild (cached), a small SAE
+    """The forecast on the real SmolLM2, CPU-sized: model rebuild (cached), a small SAE
     trained on its residual stream, a forecast over three built-in domains."""
     out = tmp_path / "pred"
     args = [

@@ -31,8 +31,16 @@ class FinetuneSettings:
     """Optimizer steps."""
     batch_size: int = 32
     """Examples per step (SFT) or prompts per step (GRPO)."""
+    accumulate: int = 1
+    """Micro-batches accumulated per optimizer step (``batch_size`` is the micro-batch)."""
     lr: float = 1e-4
     """Peak learning rate."""
+    precision: str = "32-true"
+    """Lightning precision (``bf16-mixed`` on a GPU; fp32 is faster on CPUs)."""
+    max_length: int = 512
+    """SFT only: sequences are cut to this many tokens."""
+    gradient_checkpointing: bool = False
+    """SFT only: recompute activations in the backward pass (long sequences, big models)."""
     warmup_steps: int = 4
     """Linear warm-up steps."""
     lora: LoraSettings | None = None
@@ -49,7 +57,7 @@ class FinetuneSettings:
         if self.method not in ("sft", "grpo"):
             raise ValueError(f"`finetune.method` must be 'sft' or 'grpo', got {self.method!r}")
         _positive(self, "steps", "batch_size", "num_generations", "max_completion_length")
-        _positive(self, "track_every")
+        _positive(self, "track_every", "accumulate", "max_length")
         if not self.lr > 0:
             raise ValueError(f"`finetune.lr` must be > 0, got {self.lr!r}")
         if isinstance(self.warmup_steps, bool) or self.warmup_steps < 0:

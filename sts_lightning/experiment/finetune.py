@@ -61,7 +61,7 @@ def finetune(
 
     ft = job.finetune
     seed_everything(seed, verbose=False)
-    n = min(len(examples), ft.steps * ft.batch_size)
+    n = min(len(examples), ft.steps * ft.batch_size * ft.accumulate)
     callback = STSCallback(
         sae,
         dict(domains),
@@ -84,12 +84,17 @@ def finetune(
             trust_remote_code=job.trust_remote_code,
             cache_dir=job.cache_dir,
             lora=ft.lora,
+            gradient_checkpointing=ft.gradient_checkpointing,
             lr=ft.lr,
             warmup_steps=min(ft.warmup_steps, ft.steps - 1),
             save_hf_on_fit_end=False,
         )
         data = SFTDataModule(
-            list(examples), train_size=n, batch_size=ft.batch_size, seed=seed, max_length=512
+            list(examples),
+            train_size=n,
+            batch_size=ft.batch_size,
+            seed=seed,
+            max_length=ft.max_length,
         )
         clip = 1.0
     else:
@@ -126,6 +131,8 @@ def finetune(
         accelerator="auto",
         devices=1,
         max_steps=ft.steps,
+        precision=ft.precision,
+        accumulate_grad_batches=ft.accumulate if ft.method == "sft" else 1,
         logger=CSVLogger(str(log_dir), name="", version=""),
         enable_checkpointing=False,
         enable_model_summary=False,

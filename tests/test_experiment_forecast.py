@@ -1,0 +1,109 @@
+"""The experiment's forecasts equal `predict` (paper modes) and independent dense computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sts_lightning import functional as F
+from sts_lightning.config import PredictConfig
+from sts_lightning.experiment.forecast import (
+    Forecaster,
+    contrast_shift,
+    score_domains,
+    to_prediction,
+)
+from sts_lightning.predict import predict
+from sts_lightning.prompts import Example
+
+TRAIN = [
+    Example(f"What is {a} + {b}?", f"The answer is {a + b}.") for a in range(4) for b in range(3)
+]
+UNRELATED = [Example(f"Spell {w} backwards.", w[::-1]) for w in ("cat", "dog", "sun", "tree")]
+DOMAINS = {
+    "law": [Example(f"The court held contract {i} void.", "Void.") for i in range(4)],
+    "code": [Example(f"def f{i}(x):", f"    return x * {i}") for i in range(4)],
+    "bio": [Example(f"Plants convert light {i}.", "Energy.") for i in range(4)],
+}
+CFG = PredictConfig(
+    layer=1,
+    k=8,
+    n_demos=1,
+    domain_demos=1,
+    train_tokens=60,
+    domain_tokens=40,
+    max_norm=1e4,
+    progress=False,
+    seed=3,
+)
+
+
+@pytest.fixture(scope="module")
+def forecast(tiny_llama, tiny_tokenizer, tiny_sae):
+    f = Forecaster(tiny_llama, tiny_tokenizer, tiny_sae, 1, CFG)
+    domains = f.domains(DOMAINS, seed=CFG.seed)
+    task = f.task(TRAIN, seed=CFG.seed, contrast_pool=UNRELATED)
+    return f, domains, task
+
+
+def test_paper_modes_equal_predict(forecast, tiny_llama, tiny_tokenizer, tiny_sae):
+    _, domains, task = forecast
+    scores = score_domains(domains, task, k=CFG.k, raw_k=5)
+    reference = predict(tiny_llama, tiny_tokenizer, tiny_sae, TRAIN, DOMAINS, CFG)
+    for name, score in reference.domains.items():
+        for mode in ("act", "icl", "notebook", "signed"):
+            assert scores[name][mode] == pytest.approx(getattr(score, mode), rel=1e-5), mode
+    pred = to_prediction(domains, task, scores, layer=1, k=CFG.k, max_norm=1e4, config=CFG)
+    assert torch.equal(pred.top_latents, reference.top_latents)
+    assert torch.allclose(pred.domain_means["law"], reference.domain_means["law"], atol=1e-6)
+
+
+def test_raw_and_similarity_baselines_match_numpy(forecast):
+    _, domains, task = forecast
+    scores = score_domains(domains, task, k=CFG.k, raw_k=5)
+    raw_delta = task.raw_shift.feature_shift().numpy()
+    raw_top = np.argsort(-raw_delta, kind="stable")[:5]
+    task_sae = task.moments.compute()["mean"].numpy()
+    task_raw = task.raw_moments.compute()["mean"].numpy()
+    for name, d in domains.items():
+        mean_raw = d.raw_moments.compute()["mean"].numpy()
+        assert scores[name]["raw_act"] == pytest.approx(mean_raw[raw_top].sum(), rel=1e-6)
+        icl_raw = d.raw_shift.feature_shift().numpy()
+        assert scores[name]["raw_icl"] == pytest.approx(icl_raw[raw_top].sum(), rel=1e-6)
+        mean_sae = d.moments.compute()["mean"].numpy()
+        cos = task_sae @ mean_sae / np.linalg.norm(task_sae) / np.linalg.norm(mean_sae)
+        assert scores[name]["repsim_sae"] == pytest.approx(cos, rel=1e-6)
+        cos = task_raw @ mean_raw / np.linalg.norm(task_raw) / np.linalg.norm(mean_raw)
+        assert scores[name]["repsim_resid"] == pytest.approx(cos, rel=1e-6)
+
+
+def test_contrast_is_the_difference_of_two_shifts_on_the_same_queries(forecast):
+    f, domains, task = forecast
+    # Same queries → same number of paired rows (up to massive-activation drops, none here).
+    assert int(task.contrast.n_tokens) == int(task.shift.n_tokens)
+    diff = contrast_shift(task)
+    expected = task.shift.feature_shift() - task.contrast.feature_shift()
+    assert torch.allclose(diff, expected.float())
+    top_c = F.top_shifted(diff, k=CFG.k)
+    scores = score_domains(domains, task, k=CFG.k, raw_k=5)
+    for name, d in domains.items():
+        mean = d.moments.compute()["mean"]
+        assert scores[name]["act_contrast"] == pytest.approx(float(mean[top_c].sum()), rel=1e-6)
+    # With the task's own examples as the "unrelated" pool the two shifts coincide.
+    same = f.task(TRAIN, seed=CFG.seed, contrast_pool=TRAIN)
+    assert torch.allclose(contrast_shift(same), torch.zeros_like(diff), atol=1e-5)
+
+
+def test_without_domain_demos_icl_modes_are_nan(tiny_llama, tiny_tokenizer, tiny_sae):
+    cfg = PredictConfig(**{**CFG.__dict__, "domain_demos": 0})
+    f = Forecaster(tiny_llama, tiny_tokenizer, tiny_sae, 1, cfg)
+    scores = score_domains(f.domains(DOMAINS, seed=0), f.task(TRAIN, seed=0), k=4, raw_k=4)
+    assert all(np.isnan(s["icl"]) and np.isnan(s["raw_icl"]) for s in scores.values())
+    assert "act_contrast" not in scores["law"]  # no contrast pool, no contrast modes
+
+
+def test_too_few_examples_is_a_clear_error(tiny_llama, tiny_tokenizer, tiny_sae):
+    f = Forecaster(tiny_llama, tiny_tokenizer, tiny_sae, 1, CFG)
+    with pytest.raises(ValueError, match=r"`contrast_pool` has 1 examples"):
+        f.task(TRAIN, seed=0, contrast_pool=UNRELATED[:1])

@@ -1,0 +1,94 @@
+"""Held-out losses per item and layer-L rows equal an HF full forward; paired comparisons."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as TF
+
+from sts_lightning.evaluation import encode_eval_set
+from sts_lightning.experiment.realised import compare, exact_match, item_losses
+from sts_lightning.prompts import Example
+
+ITEMS = {
+    "law": [Example(f"The court held contract {i} void.", "Void.") for i in range(5)],
+    "code": [Example(f"def f{i}(x):", f"    return x * {i}") for i in range(3)],
+}
+
+
+def _encoded(tokenizer, span="all"):
+    return {n: encode_eval_set(tokenizer, ex, 10_000, span=span) for n, ex in ITEMS.items()}
+
+
+@pytest.mark.parametrize("span", ["all", "answer"])
+def test_item_losses_equal_a_full_forward(tiny_llama, tiny_tokenizer, span):
+    encoded = _encoded(tiny_tokenizer, span)
+    special = set(tiny_tokenizer.all_special_ids)
+    got = item_losses(
+        tiny_llama, encoded, layer=1, pad_token_id=0, exclude_token_ids=special, batch_size=2
+    )
+    for name, items in encoded.items():
+        nll, counts, rows = [], [], []
+        for e in items:
+            ids = torch.tensor([e.input_ids])
+            with torch.no_grad():
+                out = tiny_llama(ids, output_hidden_states=True)
+            start, end = e.span(span)
+            start = max(start, 1)
+            logp = TF.log_softmax(out.logits[0].double(), -1)
+            nll.append(-sum(logp[t - 1, e.input_ids[t]] for t in range(start, end)))
+            counts.append(end - start)
+            keep = [t for t in range(start, end) if e.input_ids[t] not in special]
+            rows.append(out.hidden_states[2][0, keep])  # after decoder layer 1
+        assert torch.allclose(got[name].nll, torch.stack(nll), rtol=1e-4)
+        assert got[name].counts.tolist() == counts
+        assert torch.allclose(got[name].rows, torch.cat(rows), atol=1e-4)
+
+
+def test_compare_same_model_is_zero_and_a_change_is_seen(tiny_llama, tiny_tokenizer, tiny_sae):
+    encoded = _encoded(tiny_tokenizer)
+    kw = dict(layer=1, pad_token_id=0, exclude_token_ids=tiny_tokenizer.all_special_ids)
+    base = item_losses(tiny_llama, encoded, **kw)
+    same = compare(base, item_losses(tiny_llama, encoded, **kw), tiny_sae, max_norm=1e4)
+    for row in same.values():
+        assert row["delta"] == pytest.approx(0.0, abs=1e-9)
+        assert row["post_shift_sae"] == pytest.approx(0.0, abs=1e-8)
+        assert row["post_shift_resid"] == pytest.approx(0.0, abs=1e-10)
+    moved = copy.deepcopy(tiny_llama)
+    with torch.no_grad():
+        for p in moved.model.layers[0].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    now = item_losses(moved, encoded, **kw)
+    out = compare(base, now, tiny_sae, max_norm=1e4)
+    for name, row in out.items():
+        expected = float((now[name].nll.sum() - base[name].nll.sum()) / base[name].counts.sum())
+        assert row["delta"] == pytest.approx(expected, rel=1e-9)
+        assert row["loss"] - row["base_loss"] == pytest.approx(expected, rel=1e-6)
+        assert row["se"] > 0 and row["post_shift_sae"] > 0 and row["post_shift_resid"] > 0
+        diff = (now[name].rows - base[name].rows).double().square().sum(-1).mean()
+        norm = base[name].rows.double().square().sum(-1).mean()
+        assert row["post_shift_resid"] == pytest.approx(float(diff / norm), rel=1e-6)
+
+
+def test_compare_refuses_different_items(tiny_llama, tiny_tokenizer, tiny_sae):
+    kw = dict(layer=1, pad_token_id=0)
+    a = item_losses(tiny_llama, _encoded(tiny_tokenizer), **kw)
+    b = item_losses(tiny_llama, _encoded(tiny_tokenizer, "answer"), **kw)
+    with pytest.raises(ValueError, match="did not score the same tokens"):
+        compare(a, b, tiny_sae, max_norm=1e4)
+
+
+def test_exact_match_counts_what_the_scorer_accepts(tiny_llama, tiny_tokenizer):
+    examples = [Example(f"What is {i} + 1?", str(i + 1)) for i in range(5)]
+    seen = []
+
+    def score(text, example):
+        seen.append(text)
+        return 1.0 if example.answer in ("1", "3") else 0.0
+
+    assert exact_match(tiny_llama, tiny_tokenizer, examples, score, batch_size=2) == 0.4
+    assert len(seen) == 5
+    assert math.isnan(exact_match(tiny_llama, tiny_tokenizer, [], score))  # nothing to score
