@@ -214,5 +214,5 @@ def test_unknown_task_is_a_clear_error(tmp_path):
     from sts_lightning.experiment.run import _task_pool
 
     job = ExperimentJob(tasks=["arithmetic", "family"])
-    with pytest.raises(ValueError, match="missing.jsonl' is not a built-in training set"):
+    with pytest.raises(ValueError, match=r"missing\.jsonl' is not a built-in training set"):
         _task_pool(job, str(tmp_path / "missing.jsonl"))
