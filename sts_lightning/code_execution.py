@@ -6,8 +6,8 @@ A program is the problem's code prompt, the completion, the problem's ``test`` (
 ``sys.executable -I`` (isolated: no user site-packages, no ``PYTHON*`` variables) in a new
 session that is killed as a whole on timeout, with a minimal environment (no proxy variables,
 no tokens, ``HOME`` in the temporary directory), an address-space and CPU-time limit, and the
-``socket`` constructors replaced by a function that raises, so a program cannot open a network
-connection through the standard library.
+``socket`` (and low-level ``_socket``) constructors replaced by a function that raises, so a
+program cannot open a network connection through the standard library.
 
 This is *not* a sandbox: the code runs as the current user and can read and write the files
 the user can. Run untrusted model output in a container or VM without network.
@@ -34,7 +34,7 @@ _CODE_START_RE = re.compile(r"^(?:from |import |def |class |@)", re.M)
 # Runs before the program in the child: limits and the network switch-off, then the program as
 # __main__ (run_path keeps the program's own `from __future__` imports legal).
 _LAUNCHER = """\
-import resource, runpy, socket, sys
+import _socket, resource, runpy, socket, sys
 def _limit(kind, value):
     try:
         resource.setrlimit(kind, (value, value))
@@ -45,8 +45,9 @@ _limit(resource.RLIMIT_CPU, {cpu_seconds})
 def _no_network(*args, **kwargs):
     raise OSError("network access is disabled in code_reward")
 socket.socket = socket.create_connection = socket.getaddrinfo = _no_network
-socket.socketpair = socket.fromfd = _no_network
-del resource, socket, _limit, _no_network
+socket.socketpair = socket.fromfd = socket.SocketType = _no_network
+_socket.socket = _socket.SocketType = _socket.socketpair = _socket.getaddrinfo = _no_network
+del _socket, resource, socket, _limit, _no_network
 runpy.run_path(sys.argv[1], run_name="__main__")
 """
 

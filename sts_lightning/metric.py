@@ -108,7 +108,7 @@ class TransferabilityCorrelation(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(n_bootstrap, int) or n_bootstrap < 1:
+        if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 1:
             raise ValueError(f"`n_bootstrap` must be a positive int, got {n_bootstrap!r}")
         if not 0.0 < confidence < 1.0:
             raise ValueError(f"`confidence` must lie in (0, 1), got {confidence!r}")
@@ -133,7 +133,12 @@ class TransferabilityCorrelation(Metric):
 
     @staticmethod
     def _as_vector(name: str, x: Tensor | float) -> Tensor:
-        x = torch.as_tensor(x)
+        try:
+            x = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(
+                f"`{name}` must be a real-valued tensor (n_domains,), got {type(x).__name__}"
+            ) from err
         if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
             raise TypeError(f"`{name}` must be a real-valued tensor, got dtype {x.dtype}")
         if x.ndim > 1:

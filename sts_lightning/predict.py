@@ -68,10 +68,12 @@ class _Extractor:
 
     def _keep(self, x: Tensor) -> Tensor:
         norms = torch.linalg.vector_norm(x, dim=-1)
-        if self.max_norm is None and norms.numel():
+        finite = torch.isfinite(norms)
+        if self.max_norm is None and finite.any():
             # Fixed once, from the first batch, so every statistic uses the same threshold.
-            self.max_norm = float(norms.median()) * self.cfg.outlier_factor
+            self.max_norm = float(norms[finite].median()) * self.cfg.outlier_factor
             log.info("massive-activation threshold: residual norm > %.1f", self.max_norm)
+        # NaN/inf rows fail the comparison: they are dropped (and counted) like outliers.
         return norms <= (self.max_norm if self.max_norm is not None else float("inf"))
 
     def run(
@@ -247,6 +249,11 @@ def predict(
     shift = PairedShift(d_sae, **local)
     quality = ReconstructionQuality(model_width(model), d_sae, **local)
     train = extractor.run(pairs, cfg.train_span, "train", paired=True, shift=shift, quality=quality)
+    if train["n_tokens"] == 0:
+        raise ValueError(
+            f"no training-query row is left: all {train['n_dropped']} were dropped as non-finite "
+            f"(NaN/inf) or massive activations (residual norm > `max_norm`={extractor.max_norm})"
+        )
     train |= {"n_examples": len(pairs), "budget": cfg.train_tokens}
     delta, signed = shift.feature_shift().float(), shift.signed_shift().float()
     top = F.top_shifted(delta, k=cfg.k)

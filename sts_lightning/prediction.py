@@ -166,12 +166,14 @@ class Prediction:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> Prediction:
         """Read a prediction written by :meth:`save`."""
+        from safetensors import SafetensorError
+
         directory = Path(directory)
         try:
             data = json.loads((directory / "prediction.json").read_text())
             tensors = load_file(str(directory / "prediction.safetensors"))
             return cls.from_parts(data, tensors)
-        except (OSError, KeyError, TypeError, ValueError) as err:
+        except (OSError, KeyError, TypeError, ValueError, SafetensorError) as err:
             raise ValueError(
                 f"`directory` {directory} does not hold a readable prediction "
                 f"(prediction.json + prediction.safetensors): {err}"

@@ -111,8 +111,15 @@ def _load_dir(path: Path, device: str | torch.device | None) -> Any:
             f"{_CFG_FILE} and {_WEIGHTS_FILE} inside (written by `SAE.save_model`)"
         )
     from sae_lens import SAE
+    from safetensors import SafetensorError
 
-    return SAE.load_from_disk(path, device=str(device or "cpu"))
+    try:
+        return SAE.load_from_disk(path, device=str(device or "cpu"))
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
+        raise ValueError(
+            f"`sae`={str(path)!r} holds an unreadable or corrupted sae-lens SAE "
+            f"({_CFG_FILE} + {_WEIGHTS_FILE}): {err!r}"
+        ) from err
 
 
 def _split_id(sae_id: str) -> tuple[str, str]:

@@ -199,8 +199,14 @@ def train_sae(
         raise ValueError(f"`layer` must be a non-negative int or None, got {layer!r}")
     final = None if cache_dir is None else sae_cache_path(cache_dir, cache_key, cfg, d_in, layer)
     if final is not None and _is_complete(final):
-        logger.info("SAE cache hit: %s", final)
-        return load_sae(final, device=cfg.device)
+        try:
+            sae = load_sae(final, device=cfg.device)
+        except ValueError as err:  # corrupted (a bad disk, a foreign writer): rebuild it
+            logger.warning("SAE cache entry %s is unreadable, retraining: %s", final, err)
+            shutil.rmtree(final, ignore_errors=True)
+        else:
+            logger.info("SAE cache hit: %s", final)
+            return sae
 
     train_rows, eval_rows, scale = _prepare_rows(activations, cfg, d_in)
     sae = _fit(train_rows, eval_rows, scale, cfg, d_in, on_eval)

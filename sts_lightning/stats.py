@@ -100,6 +100,10 @@ class _LatentSums(Metric):
             raise ValueError(f"{type(self).__name__} has no tokens yet: call `update` first")
         return self.n_tokens
 
+    def _vector(self, key: str) -> Tensor:
+        # torchmetrics squeezes one-element results to 0-d: keep (d_sae,) even for d_sae = 1.
+        return self.compute()[key].reshape(self.d_sae)
+
     def _mark_loaded(self) -> None:
         # States restored from disk count as updates: torchmetrics otherwise warns that
         # `compute` runs before `update`.
@@ -128,13 +132,18 @@ class _LatentSums(Metric):
     @classmethod
     def load(cls, path: str | os.PathLike) -> _LatentSums:
         """Rebuild an accumulator saved with :meth:`save`."""
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(str(path))
+        except (OSError, SafetensorError) as err:
+            raise ValueError(
+                f"`path` {path} is not a readable safetensors file written by `save`: {err}"
+            ) from err
         if meta.get("class") != cls.__name__:
             raise ValueError(f"`path` {path} holds a {meta.get('class')!r}, not a {cls.__name__}")
-        tensors = load_file(str(path))
         stats = cls(int(meta["d_sae"]))
         for k in stats._defaults:
             if k not in tensors or tensors[k].shape != getattr(stats, k).shape:
@@ -174,19 +183,21 @@ class LatentMoments(_LatentSums):
     def sts_act(self, latents: Tensor | Iterable[int]) -> Tensor:
         """Equals :func:`~sts_lightning.functional.sts_act` on all rows seen."""
         latents = F._check_latents(latents, self.d_sae)
-        return self.compute()["mean"][latents].sum()
+        return self._vector("mean")[latents].sum()
 
     def sts_notebook(self, latents: Tensor | Iterable[int]) -> Tensor:
         """Equals :func:`~sts_lightning.functional.sts_notebook` on all rows seen."""
         latents = F._check_latents(latents, self.d_sae)
-        return self.compute()["mean_sq"][latents].mean()
+        return self._vector("mean_sq")[latents].mean()
 
     def sts_signed(self, shift: Tensor, latents: Tensor | Iterable[int]) -> Tensor:
         """Equals :func:`~sts_lightning.functional.sts_signed` on all rows seen."""
         latents = F._check_latents(latents, self.d_sae)
         if not isinstance(shift, Tensor) or shift.shape != (self.d_sae,):
             raise ValueError(f"`shift` must have shape (d_sae,) = ({self.d_sae},)")
-        return (self.compute()["mean"][latents] * shift[latents].double()).sum()
+        if not shift.is_floating_point() or not torch.isfinite(shift).all():
+            raise ValueError("`shift` must be a finite floating tensor")
+        return (self._vector("mean")[latents] * shift[latents].double()).sum()
 
 
 class PairedShift(_LatentSums):
@@ -230,13 +241,13 @@ class PairedShift(_LatentSums):
 
     def feature_shift(self) -> Tensor:
         """Equals :func:`~sts_lightning.functional.feature_shift` on all pairs seen."""
-        return self.compute()["feature_shift"]
+        return self._vector("feature_shift")
 
     def signed_shift(self) -> Tensor:
         """Equals :func:`~sts_lightning.functional.signed_shift` on all pairs seen."""
-        return self.compute()["signed_shift"]
+        return self._vector("signed_shift")
 
     def sts_icl(self, latents: Tensor | Iterable[int]) -> Tensor:
         """Equals :func:`~sts_lightning.functional.sts_icl` on all pairs seen."""
         latents = F._check_latents(latents, self.d_sae)
-        return self.compute()["feature_shift"][latents].sum()
+        return self._vector("feature_shift")[latents].sum()

@@ -162,6 +162,11 @@ class Forecaster:
             raw_moments=out.raw_moments,
             raw_shift=out.raw_shift,
         )
+        if counts["n_tokens"] == 0:
+            raise ValueError(
+                f"no training-query row is left: all {counts['n_dropped']} were dropped as "
+                "non-finite (NaN/inf) or massive activations (residual norm > `max_norm`)"
+            )
         out.counts = counts | {"n_examples": len(pairs)}
         q = quality.compute()
         out.quality = {k: float(q[k]) for k in ("fvu", "l0", "dead_fraction")}

@@ -1,0 +1,169 @@
+"""Stop-and-resume equals an uninterrupted run: SFT, GRPO, the STS callback, metric states.
+
+Already proven elsewhere, not repeated: SFT loss curves after a mid-epoch resume
+(tests/test_sft.py::test_resume_mid_epoch_matches_uninterrupted, full and LoRA), GRPO curves
+(tests/test_grpo.py::test_resume_reproduces_the_uninterrupted_curve), the STS callback restoring
+its forecast without recomputing it (tests/test_callback.py), the HF/TRL twin
+(tests/test_hf.py::test_resume_restores_tracker_state_without_recomputing) and SFT weights after
+a Ctrl-C (tests/test_faults.py). Here: final weights, the STS callback's whole history against
+an uninterrupted run, and metric states saved mid-stream.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from sts_lightning.config import PredictConfig
+from sts_lightning.metric import TransferabilityCorrelation
+from sts_lightning.prompts import Example
+from sts_lightning.stats import LatentMoments, PairedShift
+from sts_lightning.tracking import TrackerConfig
+
+EXAMPLES = [Example(f"What is {i} + {i}?", f"The answer is {2 * i}.") for i in range(12)]
+DOMAINS = {
+    "law": [f"The court held that contract {i} was void." for i in range(8)],
+    "bio": [f"Photosynthesis converts light energy in plants {i}." for i in range(8)],
+    "math": [f"Solve {i} * 4 - 5. The answer is {4 * i - 5}." for i in range(8)],
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tiny_llama, tiny_tokenizer):
+    path = tmp_path_factory.mktemp("tiny_llama")
+    tiny_llama.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+class _StopAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        trainer.should_stop = trainer.should_stop or trainer.global_step >= self.step
+
+
+def _sts(sae):
+    from sts_lightning.callbacks import STSCallback
+
+    return STSCallback(
+        sae,
+        domains=DOMAINS,
+        train_examples=EXAMPLES,
+        k=8,
+        every_n_steps=2,
+        predict_config=PredictConfig(
+            domain_demos=1, train_tokens=80, domain_tokens=60, batch_size=16, progress=False
+        ),
+        tracker_config=TrackerConfig(probe_tokens=80, eval_tokens=60),
+    )
+
+
+def test_sts_callback_resumed_equals_uninterrupted(tmp_path, tiny_dir, tiny_sae):
+    from sts_lightning.data import SFTDataModule
+    from sts_lightning.sft import SFTModule
+
+    def run(callbacks, ckpt_path=None):
+        seed_everything(0)
+        sts = _sts(tiny_sae)
+        trainer = Trainer(
+            accelerator="cpu", max_steps=6, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
+            callbacks=[sts, *callbacks], enable_checkpointing=any(
+                isinstance(c, ModelCheckpoint) for c in callbacks
+            ),
+        )  # fmt: skip
+        data = SFTDataModule(EXAMPLES, train_size=None, batch_size=5, max_length=64, seed=0)
+        trainer.fit(SFTModule(tiny_dir, lr=3e-3), data, ckpt_path=ckpt_path)
+        return sts.tracker
+
+    full = run([])
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_train_steps=2)
+    run([ckpt, _StopAt(4)])  # interrupted mid-epoch 2 (3 batches per epoch)
+    resumed = run([], ckpt_path=tmp_path / "ckpt" / "epoch=1-step=4.ckpt")
+    assert [h["step"] for h in resumed.history] == [h["step"] for h in full.history] == [2, 4, 6]
+    for got, want in zip(resumed.history, full.history, strict=True):
+        assert got.keys() == want.keys()
+        for key in want:  # the steps before the stop come from the checkpoint, the rest re-run
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7, nan_ok=True), key
+    assert torch.equal(resumed.probe["rows"], full.probe["rows"])
+    assert torch.equal(resumed.prediction.shift, full.prediction.shift)
+    assert resumed.base_scores == full.base_scores
+
+
+def test_grpo_resumed_weights_equal_uninterrupted(tmp_path, tiny_llama, tiny_tokenizer):
+    from sts_lightning.data import PromptDataModule
+    from tests.test_grpo import PROMPTS, make_module
+
+    def run(callbacks=(), ckpt_path=None):
+        module = make_module(tiny_llama, tiny_tokenizer, lr=0.05, lr_schedule="linear")
+        trainer = Trainer(
+            accelerator="cpu", max_steps=4, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=list(callbacks),
+            enable_checkpointing=bool(callbacks),
+        )  # fmt: skip
+        data = PromptDataModule(PROMPTS, train_size=None, batch_size=2, seed=3)
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        return trainer
+
+    full = run()
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_train_steps=1)
+    run([ckpt, _StopAt(3)])  # 2 batches per epoch: stopped inside epoch 2
+    resumed = run(ckpt_path=tmp_path / "epoch=1-step=3.ckpt")
+    assert resumed.global_step == full.global_step == 4
+    pairs = zip(
+        resumed.lightning_module.model.named_parameters(),
+        full.lightning_module.model.parameters(),
+        strict=True,
+    )
+    for (name, a), b in pairs:
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    opt_a = resumed.optimizers[0].state_dict()["state"]
+    opt_b = full.optimizers[0].state_dict()["state"]
+    for key in opt_b:  # AdamW moments too: a resumed run keeps going the same way
+        a, b = opt_a[key]["exp_avg"], opt_b[key]["exp_avg"]
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["moments", "shift", "correlation"])
+def test_metric_state_saved_mid_stream_continues_exactly(kind):
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.rand(7, 5, generator=gen, dtype=torch.float64) for _ in range(4)]
+
+    def new():
+        if kind == "correlation":
+            return TransferabilityCorrelation(seed=1, n_bootstrap=300)
+        return LatentMoments(5) if kind == "moments" else PairedShift(5)
+
+    def feed(metric, xs):
+        for x in xs:
+            if kind == "moments":
+                metric.update(x)
+            elif kind == "shift":
+                metric.update(x, x.square())
+            else:
+                metric.update(x[:, 0], x[:, 1])
+
+    full = new()
+    feed(full, batches)
+    first = new()
+    feed(first, batches[:2])
+    first.persistent(True)
+    state = first.state_dict()
+    resumed = new()
+    resumed.persistent(True)
+    resumed.load_state_dict(state)
+    feed(resumed, batches[2:])
+    for key, want in full.compute().items():
+        torch.testing.assert_close(resumed.compute()[key], want, rtol=1e-12, atol=0, msg=key)
