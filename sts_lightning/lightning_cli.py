@@ -18,7 +18,7 @@ from typing import Any
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
-__all__ = ["STSLightningCLI", "build_cli", "parse_config", "run"]
+__all__ = ["STSLightningCLI", "build_cli", "parse_config", "run", "safe_loading"]
 
 
 class STSLightningCLI(LightningCLI):
@@ -82,7 +82,25 @@ def parse_config(args: Sequence[str]) -> Any:
     return build_cli(args, run=False, cli_class=_ParseOnlyCLI).config
 
 
+def safe_loading(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``--weights_only=true`` unless the user chose: Lightning's default
+    (``False``) would unpickle whatever ``--ckpt_path`` names.
+
+    Example:
+        >>> safe_loading(["fit", "--config", "r.yaml"])
+        ['fit', '--config', 'r.yaml', '--weights_only=true']
+        >>> safe_loading(["fit", "--weights_only", "false"])
+        ['fit', '--weights_only', 'false']
+    """
+    argv = list(argv)
+    if argv[:1] in (["fit"], ["validate"]) and not any(
+        a.split("=", 1)[0] == "--weights_only" for a in argv
+    ):
+        argv.append("--weights_only=true")
+    return argv
+
+
 def run(argv: list[str]) -> int:
     """Entry point of ``sts-lightning fit|validate ...``; returns the exit status."""
-    build_cli(argv)
+    build_cli(safe_loading(argv))
     return 0

@@ -7,6 +7,7 @@ tests/test_rewards.py; here the low-level socket module, grandchildren and the e
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 import os
@@ -216,3 +217,23 @@ def test_no_secret_in_any_written_file(tmp_path, monkeypatch, tiny_llama, tiny_t
     assert any(p.suffix == ".wandb" for p in files) and any(p.suffix == ".png" for p in files)
     leaked = [str(p) for p in files if b"secret-xyz" in p.read_bytes()]
     assert leaked == []
+
+
+def test_cli_resumes_with_weights_only_unless_told_otherwise(monkeypatch, tmp_path):
+    from lightning.pytorch import Trainer
+
+    from sts_lightning.lightning_cli import run
+
+    seen = []
+
+    @functools.wraps(Trainer.fit)  # the CLI reads its arguments from this signature
+    def fit(self, *args, **kwargs):
+        seen.append(kwargs["weights_only"])
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    monkeypatch.chdir(tmp_path)  # the recipe writes under runs/
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "sft_arithmetic_smollm2.yaml")
+    common = ["--config", recipe, "--trainer.logger=false"]
+    run(["fit", *common])
+    run(["fit", *common, "--weights_only", "false"])
+    assert seen == [True, False]
