@@ -128,7 +128,10 @@ def test_experiment_writes_every_artefact_and_its_numbers_match_the_json(recipe,
         "scatter_words.png",
     ):
         assert (out / name).is_file(), name
-    assert list(out.glob("wandb/offline-run-*")), "no offline W&B run"
+    (run_file,) = out.glob("wandb/offline-run-*/run-*.wandb")  # one offline W&B run
+    logged = run_file.read_bytes()
+    for key in (b"correlations/sums", b"cross_task/sums_vs_words", b"sign_overlap", b"figures"):
+        assert key in logged, key
     results = json.loads((out / "results.json").read_text())
     assert results["tasks"] == ["sums", "words"]
     assert len(results["runs"]) == 4

@@ -133,6 +133,86 @@ def _correlation_rows(results: dict[str, Any], task: str) -> list[list[str]]:
     return rows
 
 
+def _tables(results: dict[str, Any]) -> list[tuple[str, str, str, list[str], list[list]]]:
+    """Every report table as ``(key, title, note, head, rows)``: markdown and W&B share them."""
+    k, tables = results["k"], []
+    acc = results["task_accuracy"]
+    tables.append(
+        (
+            "task_accuracy",
+            "Did fine-tuning learn the task?",
+            "Greedy exact match on held-out problems of each source task.",
+            ["task", "exact match before", "after (mean ± std over seeds)"],
+            [
+                [t, _f(a["before"]), f"{_f(a['after']['mean'])} ± {_f(a['after']['std'], 2)}"]
+                for t, a in acc.items()
+            ],
+        )
+    )
+    head = ["predictor", "kind", "Pearson [95% CI]", "p", "Spearman", "Kendall"]
+    head += ["Pearson per seed", "partial r (base loss)"]
+    for task in results["tasks"]:
+        title = f"Correlation with |realised Δ|: {task}"
+        tables.append((f"correlations/{task}", title, "", head, _correlation_rows(results, task)))
+    note = (
+        "log(score_A/score_B) vs log(|Δ_A|/|Δ_B|) per domain: per-domain constants cancel "
+        "(a constant predictor such as base loss is undefined here)."
+    )
+    for pair, preds in results["cross_task"].items():
+        rows = [
+            [p, _f(c["pearson"]), _f(c["pearson_p"], 2), _f(c["spearman"]), c["n"]]
+            for p, c in preds.items()
+        ]
+        key = "cross_task/" + pair.replace(" ", "_")
+        tables.append(
+            (key, f"Cross-task: {pair}", note, ["predictor", "Pearson", "p", "Spearman", "n"], rows)
+        )
+    head = ["task", "sign accuracy (signed STS)", "majority baseline", "per seed"]
+    head += [f"overlap@{k} ICL", f"overlap@{k} contrast", "chance"]
+    rows = []
+    for t, sign in results["sign"].items():
+        overlap = results["overlap"][t]
+        rows.append(
+            [
+                t,
+                _f(sign["pooled"]["accuracy"]),
+                _f(sign["pooled"]["majority"]),
+                f"{_f(sign['seeds']['mean'])} ± {_f(sign['seeds']['std'], 2)}",
+                f"{_f(overlap['icl']['mean'])} ± {_f(overlap['icl']['std'], 2)}",
+                _f(overlap.get("contrast", {}).get("mean")),
+                _f(results["overlap_random"]),
+            ]
+        )
+    note = (
+        "Sign: a positive signed STS predicts a lower loss. Overlap: shared members of the "
+        f"forecast top-{k} and the top-{k} latents really shifted on the training probe."
+    )
+    tables.append(("sign_overlap", "Sign and overlap", note, head, rows))
+    for task, table in results["tables"].items():
+        first = next(iter(table.values()))
+        cols = [
+            c
+            for c in ("act", "icl", "act_contrast", "raw_act", "repsim_sae", "post_shift_sae")
+            if c in first
+        ]
+        rows = [
+            [
+                d,
+                _f(r["delta"]),
+                _f(r["se"], 2),
+                _f(r["delta_std"], 2),
+                _f(r["base_loss"]),
+                *[_f(r[c]) for c in cols],
+            ]
+            for d, r in table.items()
+        ]
+        head = ["domain", "Δ loss", "SE", "std over seeds", "base loss", *cols]
+        tables.append((f"domains/{task}", f"Per-domain table: {task} (seed means)", "", head, rows))
+    rows = [[name, f"{v:.1f}"] for name, v in results["timings"].items()]
+    tables.append(("timings", "Timings (seconds)", "", ["stage", "s"], rows))
+    return tables
+
+
 def _markdown(results: dict[str, Any], figures: dict[str, Path]) -> str:
     cfg = results["config"]
     ft, ev = cfg["finetune"], cfg["evaluation"]
@@ -151,98 +231,11 @@ def _markdown(results: dict[str, Any], figures: dict[str, Path]) -> str:
         'are with |Δ| (the paper predicts magnitude), over domains, on seed means ("pooled", '
         "95 % bootstrap CI of Pearson) and per seed (mean ± std). Partial r controls for each "
         "domain's base-model loss.",
-        "",
-        "## Did fine-tuning learn the task?",
-        "",
     ]
-    acc = results["task_accuracy"]
-    lines += _table(
-        ["task", "exact match before", "after (mean ± std over seeds)"],
-        [
-            [t, _f(a["before"]), f"{_f(a['after']['mean'])} ± {_f(a['after']['std'], 2)}"]
-            for t, a in acc.items()
-        ],
-    )
-    for task in results["tasks"]:
-        lines += ["", f"## Correlation with |realised Δ|: {task}", ""]
-        lines += _table(
-            [
-                "predictor",
-                "kind",
-                "Pearson [95% CI]",
-                "p",
-                "Spearman",
-                "Kendall",
-                "Pearson per seed",
-                "partial r (base loss)",
-            ],
-            _correlation_rows(results, task),
-        )
-    for pair, preds in results["cross_task"].items():
-        lines += [
-            "",
-            f"## Cross-task: {pair}",
-            "",
-            "log(score_A/score_B) vs log(|Δ_A|/|Δ_B|) per domain: per-domain constants "
-            "cancel (a constant predictor such as base loss is undefined here).",
-            "",
-        ]
-        lines += _table(
-            ["predictor", "Pearson", "p", "Spearman", "n"],
-            [
-                [p, _f(c["pearson"]), _f(c["pearson_p"], 2), _f(c["spearman"]), c["n"]]
-                for p, c in preds.items()
-            ],
-        )
-    lines += ["", "## Sign and overlap", ""]
-    lines += _table(
-        [
-            "task",
-            "sign accuracy (signed STS)",
-            "majority baseline",
-            "per seed",
-            f"overlap@{results['k']} ICL",
-            "overlap contrast",
-            "chance",
-        ],
-        [
-            [
-                t,
-                _f(s["pooled"]["accuracy"]),
-                _f(s["pooled"]["majority"]),
-                f"{_f(s['seeds']['mean'])} ± {_f(s['seeds']['std'], 2)}",
-                f"{_f(results['overlap'][t]['icl']['mean'])} ± "
-                f"{_f(results['overlap'][t]['icl']['std'], 2)}",
-                _f(results["overlap"][t].get("contrast", {}).get("mean")),
-                _f(results["overlap_random"]),
-            ]
-            for t, s in results["sign"].items()
-        ],
-    )
-    for task, table in results["tables"].items():
-        cols = [
-            c
-            for c in ("act", "icl", "act_contrast", "raw_act", "repsim_sae", "post_shift_sae")
-            if c in next(iter(table.values()))
-        ]
-        lines += ["", f"## Per-domain table: {task} (seed means)", ""]
-        lines += _table(
-            ["domain", "Δ loss", "SE", "std over seeds", "base loss", *cols],
-            [
-                [
-                    d,
-                    _f(r["delta"]),
-                    _f(r["se"], 2),
-                    _f(r["delta_std"], 2),
-                    _f(r["base_loss"]),
-                    *[_f(r[c]) for c in cols],
-                ]
-                for d, r in table.items()
-            ],
-        )
-    lines += ["", "## Figures", ""] + [f"![{k}]({p.name})" for k, p in figures.items()]
-    lines += ["", "## Timings (seconds)", ""]
-    lines += _table(["stage", "s"], [[k, f"{v:.1f}"] for k, v in results["timings"].items()])
+    for key, title, note, head, rows in _tables(results):
+        if key == "timings":
+            lines += ["", "## Figures", ""] + [f"![{k}]({p.name})" for k, p in figures.items()]
+        lines += ["", f"## {title}", ""] + ([note, ""] if note else []) + _table(head, rows)
     return "\n".join(lines) + "\n"
 
 
@@ -260,32 +253,14 @@ def write_report(results: dict[str, Any], out: str | os.PathLike, *, wandb: bool
 
 
 def _log_wandb(results: dict[str, Any], figures: dict[str, Path], out: Path) -> None:
+    """The report's tables and figures as one offline W&B run (through Lightning's logger)."""
     from lightning.pytorch.loggers import WandbLogger
 
     logger = WandbLogger(
         project="sts-lightning", name="experiment", save_dir=str(out), offline=True
     )
-    for task in results["tasks"]:
-        logger.log_table(
-            f"correlations/{task}",
-            columns=[
-                "predictor",
-                "kind",
-                "pearson_ci",
-                "p",
-                "spearman",
-                "kendall",
-                "per_seed",
-                "partial",
-            ],
-            data=_correlation_rows(results, task),
-        )
-        table = results["tables"][task]
-        cols = list(next(iter(table.values())))
-        logger.log_table(
-            f"domains/{task}",
-            columns=["domain", *cols],
-            data=[[d, *[r[c] for c in cols]] for d, r in table.items()],
-        )
+    for key, _, _, head, rows in _tables(results):
+        logger.log_table(key, columns=head, data=[[str(c) for c in row] for row in rows])
     logger.log_image("figures", images=[str(p) for p in figures.values()])
+    logger.log_hyperparams(results["config"])
     logger.experiment.finish()
