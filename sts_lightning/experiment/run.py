@@ -104,7 +104,7 @@ def run_experiment(job: ExperimentJob) -> dict[str, Any]:
 
     out = Path(job.output_dir)
     runs_total = len(job.tasks) * len(job.seeds)
-    stage = _Stages(4 + 3 * runs_total)
+    stage = _Stages(5 + 3 * runs_total)
     cache = Path(job.cache_dir) if job.cache_dir else default_cache_dir()
     model, tokenizer = load_model_and_tokenizer(
         job.model, dtype=job.dtype, trust_remote_code=job.trust_remote_code, cache_dir=cache
