@@ -341,14 +341,16 @@ class ReconstructionQuality(Metric):
                 f"`latents` must have shape (n_tokens={x.shape[0]}, d_sae={self.d_sae}), "
                 f"got {tuple(latents.shape)}"
             )
-        x, x_hat = x.double(), x_hat.double()
+        x, x_hat = x.double(), x_hat.to(x.device).double()
         fired = latents != 0  # (n, d_sae)
+        # Reduce where the rows are (e.g. a GPU SAE), then move the small sums to the states.
+        device = self.sum_x.device
         self.n_tokens += x.shape[0]
-        self.sum_x += x.sum(dim=0)
-        self.sum_sq_norm += x.square().sum()
-        self.sum_sq_err += (x - x_hat).square().sum()
-        self.sum_l0 += fired.sum()
-        self.fire_count += fired.sum(dim=0)
+        self.sum_x += x.sum(dim=0).to(device)
+        self.sum_sq_norm += x.square().sum().to(device)
+        self.sum_sq_err += (x - x_hat).square().sum().to(device)
+        self.sum_l0 += fired.sum().to(device)
+        self.fire_count += fired.sum(dim=0).to(device)
 
     def compute(self) -> dict[str, Tensor]:
         """``fvu``, ``l0``, ``dead_fraction`` and ``n_tokens`` as float64 scalars."""

@@ -93,7 +93,7 @@ def answer_nll(
             use_cache=False,
         )
         logits = out.logits  # (N, V) when the model honours a boolean logits_to_keep
-    except TypeError:  # a model without `logits_to_keep`
+    except (TypeError, IndexError):  # no `logits_to_keep`, or one that takes no mask
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     if logits.dim() == 3:  # it ignored the mask and returned (B, T, V): select here
         logits = logits[scored]

@@ -92,8 +92,11 @@ class _LatentSums(Metric):
             raise ValueError(f"`{name}` contains NaN or inf; expected finite latent activations")
         first, second = self._sum_states
         self.n_tokens += n
-        getattr(self, first).add_(total)
-        getattr(self, second).add_(total_sq)
+        # Rows may live on the model's / SAE's device while the states stay where they were made
+        # (a GPU forward feeding a CPU metric): move the two (d_sae,) sums, never the rows.
+        state = getattr(self, first)
+        state.add_(total.to(state.device))
+        getattr(self, second).add_(total_sq.to(state.device))
 
     def _n(self) -> Tensor:
         if self.n_tokens <= 0:

@@ -92,3 +92,38 @@ def test_exact_match_counts_what_the_scorer_accepts(tiny_llama, tiny_tokenizer):
     assert exact_match(tiny_llama, tiny_tokenizer, examples, score, batch_size=2) == 0.4
     assert len(seen) == 5
     assert math.isnan(exact_match(tiny_llama, tiny_tokenizer, [], score))  # nothing to score
+
+
+class _NoMaskLM(torch.nn.Module):
+    """A causal LM whose `logits_to_keep` takes no mask (older transformers: IndexError)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.model = inner.model  # decoder_layers() finds the blocks here
+
+    def forward(self, *args, logits_to_keep=0, **kwargs):
+        if isinstance(logits_to_keep, torch.Tensor):
+            raise IndexError("too many indices for tensor of dimension 3")
+        return self.inner(*args, **kwargs)
+
+
+def test_models_without_masked_logits_fall_back_to_full_logits(tiny_llama, tiny_tokenizer):
+    from sts_lightning.sft import answer_nll
+
+    encoded = _encoded(tiny_tokenizer)
+    kw = dict(layer=1, pad_token_id=0)
+    want, got = (
+        item_losses(tiny_llama, encoded, **kw),
+        item_losses(_NoMaskLM(tiny_llama), encoded, **kw),
+    )
+    for name in encoded:
+        assert torch.allclose(got[name].nll, want[name].nll, rtol=1e-5)
+        assert torch.equal(got[name].rows, want[name].rows)  # the failed try left no stray rows
+    ids = torch.tensor([encoded["law"][0].input_ids])
+    labels = ids.clone()
+    labels[:, :3] = -100
+    mask = torch.ones_like(ids)
+    nll, n = answer_nll(_NoMaskLM(tiny_llama), ids, mask, labels)
+    ref, n_ref = answer_nll(tiny_llama, ids, mask, labels)
+    assert int(n) == int(n_ref) and torch.allclose(nll, ref, rtol=1e-5)

@@ -101,6 +101,9 @@ class ExperimentJob:
     """HF model id, local checkpoint directory, or ``embedded:smollm2`` (offline default)."""
     dtype: str = "float32"
     """Dtype of the model's forward passes."""
+    device: str = "auto"
+    """Where the base and fine-tuned models and the SAE run for forecasts and evaluation:
+    ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:1``, …"""
     trust_remote_code: bool = False
     """Allow a hub model's own code to run. Off unless you trust the checkpoint."""
     sae: str | None = None

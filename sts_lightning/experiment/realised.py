@@ -89,7 +89,7 @@ def item_losses(
                         logits_to_keep=predictors.to(device),
                         use_cache=False,
                     ).logits
-                except TypeError:  # a model without `logits_to_keep`
+                except (TypeError, IndexError):  # no `logits_to_keep`, or no mask
                     store.clear()
                     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
                 if logits.dim() == 3:

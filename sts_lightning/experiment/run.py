@@ -106,9 +106,13 @@ def run_experiment(job: ExperimentJob) -> dict[str, Any]:
     runs_total = len(job.tasks) * len(job.seeds)
     stage = _Stages(5 + 3 * runs_total)
     cache = Path(job.cache_dir) if job.cache_dir else default_cache_dir()
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if job.device == "auto" else job.device
+    )
     model, tokenizer = load_model_and_tokenizer(
         job.model, dtype=job.dtype, trust_remote_code=job.trust_remote_code, cache_dir=cache
     )
+    model.to(device)
     stage(f"model {job.model} loaded", "load_model")
     predict_job = PredictJob(
         model=job.model,
@@ -119,6 +123,8 @@ def run_experiment(job: ExperimentJob) -> dict[str, Any]:
         cache_dir=job.cache_dir,
     )
     sae = resolve_sae(predict_job, model, tokenizer, cache)
+    if isinstance(sae, torch.nn.Module):
+        sae.to(device)
     layer = job.predict.layer if job.predict.layer is not None else sae_layer(sae)
     if layer is None:
         raise ValueError("`predict.layer` is None and the SAE's metadata names no hook layer")
@@ -190,6 +196,7 @@ def run_experiment(job: ExperimentJob) -> dict[str, Any]:
             stage(
                 f"fine-tuned {tag} ({job.finetune.method}, {job.finetune.steps} steps)", "finetune"
             )
+            ft_model.to(device)  # Lightning hands the module back on the CPU after fit
             now = item_losses(ft_model, encoded, **eval_kw)
             realised = compare(base, now, sae, max_norm)
             real = tracker.realised_shift(ft_model, ft_tok)
@@ -231,10 +238,9 @@ def run_experiment(job: ExperimentJob) -> dict[str, Any]:
     )
     results["config"] = asdict(job)
     results["timings"] = dict(stage.timings)
+    results["timings"]["total"] = time.perf_counter() - stage.start  # up to the report
     results["domain_counts"] = {n: d.counts for n, d in domain_stats.items()}
     write_report(results, out, wandb=job.wandb)
-    results["timings"]["report"] = time.perf_counter() - stage._t
-    results["timings"]["total"] = time.perf_counter() - stage.start
     stage(f"report written to {out / 'report.md'}", "report")
     torch.set_grad_enabled(True)
     return results
