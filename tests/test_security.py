@@ -190,6 +190,9 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
 
 
 def test_reward_code_sees_no_secrets(monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    if wandb.run is not None:  # an unfinished run of an earlier test would be reused, elsewhere
+        wandb.finish()
     monkeypatch.setenv("WANDB_API_KEY", "secret-xyz")
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     program = "import os\nassert not {'WANDB_API_KEY', 'HF_TOKEN'} & set(os.environ)\n"
@@ -202,6 +205,9 @@ def test_no_secret_in_any_written_file(tmp_path, monkeypatch, tiny_llama, tiny_t
 
     from tests.test_callback import _callback, _fit
 
+    wandb = pytest.importorskip("wandb")
+    if wandb.run is not None:  # an unfinished run of an earlier test would be reused, elsewhere
+        wandb.finish()
     monkeypatch.setenv("WANDB_API_KEY", "secret-xyz")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.chdir(tmp_path)
@@ -214,7 +220,9 @@ def test_no_secret_in_any_written_file(tmp_path, monkeypatch, tiny_llama, tiny_t
     trainer.save_checkpoint(tmp_path / "run.ckpt")
     loggers[0].experiment.finish()
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert any(p.suffix == ".wandb" for p in files) and any(p.suffix == ".png" for p in files)
+    names = sorted(str(p.relative_to(tmp_path)) for p in files)
+    assert any(p.suffix == ".wandb" for p in files), names  # the W&B run was written
+    assert any(p.suffix == ".png" for p in files), names  # and the callback's plots
     leaked = [str(p) for p in files if b"secret-xyz" in p.read_bytes()]
     assert leaked == []
 
