@@ -114,3 +114,12 @@ def make_tiny_sae():
 @pytest.fixture(scope="session")
 def tiny_sae():
     return make_tiny_sae()
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (tiny models: fastest, and immune to a busy second core)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

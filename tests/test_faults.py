@@ -24,14 +24,8 @@ from sts_lightning.stats import LatentMoments
 from sts_lightning.tracking import TrackerConfig, load_tracker_state, save_tracker_state
 from tests.test_callback import TEXTS, _fit
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Width-32 models: one thread is fastest, and immune to a busy second core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Width-32 models: one thread is fastest, and immune to a busy second core.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _callback(sae, every=2, **kwargs):

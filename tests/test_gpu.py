@@ -13,6 +13,8 @@ import pytest
 import torch
 from torch import nn
 
+from tests.test_experiment_forecast import CFG, DOMAINS, TRAIN
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -49,36 +51,22 @@ def test_streaming_stats_accept_gpu_rows():
 
 
 def test_forecast_and_heldout_pass_on_gpu_equal_cpu(tiny_llama, tiny_tokenizer):
-    from sts_lightning.config import PredictConfig
     from sts_lightning.evaluation import encode_eval_set
     from sts_lightning.experiment.forecast import Forecaster, score_domains
     from sts_lightning.experiment.realised import compare, item_losses
-    from sts_lightning.prompts import Example
 
-    train = [Example(f"What is {a} + {b}?", str(a + b)) for a in range(4) for b in range(3)]
-    domains = {n: [Example(f"{n} text {i}.", "Yes.") for i in range(4)] for n in ("a", "b", "c")}
-    cfg = PredictConfig(
-        layer=1,
-        k=8,
-        n_demos=1,
-        domain_demos=1,
-        train_tokens=60,
-        domain_tokens=40,
-        max_norm=1e4,
-        progress=False,
-    )
     out = {}
     for device in ("cpu", "cuda"):
         model, sae = copy.deepcopy(tiny_llama).to(device), StubSAE().to(device)
-        f = Forecaster(model, tiny_tokenizer, sae, 1, cfg)
-        scores = score_domains(f.domains(domains, 0), f.task(train, 0, train[:4]), 8, 8)
-        enc = {n: encode_eval_set(tiny_tokenizer, ex, 100) for n, ex in domains.items()}
+        f = Forecaster(model, tiny_tokenizer, sae, 1, CFG)
+        scores = score_domains(f.domains(DOMAINS, 0), f.task(TRAIN, 0, TRAIN[:4]), 8, 8)
+        enc = {n: encode_eval_set(tiny_tokenizer, ex, 100) for n, ex in DOMAINS.items()}
         kw = dict(layer=1, pad_token_id=0)
         base = item_losses(model, enc, **kw)
         with torch.no_grad():
             model.model.layers[0].mlp.down_proj.weight.mul_(1.5)
         out[device] = (scores, compare(base, item_losses(model, enc, **kw), sae, 1e4))
-    for name in domains:
+    for name in DOMAINS:
         for mode, value in out["cpu"][0][name].items():
             assert out["cuda"][0][name][mode] == pytest.approx(value, rel=1e-3, abs=1e-5), mode
         for key in ("delta", "post_shift_sae", "post_shift_resid"):
@@ -88,39 +76,25 @@ def test_forecast_and_heldout_pass_on_gpu_equal_cpu(tiny_llama, tiny_tokenizer):
 
 
 def test_finetune_with_sts_callback_on_gpu(tmp_path, tiny_llama, tiny_tokenizer):
-    from sts_lightning.config import PredictConfig
     from sts_lightning.experiment.config import ExperimentJob, FinetuneSettings
     from sts_lightning.experiment.finetune import finetune
     from sts_lightning.experiment.forecast import Forecaster, score_domains, to_prediction
-    from sts_lightning.prompts import Example
 
     tiny_llama.save_pretrained(tmp_path / "m")
     tiny_tokenizer.save_pretrained(tmp_path / "m")
-    train = [Example(f"What is {a} + {b}?", str(a + b)) for a in range(6) for b in range(6)]
-    domains = {n: [Example(f"{n} text {i}.", "Yes.") for i in range(6)] for n in ("a", "b", "c")}
-    cfg = PredictConfig(
-        layer=1,
-        k=8,
-        n_demos=1,
-        domain_demos=1,
-        train_tokens=60,
-        domain_tokens=40,
-        max_norm=1e4,
-        progress=False,
-    )
     sae = StubSAE()
-    f = Forecaster(tiny_llama, tiny_tokenizer, sae, 1, cfg)
-    d, t = f.domains(domains, 0), f.task(train, 0)
-    pred = to_prediction(d, t, score_domains(d, t, 8, 8), layer=1, k=8, max_norm=1e4, config=cfg)
+    f = Forecaster(tiny_llama, tiny_tokenizer, sae, 1, CFG)
+    d, t = f.domains(DOMAINS, 0), f.task(TRAIN, 0)
+    pred = to_prediction(d, t, score_domains(d, t, 8, 8), layer=1, k=8, max_norm=1e4, config=CFG)
     job = ExperimentJob(
         model=str(tmp_path / "m"),
         domains=[],
-        domain_files=dict.fromkeys("abc", ""),
+        domain_files=dict.fromkeys(DOMAINS, ""),
         contrast_task=None,
-        predict=cfg,
+        predict=CFG,
         finetune=FinetuneSettings(steps=3, batch_size=4, lr=1e-2, track_every=1),
     )
-    _, _, tracker = finetune(job, "sums", False, train, 0, sae, pred, domains, tmp_path / "r")
+    _, _, tracker = finetune(job, "sums", False, TRAIN, 0, sae, pred, DOMAINS, tmp_path / "r")
     assert [h["step"] for h in tracker.history] == [1.0, 2.0, 3.0]
     assert next(sae.parameters()).is_cuda  # the callback moved the SAE to the module's device
     assert tracker.history[-1]["sts/shift/total"] > 0  # the GPU weights moved the latents
@@ -133,12 +107,13 @@ def test_whole_experiment_on_gpu(tmp_path, monkeypatch, tiny_llama, tiny_tokeniz
     from sts_lightning.config import PredictConfig
     from sts_lightning.experiment.config import EvalSettings, ExperimentJob, FinetuneSettings
     from sts_lightning.experiment.run import run_experiment
-    from tests.test_experiment import DOMAINS, SUMS, WORDS
+    from tests.test_experiment import DOMAINS as FILES
+    from tests.test_experiment import SUMS, WORDS
 
     tiny_llama.save_pretrained(tmp_path / "m")
     tiny_tokenizer.save_pretrained(tmp_path / "m")
     files = {}
-    for name, rows in {**DOMAINS, "sums": SUMS, "words": WORDS}.items():
+    for name, rows in {**FILES, "sums": SUMS, "words": WORDS}.items():
         files[name] = tmp_path / f"{name}.jsonl"
         files[name].write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     monkeypatch.setattr(job_module, "resolve_sae", lambda *args, **kwargs: StubSAE())
@@ -148,7 +123,7 @@ def test_whole_experiment_on_gpu(tmp_path, monkeypatch, tiny_llama, tiny_tokeniz
         tasks=[str(files["sums"]), str(files["words"])],
         contrast_task=None,
         domains=[],
-        domain_files={n: str(files[n]) for n in DOMAINS},
+        domain_files={n: str(files[n]) for n in FILES},
         seeds=[0, 1],
         predict=PredictConfig(
             layer=1,

@@ -27,12 +27,8 @@ PACKAGE = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Width-32 models: one thread is fastest, and immune to a busy second core.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
