@@ -18,7 +18,7 @@ import gc
 import logging
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,12 @@ import torch
 
 from sts_lightning import functional as F
 from sts_lightning.experiment.config import ExperimentJob
-from sts_lightning.experiment.forecast import Forecaster, score_domains, to_prediction
+from sts_lightning.experiment.forecast import (
+    Forecaster,
+    contrast_shift,
+    score_domains,
+    to_prediction,
+)
 from sts_lightning.experiment.realised import compare, exact_match, item_losses
 from sts_lightning.prompts import Example
 
@@ -91,24 +96,14 @@ def _domains(job: ExperimentJob) -> tuple[dict, dict]:
     return scored, heldout
 
 
-def run_experiment(job: ExperimentJob) -> dict[str, Any]:
-    """Run the experiment the job describes, write its report, return the results dict."""
-    from sts_lightning.domains import load_training_set
+def _load(job: ExperimentJob, device: torch.device, stage: _Stages) -> tuple[Any, Any, Any, int]:
+    """The model, tokenizer and SAE on ``device``, checked against each other, and the layer."""
     from sts_lightning.embedded import default_cache_dir, load_model_and_tokenizer
-    from sts_lightning.evaluation import encode_eval_set
-    from sts_lightning.experiment.finetune import finetune, task_reward
-    from sts_lightning.experiment.report import write_report
-    from sts_lightning.experiment.summary import summarise_runs
+    from sts_lightning.features import decoder_layers
     from sts_lightning.job import PredictJob, resolve_sae
     from sts_lightning.sae import check_sae, sae_d_sae, sae_layer
 
-    out = Path(job.output_dir)
-    runs_total = len(job.tasks) * len(job.seeds)
-    stage = _Stages(5 + 3 * runs_total)
     cache = Path(job.cache_dir) if job.cache_dir else default_cache_dir()
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if job.device == "auto" else job.device
-    )
     model, tokenizer = load_model_and_tokenizer(
         job.model, dtype=job.dtype, trust_remote_code=job.trust_remote_code, cache_dir=cache
     )
@@ -122,40 +117,121 @@ def run_experiment(job: ExperimentJob) -> dict[str, Any]:
         predict=job.predict,
         cache_dir=job.cache_dir,
     )
-    sae = resolve_sae(predict_job, model, tokenizer, cache)
+    sae = resolve_sae(predict_job, model, tokenizer, cache)  # trained and cached on first use
     if isinstance(sae, torch.nn.Module):
         sae.to(device)
     layer = job.predict.layer if job.predict.layer is not None else sae_layer(sae)
     if layer is None:
         raise ValueError("`predict.layer` is None and the SAE's metadata names no hook layer")
     d_model = model.get_input_embeddings().weight.shape[1]
-    from sts_lightning.features import decoder_layers
-
     check_sae(sae, d_model=d_model, n_layers=len(decoder_layers(model)), layer=layer)
     if job.predict.k > sae_d_sae(sae):
         raise ValueError(f"`predict.k`={job.predict.k} exceeds the SAE's d_sae={sae_d_sae(sae)}")
     if job.raw_k > d_model:
         raise ValueError(f"`raw_k`={job.raw_k} exceeds the model's width d_model={d_model}")
     stage(f"SAE ready (layer {layer}, d_sae {sae_d_sae(sae)})", "sae")
+    return model, tokenizer, sae, layer
+
+
+@dataclass
+class _Shared:
+    """What every (task, seed) run reuses: computed once, before the first fine-tune."""
+
+    job: ExperimentJob
+    device: torch.device
+    sae: Any
+    layer: int
+    forecaster: Forecaster
+    domain_stats: dict
+    scored: dict
+    encoded: dict
+    eval_kw: dict
+    base: dict
+    base_accuracy: dict
+    task_eval: dict
+    contrast: list[Example] | None
+
+
+def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, stage: _Stages) -> dict:
+    """Forecast, fine-tune and measure one (task, seed); returns its record for the summary."""
+    from sts_lightning.experiment.finetune import finetune, task_reward
+
+    job, tag = ctx.job, f"{name} seed {seed}"
+    tf = ctx.forecaster.task(pool, seed, ctx.contrast, desc=f"forecast {tag}")
+    scores = score_domains(ctx.domain_stats, tf, job.predict.k, job.raw_k)
+    max_norm = float(ctx.forecaster.extractor.max_norm)
+    prediction = to_prediction(
+        ctx.domain_stats,
+        tf,
+        scores,
+        layer=ctx.layer,
+        k=job.predict.k,
+        max_norm=max_norm,
+        config=job.predict,
+    )
+    stage(f"forecast {tag}", "forecast")
+
+    run_dir = Path(job.output_dir) / "runs" / f"{name}-seed{seed}"
+    model, tokenizer, tracker = finetune(
+        job, name, builtin, pool, seed, ctx.sae, prediction, ctx.scored, run_dir
+    )
+    stage(f"fine-tuned {tag} ({job.finetune.method}, {job.finetune.steps} steps)", "finetune")
+
+    model.to(ctx.device)  # Lightning hands the module back on the CPU after fit
+    realised = compare(ctx.base, item_losses(model, ctx.encoded, **ctx.eval_kw), ctx.sae, max_norm)
+    real_top = F.top_shifted(tracker.realised_shift(model, tokenizer), job.predict.k)
+    for domain, row in realised.items():  # the paper's "actual shifted dimensions" variant
+        row["realised_sts"] = float(prediction.domain_means[domain][real_top].sum())
+    overlap = {"icl": float(F.overlap_at_k(prediction.top_latents, real_top))}
+    if tf.contrast is not None:
+        top_c = F.top_shifted(contrast_shift(tf), job.predict.k)
+        overlap["contrast"] = float(F.overlap_at_k(top_c, real_top))
+    accuracy = float("nan")
+    if name in ctx.task_eval:
+        accuracy = exact_match(model, tokenizer, ctx.task_eval[name], task_reward(name))
+    record = {
+        "task": name,
+        "seed": seed,
+        "scores": scores,
+        "realised": realised,
+        "overlap": overlap,
+        "task_accuracy": {"before": ctx.base_accuracy.get(name, float("nan")), "after": accuracy},
+        "history": tracker.history,
+        "sae_quality": tf.quality,
+        "train_counts": tf.counts,
+    }
+    del model, tracker
+    gc.collect()  # one fine-tuned copy at a time
+    stage(f"realised change measured for {tag}", "evaluation")
+    return record
+
+
+def run_experiment(job: ExperimentJob) -> dict[str, Any]:
+    """Run the experiment the job describes, write its report, return the results dict."""
+    from sts_lightning.domains import load_training_set
+    from sts_lightning.evaluation import encode_eval_set
+    from sts_lightning.experiment.finetune import task_reward
+    from sts_lightning.experiment.report import write_report
+    from sts_lightning.experiment.summary import summarise_runs
+    from sts_lightning.sae import sae_d_sae
+
+    stage = _Stages(5 + 3 * len(job.tasks) * len(job.seeds))
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if job.device == "auto" else job.device)
+    model, tokenizer, sae, layer = _load(job, device, stage)
 
     scored, heldout = _domains(job)
-    pools = {
-        name: (builtin, ex) for name, builtin, ex in map(lambda t: _task_pool(job, t), job.tasks)
+    pools = {name: (builtin, ex) for name, builtin, ex in (_task_pool(job, t) for t in job.tasks)}
+    task_eval = {
+        name: load_training_set(name, job.evaluation.task_items, seed=10_000, exclude=pool)
+        for name, (builtin, pool) in pools.items()
+        if builtin and job.evaluation.task_items
     }
-    task_eval = {}
-    for name, (builtin, pool) in pools.items():
-        if job.evaluation.task_items and builtin:
-            task_eval[name] = load_training_set(
-                name, job.evaluation.task_items, seed=10_000, exclude=pool
-            )
-    contrast = None
-    if job.contrast_task is not None:
-        contrast = _task_pool(job, job.contrast_task)[2][:512]
+    contrast = None if job.contrast_task is None else _task_pool(job, job.contrast_task)[2][:512]
     forecaster = Forecaster(model, tokenizer, sae, layer, job.predict)
-    domain_stats = forecaster.domains(scored, seed=job.predict.seed)
+    domain_stats = forecaster.domains(scored, seed=job.predict.seed)  # once: task-independent
     stage(f"domain statistics ({len(scored)} domains)", "domain_statistics")
 
-    exclude = sorted(set(tokenizer.all_special_ids))
     encoded = {
         n: encode_eval_set(tokenizer, ex, job.evaluation.tokens, span=job.evaluation.span)
         for n, ex in heldout.items()
@@ -163,76 +239,33 @@ def run_experiment(job: ExperimentJob) -> dict[str, Any]:
     eval_kw = dict(
         layer=layer,
         pad_token_id=tokenizer.pad_token_id,
-        exclude_token_ids=exclude,
+        exclude_token_ids=sorted(set(tokenizer.all_special_ids)),
         batch_size=job.evaluation.batch_size,
     )
-    base = item_losses(model, encoded, **eval_kw)
-    base_accuracy = {
-        n: exact_match(model, tokenizer, ex, task_reward(n)) for n, ex in task_eval.items()
-    }
+    ctx = _Shared(
+        job=job,
+        device=device,
+        sae=sae,
+        layer=layer,
+        forecaster=forecaster,
+        domain_stats=domain_stats,
+        scored=scored,
+        encoded=encoded,
+        eval_kw=eval_kw,
+        base=item_losses(model, encoded, **eval_kw),
+        base_accuracy={
+            n: exact_match(model, tokenizer, ex, task_reward(n)) for n, ex in task_eval.items()
+        },
+        task_eval=task_eval,
+        contrast=contrast,
+    )
     stage("base model evaluated on the held-out halves", "evaluation")
 
-    runs = []
-    max_norm = float(forecaster.extractor.max_norm)
-    for name, (builtin, pool) in pools.items():
-        for seed in job.seeds:
-            tag = f"{name} seed {seed}"
-            tf = forecaster.task(pool, seed, contrast, desc=f"forecast {tag}")
-            scores = score_domains(domain_stats, tf, job.predict.k, job.raw_k)
-            prediction = to_prediction(
-                domain_stats,
-                tf,
-                scores,
-                layer=layer,
-                k=job.predict.k,
-                max_norm=max_norm,
-                config=job.predict,
-            )
-            stage(f"forecast {tag}", "forecast")
-            run_dir = out / "runs" / f"{name}-seed{seed}"
-            ft_model, ft_tok, tracker = finetune(
-                job, name, builtin, pool, seed, sae, prediction, scored, run_dir
-            )
-            stage(
-                f"fine-tuned {tag} ({job.finetune.method}, {job.finetune.steps} steps)", "finetune"
-            )
-            ft_model.to(device)  # Lightning hands the module back on the CPU after fit
-            now = item_losses(ft_model, encoded, **eval_kw)
-            realised = compare(base, now, sae, max_norm)
-            real = tracker.realised_shift(ft_model, ft_tok)
-            real_top = F.top_shifted(real, job.predict.k)
-            for d, row in realised.items():
-                row["realised_sts"] = float(prediction.domain_means[d][real_top].sum())
-            overlap = {"icl": float(F.overlap_at_k(prediction.top_latents, real_top))}
-            if tf.contrast is not None:
-                from sts_lightning.experiment.forecast import contrast_shift
-
-                top_c = F.top_shifted(contrast_shift(tf), job.predict.k)
-                overlap["contrast"] = float(F.overlap_at_k(top_c, real_top))
-            accuracy = (
-                exact_match(ft_model, ft_tok, task_eval[name], task_reward(name))
-                if name in task_eval
-                else float("nan")
-            )
-            runs.append(
-                {
-                    "task": name,
-                    "seed": seed,
-                    "scores": scores,
-                    "realised": realised,
-                    "overlap": overlap,
-                    "task_accuracy": {
-                        "before": base_accuracy.get(name, float("nan")),
-                        "after": accuracy,
-                    },
-                    "history": tracker.history,
-                    "sae_quality": tf.quality,
-                    "train_counts": tf.counts,
-                }
-            )
-            del ft_model, tracker
-            gc.collect()
-            stage(f"realised change measured for {tag}", "evaluation")
+    runs = [
+        _one_run(ctx, name, builtin, pool, seed, stage)
+        for name, (builtin, pool) in pools.items()
+        for seed in job.seeds
+    ]
     results = summarise_runs(
         runs, k=job.predict.k, d_sae=sae_d_sae(sae), n_bootstrap=job.n_bootstrap
     )
@@ -240,7 +273,6 @@ def run_experiment(job: ExperimentJob) -> dict[str, Any]:
     results["timings"] = dict(stage.timings)
     results["timings"]["total"] = time.perf_counter() - stage.start  # up to the report
     results["domain_counts"] = {n: d.counts for n, d in domain_stats.items()}
-    write_report(results, out, wandb=job.wandb)
-    stage(f"report written to {out / 'report.md'}", "report")
-    torch.set_grad_enabled(True)
+    write_report(results, job.output_dir, wandb=job.wandb)
+    stage(f"report written to {Path(job.output_dir) / 'report.md'}", "report")
     return results
