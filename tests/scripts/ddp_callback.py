@@ -47,6 +47,7 @@ def main(out: Path, devices: int) -> None:
         strategy="ddp",
         callbacks=[callback],
         logger=False,
+        default_root_dir=str(out),  # the callback's plots go here, not into the caller's cwd
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
