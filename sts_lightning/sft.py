@@ -26,6 +26,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from sts_lightning.embedded import DEFAULT_MODEL, load_model_and_tokenizer
+from sts_lightning.evaluation import scored_logits
 
 __all__ = ["LoraSettings", "SFTModule", "answer_nll", "lr_factor"]
 
@@ -85,18 +86,7 @@ def answer_nll(
     """
     targets = labels[:, 1:]  # (B, T-1): the token each position predicts
     scored = F.pad(targets != -100, (0, 1), value=False)  # (B, T): positions with a target
-    try:
-        out = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            logits_to_keep=scored,
-            use_cache=False,
-        )
-        logits = out.logits  # (N, V) when the model honours a boolean logits_to_keep
-    except (TypeError, IndexError):  # no `logits_to_keep`, or one that takes no mask
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    if logits.dim() == 3:  # it ignored the mask and returned (B, T, V): select here
-        logits = logits[scored]
+    logits = scored_logits(model, input_ids, attention_mask, scored)  # (N, V)
     n_tokens = scored.sum()
     # fp32 log-softmax: under bf16 autocast the logits come out in bf16.
     nll = F.cross_entropy(logits.float(), targets[scored[:, :-1]], reduction="sum")

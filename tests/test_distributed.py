@@ -62,16 +62,15 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
-def test_two_processes_equal_one():
+def run_workers(worker, world: int, port: int, timeout: float) -> dict[int, object]:
+    """Spawn ``worker(rank, world, port, queue)`` on ``world`` ranks; ``{rank: what it queued}``."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = 29500 + os.getpid() % 1000
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, queue)) for r in range(2)]
+    procs = [ctx.Process(target=worker, args=(r, world, port, queue)) for r in range(world)]
     for p in procs:
         p.start()
     results = {}
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + timeout
     while len(results) < len(procs):  # fail fast if a worker dies instead of waiting it out
         assert time.monotonic() < deadline, "workers timed out"
         assert all(p.exitcode in (None, 0) for p in procs), "a worker failed (see its stderr)"
@@ -81,6 +80,12 @@ def test_two_processes_equal_one():
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
+    return results
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
+def test_two_processes_equal_one():
+    results = run_workers(_worker, 2, 29500 + os.getpid() % 1000, timeout=180)
     single = _single()
     for rank in (0, 1):
         for key, value in single.items():

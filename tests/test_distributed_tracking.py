@@ -8,15 +8,13 @@ rank must compute what a single process does, with nothing summed across ranks.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import queue as queue_module
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from tests.test_distributed import run_workers
 
 pytestmark = [
     pytest.mark.slow,
@@ -71,22 +69,7 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
 
 
 def test_forecast_and_realised_shift_under_two_processes_equal_one():
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = 29700 + os.getpid() % 1000
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results, deadline = {}, time.monotonic() + 300
-    while len(results) < len(procs):
-        assert time.monotonic() < deadline, "workers timed out"
-        assert all(p.exitcode in (None, 0) for p in procs), "a worker failed (see its stderr)"
-        with contextlib.suppress(queue_module.Empty):
-            rank, result = queue.get(timeout=1)
-            results[rank] = result
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = run_workers(_worker, 2, 29700 + os.getpid() % 1000, timeout=300)
     single = _measure()
     for rank in (0, 1):
         got = results[rank]

@@ -104,7 +104,6 @@ def test_whole_experiment_on_gpu(tmp_path, monkeypatch, tiny_llama, tiny_tokeniz
     import json
 
     from sts_lightning import job as job_module
-    from sts_lightning.config import PredictConfig
     from sts_lightning.experiment.config import EvalSettings, ExperimentJob, FinetuneSettings
     from sts_lightning.experiment.run import run_experiment
     from tests.test_experiment import DOMAINS as FILES
@@ -125,16 +124,7 @@ def test_whole_experiment_on_gpu(tmp_path, monkeypatch, tiny_llama, tiny_tokeniz
         domains=[],
         domain_files={n: str(files[n]) for n in FILES},
         seeds=[0, 1],
-        predict=PredictConfig(
-            layer=1,
-            k=8,
-            n_demos=1,
-            domain_demos=1,
-            train_tokens=60,
-            domain_tokens=40,
-            max_norm=1e4,
-            progress=False,
-        ),
+        predict=CFG,
         raw_k=8,
         finetune=FinetuneSettings(steps=2, batch_size=4, lr=1e-2, track_every=1),
         evaluation=EvalSettings(tokens=60),

@@ -10,113 +10,16 @@ upper reference that needs the fine-tuned model).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as TF
-from torch import Tensor
 
-from sts_lightning.features import decoder_layers
-from sts_lightning.prompts import EncodedPrompt, Example
-from sts_lightning.sae import encode
+from sts_lightning.evaluation import ItemLosses, item_losses
+from sts_lightning.experiment.analysis import paired_delta
+from sts_lightning.prompts import Example
+from sts_lightning.sae import encode, sae_d_sae
 from sts_lightning.stats import PairedShift
 
 __all__ = ["ItemLosses", "compare", "exact_match", "item_losses"]
-
-
-@dataclass
-class ItemLosses:
-    """One model's pass over one domain's held-out items."""
-
-    nll: Tensor
-    """``(n_items,)`` float64: summed NLL of each item's scored tokens."""
-    counts: Tensor
-    """``(n_items,)`` int64: scored tokens per item."""
-    rows: Tensor
-    """``(n_rows, d_model)`` float32: layer-L residual rows of the scored tokens (special tokens
-    excluded), in item then position order: the same rows for every model."""
-
-
-def _hidden_hook(store: list[Tensor]):
-    def hook(module, args, output):
-        store.append(output[0] if isinstance(output, tuple) else output)
-
-    return hook
-
-
-@torch.no_grad()
-def item_losses(
-    model: torch.nn.Module,
-    encoded: Mapping[str, Sequence[EncodedPrompt]],
-    *,
-    layer: int,
-    pad_token_id: int,
-    exclude_token_ids: Sequence[int] = (),
-    batch_size: int = 8,
-) -> dict[str, ItemLosses]:
-    """Per-item NLL of the scored span and layer-``layer`` rows, for every named set.
-
-    Logits are computed only where a next token is scored (``logits_to_keep`` with a mask), the
-    way :func:`~sts_lightning.sft.answer_nll` trains.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    excluded = torch.tensor(sorted(set(exclude_token_ids)), dtype=torch.long)
-    store: list[Tensor] = []
-    handle = decoder_layers(model)[layer].register_forward_hook(_hidden_hook(store))
-    try:
-        out = {}
-        for name, items in encoded.items():
-            nll, counts, rows = [], [], []
-            for first in range(0, len(items), batch_size):
-                batch = items[first : first + batch_size]
-                width = max(len(e.input_ids) for e in batch)
-                ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                scored = torch.zeros_like(ids, dtype=torch.bool)  # tokens whose loss counts
-                for i, e in enumerate(batch):
-                    ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
-                    mask[i, : len(e.input_ids)] = 1
-                    start, end = e.span(getattr(e, "scored", "all"))
-                    scored[i, max(start, 1) : end] = True  # position 0 has no context
-                predictors = TF.pad(scored[:, 1:], (0, 1), value=False)  # position t predicts t+1
-                store.clear()
-                try:
-                    logits = model(
-                        input_ids=ids.to(device),
-                        attention_mask=mask.to(device),
-                        logits_to_keep=predictors.to(device),
-                        use_cache=False,
-                    ).logits
-                except (TypeError, IndexError):  # no `logits_to_keep`, or no mask
-                    store.clear()
-                    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-                if logits.dim() == 3:
-                    logits = logits[predictors.to(device)]
-                token_nll = TF.cross_entropy(
-                    logits.float(), ids[scored].to(device), reduction="none"
-                ).double()
-                item = scored.nonzero()[:, 0].to(device)
-                nll.append(
-                    torch.zeros(len(batch), dtype=torch.float64, device=device)
-                    .index_add_(0, item, token_nll)
-                    .cpu()
-                )
-                counts.append(scored.sum(1))
-                keep = scored & ~torch.isin(ids, excluded)
-                rows.append(store[0][keep.to(device)].float().cpu())
-            out[name] = ItemLosses(torch.cat(nll), torch.cat(counts), torch.cat(rows))
-        return out
-    finally:
-        handle.remove()
-        model.train(was_training)
-
-
-def _delta_se(before: Tensor, after: Tensor, counts: Tensor) -> tuple[float, float]:
-    from sts_lightning.experiment.analysis import paired_delta
-
-    return paired_delta(before.numpy(), after.numpy(), counts.numpy())
 
 
 def compare(
@@ -135,9 +38,9 @@ def compare(
         a = now[name]
         if not torch.equal(a.counts, b.counts) or a.rows.shape != b.rows.shape:
             raise ValueError(f"domain {name!r}: the two passes did not score the same tokens")
-        delta, se = _delta_se(b.nll, a.nll, b.counts)
+        delta, se = paired_delta(b.nll.numpy(), a.nll.numpy(), b.counts.numpy())
         keep = torch.linalg.vector_norm(b.rows, dim=-1) <= max_norm
-        shift = PairedShift(encode_width(sae), sync_on_compute=False)
+        shift = PairedShift(sae_d_sae(sae), sync_on_compute=False)
         if keep.any():
             shift.update(encode(sae, b.rows[keep]), encode(sae, a.rows[keep]))
         diff = (a.rows[keep] - b.rows[keep]).double().square().sum(-1).mean()
@@ -153,12 +56,6 @@ def compare(
             "n_tokens": int(b.counts.sum()),
         }
     return out
-
-
-def encode_width(sae) -> int:
-    from sts_lightning.sae import sae_d_sae
-
-    return sae_d_sae(sae)
 
 
 def exact_match(

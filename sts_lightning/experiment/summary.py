@@ -100,15 +100,16 @@ def summarise_runs(
         delta = [table[d]["delta"] for d in domains]
         base = [table[d]["base_loss"] for d in domains]
         corr[task], partial[task] = {}, {}
+        per_run = [_predictors(r) for r in rs]  # {domain: {predictor: value}} of each seed
         for p in (p for p in PREDICTORS if p in table[domains[0]]):
             pooled = correlations([table[d][p] for d in domains], delta, n_bootstrap=n_bootstrap)
             seeds = [
                 correlations(
-                    [_predictors(r)[d][p] for d in domains],
+                    [values[d][p] for d in domains],
                     [r["realised"][d]["delta"] for d in domains],
                     n_bootstrap=1,
                 )
-                for r in rs
+                for r, values in zip(rs, per_run, strict=True)
             ]
             corr[task][p] = {
                 "pooled": pooled,
