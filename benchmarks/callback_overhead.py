@@ -17,10 +17,10 @@ import warnings
 from lightning.pytorch import Callback, Trainer, seed_everything
 
 from sts_lightning.callbacks import STSCallback
-from sts_lightning.config import PredictConfig
-from sts_lightning.data import SFTDataModule
-from sts_lightning.domains import load_training_set
-from sts_lightning.sft import SFTModule
+from sts_lightning.data.domains import load_training_set
+from sts_lightning.data.modules import SFTDataModule
+from sts_lightning.forecast.config import PredictConfig
+from sts_lightning.training.sft import SFTModule
 
 DOMAINS = [
     "math",
@@ -82,8 +82,8 @@ def main() -> None:
     p.add_argument("--forecast", default=None, help="a `sts-lightning predict` output dir to reuse")
     args = p.parse_args()
 
-    from sts_lightning.embedded import load_model_and_tokenizer
-    from sts_lightning.job import load_job, resolve_sae
+    from sts_lightning.forecast.job import load_job, resolve_sae
+    from sts_lightning.model.loading import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer("embedded:smollm2")
     sae = args.sae or resolve_sae(load_job("recipes/predict_arithmetic_smollm2.yaml"), model, tok)

@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as TF
 
-from sts_lightning.domains import load_domain, load_training_set
-from sts_lightning.embedded import load_model_and_tokenizer
-from sts_lightning.evaluation import encode_eval_set
+from sts_lightning.data.domains import load_domain, load_training_set
 from sts_lightning.experiment.cli import load_experiment
 from sts_lightning.experiment.forecast import Forecaster
 from sts_lightning.experiment.realised import item_losses
-from sts_lightning.job import PredictJob, resolve_sae
+from sts_lightning.forecast.job import PredictJob, resolve_sae
+from sts_lightning.model.loading import load_model_and_tokenizer
+from sts_lightning.monitor.evaluation import encode_eval_set
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "experiment_smollm2.yaml"
 NAMES = ["math", "physics", "law", "history", "health", "code", "biology", "economics"]

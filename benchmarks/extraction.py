@@ -6,7 +6,7 @@ Three ways to get per-latent statistics of the residual stream after layer L:
   SAE encode — what a straightforward implementation does.
 - ``truncated``: forward stopped after layer L + SAE encode, rows discarded — the limit for any
   implementation that needs layer L.
-- ``ours``: :func:`sts_lightning.features.iter_span_activations` + encode + streaming
+- ``ours``: :func:`sts_lightning.model.capture.iter_span_activations` + encode + streaming
   :class:`~sts_lightning.stats.LatentMoments` (what the predictor runs).
 
 Peak memory of ``ours`` is measured in fresh subprocesses at two token counts.
@@ -30,9 +30,9 @@ import torch
 def _setup(layer: int):
     from sae_lens import TopKSAE, TopKSAEConfig
 
-    from sts_lightning.domains import load_domain
-    from sts_lightning.embedded import load_model_and_tokenizer
-    from sts_lightning.prompts import encode_example
+    from sts_lightning.data.domains import load_domain
+    from sts_lightning.data.prompts import encode_example
+    from sts_lightning.model.loading import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer("embedded:smollm2")
     torch.manual_seed(0)
@@ -57,7 +57,7 @@ def _batches(encoded, n_tokens: int, batch_size: int = 8):
 
 
 def _run(mode: str, model, tok, sae, seqs, spans, layer: int) -> float:
-    from sts_lightning.features import iter_span_activations, residual_stream
+    from sts_lightning.model.capture import iter_span_activations, residual_stream
     from sts_lightning.stats import LatentMoments
 
     start = time.perf_counter()

@@ -29,8 +29,8 @@ os.environ.setdefault("WANDB_MODE", "offline")
 import torch
 from safetensors.torch import load_file, save_file
 
-from sts_lightning.sae import keep_rows
-from sts_lightning.sae_training import SAETrainConfig, train_sae
+from sts_lightning.model.sae import keep_rows
+from sts_lightning.model.sae_training import SAETrainConfig, train_sae
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -35,8 +35,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-from sts_lightning.domains import load_training_set
-from sts_lightning.embedded import load_model_and_tokenizer, resolve_model
+from sts_lightning.data.domains import load_training_set
+from sts_lightning.model.loading import load_model_and_tokenizer, resolve_model
 
 CHATML = (
     "{% for message in messages %}"
@@ -100,8 +100,8 @@ def run_lightning(
 ) -> list[float]:
     from lightning.pytorch import Callback, Trainer, seed_everything
 
-    from sts_lightning.data import SFTDataModule
-    from sts_lightning.sft import SFTModule
+    from sts_lightning.data.modules import SFTDataModule
+    from sts_lightning.training.sft import SFTModule
 
     clock = _StepClock()
 

@@ -5,7 +5,7 @@ One line in a Lightning script::
     trainer = Trainer(callbacks=[STSCallback(sae="path/to/sae", domains=["math", "law", "code"])])
 
 The LightningModule must expose its Hugging Face model (``.model`` by default) and tokenizer
-(``.tokenizer``, or pass one). All the work is in :class:`sts_lightning.tracking.STSTracker`;
+(``.tokenizer``, or pass one). All the work is in :class:`sts_lightning.monitor.tracker.STSTracker`;
 the hooks below only dispatch to it, log, and keep a failure in monitoring from ending training.
 """
 
@@ -20,10 +20,10 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
-from sts_lightning.config import PredictConfig
-from sts_lightning.prediction import Prediction
-from sts_lightning.prompts import Example
-from sts_lightning.tracking import Evaluator, STSTracker, TrackerConfig
+from sts_lightning.data.prompts import Example
+from sts_lightning.forecast.config import PredictConfig
+from sts_lightning.forecast.prediction import Prediction
+from sts_lightning.monitor.tracker import Evaluator, STSTracker, TrackerConfig
 
 __all__ = ["STSCallback"]
 
@@ -51,7 +51,7 @@ def resolve_domains(domains: DomainSpec, heldout_items: int) -> tuple[dict, dict
             {n: v[: max(1, len(v) // 2)] for n, v in scored.items()},
             {n: v[len(v) // 2 :] for n, v in scored.items() if len(v) >= 2},
         )
-    from sts_lightning.domains import load_domain
+    from sts_lightning.data.domains import load_domain
 
     names = list(domains)
     return (
@@ -190,7 +190,7 @@ class STSCallback(Callback):
         return model, tokenizer
 
     def _start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        from sts_lightning.sae import load_sae
+        from sts_lightning.model.sae import load_sae
 
         model, tokenizer = self._hf(pl_module)
         sae = load_sae(self._sae_spec, device=pl_module.device)
@@ -240,7 +240,7 @@ class STSCallback(Callback):
     def _report(self, trainer: Trainer) -> None:
         directory = self._dir(trainer)  # on every rank: `trainer.log_dir` is a collective
         if trainer.is_global_zero:
-            from sts_lightning.report import log_rich, save_plots
+            from sts_lightning.monitor.plots import log_rich, save_plots
 
             paths = save_plots(self.tracker, directory)
             log_rich(trainer.loggers, self.tracker, paths, self.link_template)

@@ -18,11 +18,11 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from sts_lightning.callbacks import STSCallback
-from sts_lightning.config import PredictConfig
-from sts_lightning.domains import load_training_set
-from sts_lightning.embedded import load_model_and_tokenizer
-from sts_lightning.prompts import encode_example
-from sts_lightning.tracking import TrackerConfig
+from sts_lightning.data.domains import load_training_set
+from sts_lightning.data.prompts import encode_example
+from sts_lightning.forecast.config import PredictConfig
+from sts_lightning.model.loading import load_model_and_tokenizer
+from sts_lightning.monitor.tracker import TrackerConfig
 
 
 class CausalLMModule(LightningModule):
@@ -104,7 +104,7 @@ def embedded_sae(model, tokenizer):
     """The embedded default's SAE, trained and cached on first use exactly as `predict` does."""
     from pathlib import Path
 
-    from sts_lightning.job import load_job, resolve_sae
+    from sts_lightning.forecast.job import load_job, resolve_sae
 
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "predict_arithmetic_smollm2.yaml"
     return resolve_sae(load_job(recipe), model, tokenizer)

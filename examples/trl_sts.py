@@ -16,9 +16,9 @@ from pathlib import Path
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from sts_lightning.domains import load_training_set
-from sts_lightning.embedded import load_model_and_tokenizer
+from sts_lightning.data.domains import load_training_set
 from sts_lightning.hf import STSTrainerCallback
+from sts_lightning.model.loading import load_model_and_tokenizer
 
 
 def main(argv=None) -> None:

@@ -20,15 +20,15 @@ __version__ = "0.1.0"
 _LAZY = {
     "STSCallback": "sts_lightning.callbacks",
     "STSTrainerCallback": "sts_lightning.hf",
-    "STSTracker": "sts_lightning.tracking",
-    "TrackerConfig": "sts_lightning.tracking",
-    "Prediction": "sts_lightning.prediction",
-    "PredictConfig": "sts_lightning.config",
-    "Example": "sts_lightning.prompts",
-    "load_sae": "sts_lightning.sae",
-    "train_sae": "sts_lightning.sae_training",
-    "SAETrainConfig": "sts_lightning.sae_training",
-    "residual_stream": "sts_lightning.features",
+    "STSTracker": "sts_lightning.monitor.tracker",
+    "TrackerConfig": "sts_lightning.monitor.tracker",
+    "Prediction": "sts_lightning.forecast.prediction",
+    "PredictConfig": "sts_lightning.forecast.config",
+    "Example": "sts_lightning.data.prompts",
+    "load_sae": "sts_lightning.model.sae",
+    "train_sae": "sts_lightning.model.sae_training",
+    "SAETrainConfig": "sts_lightning.model.sae_training",
+    "residual_stream": "sts_lightning.model.capture",
 }
 
 __all__ = [

@@ -50,7 +50,7 @@ def _demo(seed: int = 0, d_sae: int = 4096, n_domains: int = 8) -> str:
 def _predict(argv: list[str]) -> int:
     from pathlib import Path
 
-    from sts_lightning.job import PredictJob, job_parser, run_predict
+    from sts_lightning.forecast.job import PredictJob, job_parser, run_predict
 
     parser = job_parser()
     cfg = parser.parse_args(argv)
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["experiment"]:
         return _experiment(argv[1:])
     if argv[:1] in (["fit"], ["validate"]):
-        from sts_lightning.lightning_cli import run  # lazy: Lightning's CLI imports take seconds
+        from sts_lightning.training.cli import run  # lazy: Lightning's CLI imports take seconds
 
         return run(argv)
     parser = argparse.ArgumentParser(prog="sts-lightning", description=__doc__)

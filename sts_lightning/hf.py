@@ -1,6 +1,6 @@
 """``STSTrainerCallback``: STS for HF ``Trainer`` and TRL's ``SFTTrainer`` / ``GRPOTrainer``.
 
-The same core (:class:`~sts_lightning.tracking.STSTracker`) as the Lightning ``STSCallback``.
+The same core (:class:`~sts_lightning.monitor.tracker.STSTracker`) as the Lightning ``STSCallback``.
 
 One line after building the trainer::
 
@@ -23,9 +23,9 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from sts_lightning.config import PredictConfig
-from sts_lightning.prompts import Example
-from sts_lightning.tracking import (
+from sts_lightning.data.prompts import Example
+from sts_lightning.forecast.config import PredictConfig
+from sts_lightning.monitor.tracker import (
     STSTracker,
     TrackerConfig,
     load_tracker_state,
@@ -111,7 +111,7 @@ class STSTrainerCallback(TrainerCallback, ExportableState):
         if model is None or tokenizer is None:
             raise ValueError("STSTrainerCallback needs the trainer's model and processing_class")
         from sts_lightning.callbacks.sts import resolve_domains
-        from sts_lightning.sae import load_sae
+        from sts_lightning.model.sae import load_sae
 
         sae = load_sae(self.sae, device=next(model.parameters()).device)
         scored, heldout = resolve_domains(self.domains, self.heldout_items)
@@ -133,7 +133,7 @@ class STSTrainerCallback(TrainerCallback, ExportableState):
         if not done or done[-1] != state.global_step:
             self._measure(state, control, model, processing_class or kwargs.get("tokenizer"))
         if state.is_world_process_zero and not self._failed:
-            from sts_lightning.report import save_plots
+            from sts_lightning.monitor.plots import save_plots
 
             save_plots(self.tracker, Path(args.output_dir) / "sts")
 

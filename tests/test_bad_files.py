@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sts_lightning.config import PredictConfig
-from sts_lightning.prediction import DomainScore, Prediction
-from sts_lightning.prompts import Example
+from sts_lightning.data.prompts import Example
+from sts_lightning.forecast.config import PredictConfig
+from sts_lightning.forecast.prediction import DomainScore, Prediction
+from sts_lightning.monitor.tracker import load_tracker_state, save_tracker_state
 from sts_lightning.stats import LatentMoments
-from sts_lightning.tracking import load_tracker_state, save_tracker_state
 
 GARBAGE = b"\x00not a safetensors file\xff" * 4
 
@@ -63,7 +63,7 @@ def test_corrupted_tracker_state_names_the_directory(tmp_path):
 
 @pytest.mark.parametrize("broken", ["sae_weights.safetensors", "cfg.json"])
 def test_corrupted_sae_directory_names_the_argument(tmp_path, tiny_sae, broken):
-    from sts_lightning.sae import load_sae
+    from sts_lightning.model.sae import load_sae
 
     tiny_sae.save_model(tmp_path)
     (tmp_path / broken).write_bytes(GARBAGE)
@@ -72,7 +72,7 @@ def test_corrupted_sae_directory_names_the_argument(tmp_path, tiny_sae, broken):
 
 
 def test_corrupted_sae_cache_entry_is_retrained_not_used(tmp_path, caplog):
-    from sts_lightning.sae_training import SAETrainConfig, sae_cache_path, train_sae
+    from sts_lightning.model.sae_training import SAETrainConfig, sae_cache_path, train_sae
 
     gen = torch.Generator().manual_seed(0)
     rows = torch.randn(600, 8, generator=gen) + 1.0
@@ -103,7 +103,7 @@ def test_corrupted_sae_cache_entry_is_retrained_not_used(tmp_path, caplog):
     ids=["malformed-yaml", "zero-budget", "negative-budget", "no-domains", "negative-layer"],
 )
 def test_predict_recipe_errors_name_the_key(tmp_path, capsys, text, message):
-    from sts_lightning.job import load_job
+    from sts_lightning.forecast.job import load_job
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(text)
@@ -116,7 +116,7 @@ def test_predict_recipe_errors_name_the_key(tmp_path, capsys, text, message):
 
 
 def test_missing_recipe_file_is_named(tmp_path, capsys):
-    from sts_lightning.job import load_job
+    from sts_lightning.forecast.job import load_job
 
     with pytest.raises(SystemExit):
         load_job(tmp_path / "nope.yaml")
@@ -124,7 +124,7 @@ def test_missing_recipe_file_is_named(tmp_path, capsys):
 
 
 def test_lightning_recipe_malformed_yaml(tmp_path, capsys):
-    from sts_lightning.lightning_cli import parse_config
+    from sts_lightning.training.cli import parse_config
 
     recipe = tmp_path / "fit.yaml"
     recipe.write_text("trainer:\n  max_steps: [3\n")

@@ -18,15 +18,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sts_lightning import functional as F
-from sts_lightning.code_execution import make_code_reward
-from sts_lightning.config import PredictConfig
-from sts_lightning.evaluation import encode_eval_set
-from sts_lightning.grpo_loss import GRPOConfig
+from sts_lightning.data.prompts import Example
+from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.metric import TransferabilityCorrelation
-from sts_lightning.prompts import Example
-from sts_lightning.sae_training import SAETrainConfig
+from sts_lightning.model.sae_training import SAETrainConfig
+from sts_lightning.monitor.evaluation import encode_eval_set
+from sts_lightning.monitor.tracker import TrackerConfig
 from sts_lightning.stats import LatentMoments, PairedShift
-from sts_lightning.tracking import TrackerConfig
+from sts_lightning.training.code_execution import make_code_reward
+from sts_lightning.training.grpo_loss import GRPOConfig
 
 TRAIN = [Example(f"What is {i} + 1?", f"The answer is {i + 1}.") for i in range(8)]
 DOMAINS = {
@@ -205,7 +205,7 @@ def test_eval_set_bad_budget_and_span(tiny_tokenizer):
 def test_predict_rejects(case, error, match, tiny_llama, tiny_tokenizer, tiny_sae):
     from sae_lens import StandardSAE, StandardSAEConfig
 
-    from sts_lightning.predict import predict
+    from sts_lightning.forecast.predict import predict
 
     tok, sae, train, domains = tiny_tokenizer, tiny_sae, TRAIN, DOMAINS
     if case == "train-as-text":
@@ -228,7 +228,7 @@ def test_predict_rejects(case, error, match, tiny_llama, tiny_tokenizer, tiny_sa
 
 
 def test_predict_with_nan_activations_names_the_cause(tiny_llama, tiny_tokenizer, tiny_sae):
-    from sts_lightning.predict import predict
+    from sts_lightning.forecast.predict import predict
 
     broken = copy.deepcopy(tiny_llama)
     with torch.no_grad():
@@ -238,13 +238,13 @@ def test_predict_with_nan_activations_names_the_cause(tiny_llama, tiny_tokenizer
 
 
 def test_tracker_misuse(tiny_llama, tiny_tokenizer, tiny_sae):
-    from sts_lightning.tracking import STSTracker
+    from sts_lightning.monitor.tracker import STSTracker
 
     with pytest.raises(TypeError, match="`evaluator` must be callable"):
         STSTracker(tiny_sae, TRAIN, DOMAINS, evaluator=3)
     with pytest.raises(RuntimeError, match=r"measure called before start\(\)"):
         STSTracker(tiny_sae, TRAIN, DOMAINS).measure(tiny_llama, tiny_tokenizer, step=1)
-    from sts_lightning.sae import encode, keep_rows
+    from sts_lightning.model.sae import encode, keep_rows
 
     with pytest.raises(ValueError, match=r"`x` must have shape \(n_tokens, d_in=32\)"):
         encode(tiny_sae, torch.ones(2, 16))

@@ -12,11 +12,11 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
-from sts_lightning import predict as predict_module
 from sts_lightning.callbacks import STSCallback
-from sts_lightning.config import PredictConfig
-from sts_lightning.prompts import Example, encode_example
-from sts_lightning.tracking import TrackerConfig
+from sts_lightning.data.prompts import Example, encode_example
+from sts_lightning.forecast import predict as predict_module
+from sts_lightning.forecast.config import PredictConfig
+from sts_lightning.monitor.tracker import TrackerConfig
 
 # Three domains with disjoint vocabularies; training uses the first one's texts only.
 TEXTS = {

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sts_lightning.batching import SFTCollator, resumable_loader, tokenize_sft
-from sts_lightning.data import PromptDataModule, SFTDataModule
-from sts_lightning.prompts import Example
-from sts_lightning.sources import load_rows
+from sts_lightning.data.batching import SFTCollator, resumable_loader, tokenize_sft
+from sts_lightning.data.modules import PromptDataModule, SFTDataModule
+from sts_lightning.data.prompts import Example
+from sts_lightning.data.sources import load_rows
 
 EXAMPLES = [Example(f"What is {i} + 7?", f"The answer is {i + 7}.") for i in range(10)]
 

@@ -24,10 +24,10 @@ pytestmark = [
 
 def _measure() -> dict[str, object]:
     """Forecast at θ_0, then the realised shift after a fixed, seeded weight perturbation."""
-    from sts_lightning.config import PredictConfig
-    from sts_lightning.predict import predict
-    from sts_lightning.prompts import Example
-    from sts_lightning.tracking import STSTracker, TrackerConfig
+    from sts_lightning.data.prompts import Example
+    from sts_lightning.forecast.config import PredictConfig
+    from sts_lightning.forecast.predict import predict
+    from sts_lightning.monitor.tracker import STSTracker, TrackerConfig
     from tests.conftest import make_tiny_model, make_tiny_sae, make_tiny_tokenizer
     from tests.test_callback import TEXTS
 

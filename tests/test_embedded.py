@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sts_lightning import embedded
+from sts_lightning.model import loading as embedded
 
 
 @pytest.fixture

@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from sts_lightning import functional as F
-from sts_lightning.config import PredictConfig
+from sts_lightning.data.prompts import Example
 from sts_lightning.experiment.forecast import (
     Forecaster,
     contrast_shift,
     score_domains,
     to_prediction,
 )
-from sts_lightning.predict import predict
-from sts_lightning.prompts import Example
+from sts_lightning.forecast.config import PredictConfig
+from sts_lightning.forecast.predict import predict
 
 TRAIN = [
     Example(f"What is {a} + {b}?", f"The answer is {a + b}.") for a in range(4) for b in range(3)

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-from sts_lightning.evaluation import encode_eval_set
+from sts_lightning.data.prompts import Example
 from sts_lightning.experiment.realised import compare, exact_match, item_losses
-from sts_lightning.prompts import Example
+from sts_lightning.monitor.evaluation import encode_eval_set
 
 ITEMS = {
     "law": [Example(f"The court held contract {i} void.", "Void.") for i in range(5)],
@@ -109,7 +109,7 @@ class _NoMaskLM(torch.nn.Module):
 
 
 def test_models_without_masked_logits_fall_back_to_full_logits(tiny_llama, tiny_tokenizer):
-    from sts_lightning.sft import answer_nll
+    from sts_lightning.training.sft import answer_nll
 
     encoded = _encoded(tiny_tokenizer)
     kw = dict(layer=1, pad_token_id=0)

@@ -15,13 +15,13 @@ import signal
 import pytest
 import torch
 
-from sts_lightning import prediction as prediction_module
-from sts_lightning import tracking as tracking_module
 from sts_lightning.callbacks import STSCallback
-from sts_lightning.config import PredictConfig
-from sts_lightning.prompts import Example
+from sts_lightning.data.prompts import Example
+from sts_lightning.forecast import prediction as prediction_module
+from sts_lightning.forecast.config import PredictConfig
+from sts_lightning.monitor import tracker as tracking_module
+from sts_lightning.monitor.tracker import TrackerConfig, load_tracker_state, save_tracker_state
 from sts_lightning.stats import LatentMoments
-from sts_lightning.tracking import TrackerConfig, load_tracker_state, save_tracker_state
 from tests.test_callback import TEXTS, _fit
 
 # Width-32 models: one thread is fastest, and immune to a busy second core.
@@ -110,7 +110,7 @@ def test_full_disk_keeps_the_previous_tracker_state(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- SAE cache
 def _sae_cfg():
-    from sts_lightning.sae_training import SAETrainConfig
+    from sts_lightning.model.sae_training import SAETrainConfig
 
     return SAETrainConfig(
         d_sae=16, k=2, batch_size=32, training_tokens=32 * 12, lr_warm_up_steps=1,
@@ -125,7 +125,7 @@ ROWS = torch.randn(600, 8, generator=torch.Generator().manual_seed(0)) + 1.0
 def test_interrupted_sae_build_leaves_no_cache_entry(tmp_path, monkeypatch, fault):
     import sae_lens
 
-    from sts_lightning.sae_training import sae_cache_path, train_sae
+    from sts_lightning.model.sae_training import sae_cache_path, train_sae
 
     kwargs = dict(cfg=_sae_cfg(), d_in=8, cache_dir=tmp_path, cache_key="k")
     with monkeypatch.context() as patch:
@@ -213,8 +213,8 @@ def test_keyboard_interrupt_mid_fit_leaves_a_usable_checkpoint(
     from lightning.pytorch import Callback, Trainer, seed_everything
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from sts_lightning.data import SFTDataModule
-    from sts_lightning.sft import SFTModule
+    from sts_lightning.data.modules import SFTDataModule
+    from sts_lightning.training.sft import SFTModule
 
     tiny_llama.save_pretrained(tmp_path / "model")
     tiny_tokenizer.save_pretrained(tmp_path / "model")

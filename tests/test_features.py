@@ -1,4 +1,4 @@
-"""Tests for sts_lightning.features: the stopped forward against HF's own hidden states."""
+"""Tests for sts_lightning.model.capture: the stopped forward against HF's own hidden states."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from sts_lightning.features import (
+from sts_lightning.model.capture import (
     count_rows,
     decoder_layers,
     iter_span_activations,
@@ -275,7 +275,7 @@ def test_iter_span_activations_rejects_bad_input(tiny_llama, kwargs, match):
 
 @pytest.mark.slow
 def test_residual_stream_on_smollm2():
-    from sts_lightning.embedded import load_model_and_tokenizer
+    from sts_lightning.model.loading import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer("embedded:smollm2")
     batch = tok(

@@ -51,9 +51,9 @@ def test_streaming_stats_accept_gpu_rows():
 
 
 def test_forecast_and_heldout_pass_on_gpu_equal_cpu(tiny_llama, tiny_tokenizer):
-    from sts_lightning.evaluation import encode_eval_set
     from sts_lightning.experiment.forecast import Forecaster, score_domains
     from sts_lightning.experiment.realised import compare, item_losses
+    from sts_lightning.monitor.evaluation import encode_eval_set
 
     out = {}
     for device in ("cpu", "cuda"):
@@ -103,9 +103,9 @@ def test_finetune_with_sts_callback_on_gpu(tmp_path, tiny_llama, tiny_tokenizer)
 def test_whole_experiment_on_gpu(tmp_path, monkeypatch, tiny_llama, tiny_tokenizer):
     import json
 
-    from sts_lightning import job as job_module
     from sts_lightning.experiment.config import EvalSettings, ExperimentJob, FinetuneSettings
     from sts_lightning.experiment.run import run_experiment
+    from sts_lightning.forecast import job as job_module
     from tests.test_experiment import DOMAINS as FILES
     from tests.test_experiment import SUMS, WORDS
 

@@ -15,8 +15,14 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from sts_lightning.grpo import GRPOConfig, GRPOModule, LoraSettings, grpo_advantages, grpo_loss
-from sts_lightning.grpo_loss import combine_rewards
+from sts_lightning.training.grpo import (
+    GRPOConfig,
+    GRPOModule,
+    LoraSettings,
+    grpo_advantages,
+    grpo_loss,
+)
+from sts_lightning.training.grpo_loss import combine_rewards
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(4)]
@@ -174,7 +180,7 @@ def test_num_iterations_reuse_each_rollout(tiny_llama, tiny_tokenizer):
 
 
 def test_validation_logs_the_mean_reward(tiny_llama, tiny_tokenizer):
-    from sts_lightning.data import PromptDataModule
+    from sts_lightning.data.modules import PromptDataModule
 
     data = PromptDataModule(PROMPTS, train_size=None, val_from_train=2, batch_size=2)
     module = make_module(tiny_llama, tiny_tokenizer)
@@ -186,7 +192,7 @@ def test_validation_logs_the_mean_reward(tiny_llama, tiny_tokenizer):
 
 
 def test_resume_reproduces_the_uninterrupted_curve(tiny_llama, tiny_tokenizer, tmp_path):
-    from sts_lightning.data import PromptDataModule
+    from sts_lightning.data.modules import PromptDataModule
 
     def data():  # 2 batches per epoch: the interruption falls mid-epoch
         return PromptDataModule(PROMPTS, train_size=None, batch_size=2, seed=3)
@@ -228,8 +234,8 @@ _DDP_SCRIPT = """
 import json, os, sys
 import lightning.pytorch as pl
 import torch
-from sts_lightning.data import PromptDataModule
-from sts_lightning.grpo import GRPOConfig, GRPOModule
+from sts_lightning.data.modules import PromptDataModule
+from sts_lightning.training.grpo import GRPOConfig, GRPOModule
 
 def even_token_reward(prompts, completions, completion_ids, **kwargs):
     return [sum(t % 2 == 0 for t in ids) / max(len(ids), 1) for ids in completion_ids]
@@ -279,7 +285,7 @@ def test_ddp_on_two_cpu_processes(tiny_llama, tiny_tokenizer, tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_recipe_runs_two_steps(tmp_path, monkeypatch):
-    from sts_lightning.lightning_cli import run
+    from sts_lightning.training.cli import run
 
     monkeypatch.chdir(tmp_path)
     recipe = ROOT / "recipes" / "grpo_arithmetic_smollm2.yaml"
@@ -294,11 +300,11 @@ def test_smollm2_recipe_runs_two_steps(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("grpo_*.yaml")), ids=str)
 def test_recipes_parse(recipe):
-    from sts_lightning.lightning_cli import parse_config
+    from sts_lightning.training.cli import parse_config
 
     cfg = parse_config(["--config", str(recipe)])
-    assert cfg.model.class_path == "sts_lightning.grpo.GRPOModule"
-    assert cfg.data.class_path == "sts_lightning.data.PromptDataModule"
+    assert cfg.model.class_path == "sts_lightning.training.grpo.GRPOModule"
+    assert cfg.data.class_path == "sts_lightning.data.modules.PromptDataModule"
 
 
 def test_gpu_recipe_runs_on_cpu_with_the_tiny_model(
@@ -306,7 +312,7 @@ def test_gpu_recipe_runs_on_cpu_with_the_tiny_model(
 ):
     """Everything in the 7B recipe but the model, the GPU and the dataset: LoRA, the KL to the
     adapter-off model, bf16-mixed, micro-batches, truncation masking, validation, loggers."""
-    from sts_lightning.lightning_cli import run
+    from sts_lightning.training.cli import run
 
     tiny_llama.save_pretrained(tmp_path / "model")
     tiny_tokenizer.save_pretrained(tmp_path / "model")

@@ -8,9 +8,9 @@ import warnings
 import pytest
 import torch
 
-from sts_lightning import predict as predict_module
+from sts_lightning.data.prompts import Example
+from sts_lightning.forecast import predict as predict_module
 from sts_lightning.hf import STSTrainerCallback
-from sts_lightning.prompts import Example
 from tests.test_callback import TEXTS
 
 PREDICT = {"domain_demos": 1, "train_tokens": 200, "domain_tokens": 200}

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from sts_lightning.cli import main
-from sts_lightning.config import PredictConfig
-from sts_lightning.job import load_examples
-from sts_lightning.predict import predict
-from sts_lightning.prediction import Prediction
-from sts_lightning.prompts import Example
+from sts_lightning.data.prompts import Example
+from sts_lightning.forecast.config import PredictConfig
+from sts_lightning.forecast.job import load_examples
+from sts_lightning.forecast.predict import predict
+from sts_lightning.forecast.prediction import Prediction
 
 TRAIN = [
     {"prompt": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(4) for b in range(3)

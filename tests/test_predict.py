@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from sts_lightning import functional as F
-from sts_lightning.config import PredictConfig
-from sts_lightning.predict import predict
-from sts_lightning.prediction import Prediction
-from sts_lightning.prompts import Example, build_pairs
+from sts_lightning.data.prompts import Example, build_pairs
+from sts_lightning.forecast.config import PredictConfig
+from sts_lightning.forecast.predict import predict
+from sts_lightning.forecast.prediction import Prediction
 
 TRAIN = [
     Example(f"What is {a} + {b}?", f"The answer is {a + b}.")

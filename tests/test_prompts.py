@@ -6,7 +6,7 @@ import importlib.metadata
 
 import pytest
 
-from sts_lightning.prompts import EncodedPrompt, Example, build_pairs, encode_example
+from sts_lightning.data.prompts import EncodedPrompt, Example, build_pairs, encode_example
 
 EXAMPLES = [
     Example("What is 12 + 7?", "The answer is 19."),

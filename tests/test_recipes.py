@@ -5,7 +5,7 @@ How a GPU recipe is checked on a CPU machine without downloading anything:
 1. ``parse_config`` parses the recipe *as written*: every ``class_path`` must import and every
    key must match a signature, and nothing is instantiated.
 2. ``build_cli(..., run=False)`` then instantiates it with the hardware overridden to one CPU
-   process and with :func:`sts_lightning.embedded.resolve_model` patched so that every model
+   process and with :func:`sts_lightning.model.loading.resolve_model` patched so that every model
    name resolves to a tiny local checkpoint. ``SFTModule`` loads no weights when built (it loads
    them in ``configure_model``), so this checks it stays that way; modules that load eagerly get
    the tiny model instead of a download.
@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from lightning.pytorch import Trainer
 
-from sts_lightning import embedded
-from sts_lightning.lightning_cli import build_cli, parse_config
-from sts_lightning.sft import SFTModule
+from sts_lightning.model import loading as embedded
+from sts_lightning.training.cli import build_cli, parse_config
+from sts_lightning.training.sft import SFTModule
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(

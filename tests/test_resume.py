@@ -16,11 +16,11 @@ import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from sts_lightning.config import PredictConfig
+from sts_lightning.data.prompts import Example
+from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.metric import TransferabilityCorrelation
-from sts_lightning.prompts import Example
+from sts_lightning.monitor.tracker import TrackerConfig
 from sts_lightning.stats import LatentMoments, PairedShift
-from sts_lightning.tracking import TrackerConfig
 
 EXAMPLES = [Example(f"What is {i} + {i}?", f"The answer is {2 * i}.") for i in range(12)]
 DOMAINS = {
@@ -67,8 +67,8 @@ def _sts(sae):
 
 
 def test_sts_callback_resumed_equals_uninterrupted(tmp_path, tiny_dir, tiny_sae):
-    from sts_lightning.data import SFTDataModule
-    from sts_lightning.sft import SFTModule
+    from sts_lightning.data.modules import SFTDataModule
+    from sts_lightning.training.sft import SFTModule
 
     def run(callbacks, ckpt_path=None):
         seed_everything(0)
@@ -99,7 +99,7 @@ def test_sts_callback_resumed_equals_uninterrupted(tmp_path, tiny_dir, tiny_sae)
 
 
 def test_grpo_resumed_weights_equal_uninterrupted(tmp_path, tiny_llama, tiny_tokenizer):
-    from sts_lightning.data import PromptDataModule
+    from sts_lightning.data.modules import PromptDataModule
     from tests.test_grpo import PROMPTS, make_module
 
     def run(callbacks=(), ckpt_path=None):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sts_lightning.code_execution import build_program, make_code_reward, run_program
-from sts_lightning.rewards import (
+from sts_lightning.training.code_execution import build_program, make_code_reward, run_program
+from sts_lightning.training.rewards import (
     accuracy_reward,
     code_reward,
     extract_final_number,
@@ -74,7 +74,7 @@ def test_accuracy_reward_hand_examples():
 
 
 def test_accuracy_reward_uses_reasoning_gym_checker_for_built_in_tasks():
-    from sts_lightning.domains import load_training_set
+    from sts_lightning.data.domains import load_training_set
 
     example = load_training_set("arithmetic", 1, seed=0)[0]
     completions = [example.answer, f"It is {example.answer}.", str(int(example.answer) + 1)]
@@ -142,11 +142,11 @@ def test_run_program_isolation(tmp_path):
 
 # ----------------------------------------------------------------------------- calling
 def test_resolve_reward_by_dotted_path():
-    assert resolve_reward("sts_lightning.rewards.format_reward") is format_reward
+    assert resolve_reward("sts_lightning.training.rewards.format_reward") is format_reward
     with pytest.raises(ValueError, match="reward_funcs"):
         resolve_reward("format_reward")
     with pytest.raises(ValueError, match="does not name a callable"):
-        resolve_reward("sts_lightning.rewards.__doc__")
+        resolve_reward("sts_lightning.training.rewards.__doc__")
 
 
 def test_score_completions_none_becomes_nan_and_columns_arrive():

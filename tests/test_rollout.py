@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sts_lightning.rollout import (
+from sts_lightning.training.rollout import (
     completion_logps,
     encode_prompts,
     sample_completions,

@@ -1,4 +1,4 @@
-"""Tests for sts_lightning.sae: loading, checks, encoding, reconstruction quality."""
+"""Tests for sts_lightning.model.sae: loading, checks, encoding, reconstruction quality."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sts_lightning.sae import (
+from sts_lightning.model.sae import (
     ReconstructionQuality,
     check_sae,
     encode,

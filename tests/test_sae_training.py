@@ -1,4 +1,4 @@
-"""Tests for sts_lightning.sae_training: scale folding, training, the on-disk cache."""
+"""Tests for sts_lightning.model.sae_training: scale folding, training, the on-disk cache."""
 
 from __future__ import annotations
 
@@ -7,8 +7,13 @@ import logging
 import pytest
 import torch
 
-from sts_lightning.sae import evaluate_sae, load_sae, sae_layer
-from sts_lightning.sae_training import SAETrainConfig, _prepare_rows, sae_cache_path, train_sae
+from sts_lightning.model.sae import evaluate_sae, load_sae, sae_layer
+from sts_lightning.model.sae_training import (
+    SAETrainConfig,
+    _prepare_rows,
+    sae_cache_path,
+    train_sae,
+)
 
 D_IN, D_SAE, K = 16, 64, 4
 N_ROWS = 1200

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import sts_lightning
-from sts_lightning.code_execution import run_program
+from sts_lightning.training.code_execution import run_program
 
 PACKAGE = [
     *Path(sts_lightning.__file__).parent.rglob("*.py"),
@@ -49,9 +49,9 @@ class _Evil:
 
 # ----------------------------------------------------------------------------- remote code
 def test_trust_remote_code_is_off_by_default():
-    from sts_lightning.embedded import load_model_and_tokenizer
-    from sts_lightning.job import PredictJob
-    from sts_lightning.sft import SFTModule
+    from sts_lightning.forecast.job import PredictJob
+    from sts_lightning.model.loading import load_model_and_tokenizer
+    from sts_lightning.training.sft import SFTModule
 
     for fn in (load_model_and_tokenizer, SFTModule):
         assert inspect.signature(fn).parameters["trust_remote_code"].default is False
@@ -59,7 +59,7 @@ def test_trust_remote_code_is_off_by_default():
 
 
 def test_grpo_module_never_asks_for_remote_code(monkeypatch, tiny_llama, tiny_tokenizer):
-    from sts_lightning import grpo
+    from sts_lightning.training import grpo
 
     seen = {}
 
@@ -68,12 +68,14 @@ def test_grpo_module_never_asks_for_remote_code(monkeypatch, tiny_llama, tiny_to
         return tiny_llama, tiny_tokenizer
 
     monkeypatch.setattr(grpo, "load_model_and_tokenizer", spy)
-    grpo.GRPOModule("some/checkpoint", reward_funcs=["sts_lightning.rewards.format_reward"])
+    grpo.GRPOModule(
+        "some/checkpoint", reward_funcs=["sts_lightning.training.rewards.format_reward"]
+    )
     assert not seen.get("trust_remote_code", False)
 
 
 def test_checkpoint_with_custom_code_is_refused(tmp_path, marker):
-    from sts_lightning.embedded import load_model_and_tokenizer
+    from sts_lightning.model.loading import load_model_and_tokenizer
 
     (tmp_path / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     config = {"model_type": "evil", "auto_map": {"AutoConfig": "modeling_evil.EvilConfig"}}
@@ -95,10 +97,10 @@ def test_package_never_unpickles():
 
 
 def test_malicious_pickle_in_our_files_is_refused(tmp_path, marker):
-    from sts_lightning.prediction import Prediction
-    from sts_lightning.sae import load_sae
+    from sts_lightning.forecast.prediction import Prediction
+    from sts_lightning.model.sae import load_sae
+    from sts_lightning.monitor.tracker import load_tracker_state
     from sts_lightning.stats import PairedShift
-    from sts_lightning.tracking import load_tracker_state
 
     payload = {"shift": _Evil(marker)}
     for name in ("prediction.safetensors", "tracker.safetensors", "sae_weights.safetensors"):
@@ -151,7 +153,7 @@ def test_package_uses_safe_yaml_only():
 
 
 def test_recipe_with_python_tag_is_refused(tmp_path, marker, capsys):
-    from sts_lightning.job import load_job
+    from sts_lightning.forecast.job import load_job
 
     recipe = tmp_path / "evil.yaml"
     recipe.write_text(f"!!python/object/apply:os.system ['touch {marker}']\n")
@@ -226,7 +228,7 @@ def test_no_secret_in_any_written_file(tmp_path, monkeypatch, tiny_llama, tiny_t
 def test_cli_resumes_with_weights_only_unless_told_otherwise(monkeypatch, tmp_path):
     from lightning.pytorch import Trainer
 
-    from sts_lightning.lightning_cli import run
+    from sts_lightning.training.cli import run
 
     seen = []
 

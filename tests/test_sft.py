@@ -14,9 +14,9 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from sts_lightning.data import SFTDataModule
-from sts_lightning.prompts import Example
-from sts_lightning.sft import LoraSettings, SFTModule, answer_nll
+from sts_lightning.data.modules import SFTDataModule
+from sts_lightning.data.prompts import Example
+from sts_lightning.training.sft import LoraSettings, SFTModule, answer_nll
 
 # Memorisable: 12 distinct short answers the tiny model cannot know in advance.
 EXAMPLES = [Example(f"What is {i} + {i}?", f"The answer is {2 * i}.") for i in range(12)]
@@ -205,9 +205,9 @@ _DDP_SCRIPT = textwrap.dedent(
     """
     import json, sys
     from lightning.pytorch import Trainer, seed_everything
-    from sts_lightning.data import SFTDataModule
-    from sts_lightning.prompts import Example
-    from sts_lightning.sft import SFTModule
+    from sts_lightning.data.modules import SFTDataModule
+    from sts_lightning.data.prompts import Example
+    from sts_lightning.training.sft import SFTModule
 
     path, out = sys.argv[1], sys.argv[2]
     seed_everything(0)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sts_lightning.config import PredictConfig
-from sts_lightning.sae_training import SAETrainConfig
-from sts_lightning.sft import LoraSettings
+from sts_lightning.forecast.config import PredictConfig
+from sts_lightning.model.sae_training import SAETrainConfig
+from sts_lightning.training.sft import LoraSettings
 
 __all__ = ["EvalSettings", "ExperimentJob", "FinetuneSettings"]
 
@@ -24,9 +24,9 @@ class FinetuneSettings:
     """How each (source task, seed) model is fine-tuned (``SFTModule`` or ``GRPOModule``)."""
 
     method: Literal["sft", "grpo"] = "sft"
-    """``sft``: answer-only NLL (:class:`~sts_lightning.sft.SFTModule`); ``grpo``: group-relative
-    policy optimisation with the task's checker as reward
-    (:class:`~sts_lightning.grpo.GRPOModule`)."""
+    """``sft``: answer-only NLL (:class:`~sts_lightning.training.sft.SFTModule`); ``grpo``:
+    group-relative policy optimisation with the task's checker as reward
+    (:class:`~sts_lightning.training.grpo.GRPOModule`)."""
     steps: int = 40
     """Optimizer steps."""
     batch_size: int = 32

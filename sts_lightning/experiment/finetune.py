@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sts_lightning.data.prompts import Example
 from sts_lightning.experiment.config import ExperimentJob
-from sts_lightning.prediction import Prediction
-from sts_lightning.prompts import Example
+from sts_lightning.forecast.prediction import Prediction
 
 __all__ = ["finetune", "task_reward"]
 
@@ -24,7 +24,7 @@ def _no_deltas(model, tokenizer) -> dict[str, float]:
 
 def task_reward(task: str | None):
     """``score(completion, example) -> float`` with the task's checker (exact match = 1.0)."""
-    from sts_lightning.rewards import accuracy_reward
+    from sts_lightning.training.rewards import accuracy_reward
 
     def score(completion: str, example: Example) -> float:
         value = accuracy_reward(
@@ -75,8 +75,8 @@ def finetune(
         dirpath=str(log_dir),
     )
     if ft.method == "sft":
-        from sts_lightning.data import SFTDataModule
-        from sts_lightning.sft import SFTModule
+        from sts_lightning.data.modules import SFTDataModule
+        from sts_lightning.training.sft import SFTModule
 
         module = SFTModule(
             job.model,
@@ -98,10 +98,10 @@ def finetune(
         )
         clip = 1.0
     else:
-        from sts_lightning.data import PromptDataModule
-        from sts_lightning.embedded import load_model_and_tokenizer
-        from sts_lightning.grpo import GRPOModule
-        from sts_lightning.grpo_loss import GRPOConfig
+        from sts_lightning.data.modules import PromptDataModule
+        from sts_lightning.model.loading import load_model_and_tokenizer
+        from sts_lightning.training.grpo import GRPOModule
+        from sts_lightning.training.grpo_loss import GRPOConfig
 
         model, tokenizer = load_model_and_tokenizer(
             job.model,

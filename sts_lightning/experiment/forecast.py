@@ -1,6 +1,6 @@
 """Every forecast the experiment compares, from one set of forward passes per stage.
 
-The paper's STS (:mod:`sts_lightning.predict`) plus what it is judged against, on the same
+The paper's STS (:mod:`sts_lightning.forecast.predict`) plus what it is judged against, on the same
 token rows (layer L residual stream, massive activations dropped):
 
 - **domains** (once; independent of the source task): SAE latent moments and in-domain ICL
@@ -21,11 +21,11 @@ import torch
 from torch import Tensor
 
 from sts_lightning import functional as F
-from sts_lightning.config import PredictConfig
-from sts_lightning.predict import _check_examples, _Extractor, _select, model_width
-from sts_lightning.prediction import DomainScore, Prediction
-from sts_lightning.prompts import Example
-from sts_lightning.sae import ReconstructionQuality, sae_d_sae
+from sts_lightning.data.prompts import Example
+from sts_lightning.forecast.config import PredictConfig
+from sts_lightning.forecast.predict import _check_examples, _Extractor, _select, model_width
+from sts_lightning.forecast.prediction import DomainScore, Prediction
+from sts_lightning.model.sae import ReconstructionQuality, sae_d_sae
 from sts_lightning.stats import LatentMoments, PairedShift
 
 __all__ = ["DomainStats", "Forecaster", "TaskForecast", "score_domains", "to_prediction"]

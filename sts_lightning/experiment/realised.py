@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from sts_lightning.evaluation import ItemLosses, item_losses
+from sts_lightning.data.prompts import Example
 from sts_lightning.experiment.analysis import paired_delta
-from sts_lightning.prompts import Example
-from sts_lightning.sae import encode, sae_d_sae
+from sts_lightning.model.sae import encode, sae_d_sae
+from sts_lightning.monitor.evaluation import ItemLosses, item_losses
 from sts_lightning.stats import PairedShift
 
 __all__ = ["ItemLosses", "compare", "exact_match", "item_losses"]
@@ -70,9 +70,9 @@ def exact_match(
     """Greedy exact-match rate on held-out source-task problems.
 
     ``score(completion, example)`` returns 1.0 for a correct answer; prompts are chat-templated
-    with the generation prompt (:func:`~sts_lightning.rollout.encode_prompts`).
+    with the generation prompt (:func:`~sts_lightning.training.rollout.encode_prompts`).
     """
-    from sts_lightning.rollout import encode_prompts, sample_completions
+    from sts_lightning.training.rollout import encode_prompts, sample_completions
 
     if not examples:
         return float("nan")

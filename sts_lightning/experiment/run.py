@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from sts_lightning import functional as F
+from sts_lightning.data.prompts import Example
 from sts_lightning.experiment.config import ExperimentJob
 from sts_lightning.experiment.forecast import (
     Forecaster,
@@ -33,7 +34,6 @@ from sts_lightning.experiment.forecast import (
     to_prediction,
 )
 from sts_lightning.experiment.realised import compare, exact_match, item_losses
-from sts_lightning.prompts import Example
 
 __all__ = ["run_experiment"]
 
@@ -61,8 +61,8 @@ class _Stages:
 
 def _task_pool(job: ExperimentJob, task: str) -> tuple[str, bool, list[Example]]:
     """``(name, is_builtin, examples)`` of a source task: built-in, ``.jsonl`` or HF dataset."""
-    from sts_lightning.domains import TRAINING_SETS, load_training_set
-    from sts_lightning.sources import is_hf_source, load_rows
+    from sts_lightning.data.domains import TRAINING_SETS, load_training_set
+    from sts_lightning.data.sources import is_hf_source, load_rows
 
     if task in TRAINING_SETS:
         return task, True, load_training_set(task, job.task_examples, seed=0)
@@ -83,8 +83,8 @@ def _task_pool(job: ExperimentJob, task: str) -> tuple[str, bool, list[Example]]
 
 
 def _domains(job: ExperimentJob) -> tuple[dict, dict]:
-    from sts_lightning.domains import load_domain
-    from sts_lightning.job import load_examples
+    from sts_lightning.data.domains import load_domain
+    from sts_lightning.forecast.job import load_examples
 
     scored = {n: load_domain(n, split="score") for n in job.domains}
     heldout = {n: load_domain(n, split="heldout") for n in job.domains}
@@ -98,10 +98,10 @@ def _domains(job: ExperimentJob) -> tuple[dict, dict]:
 
 def _load(job: ExperimentJob, device: torch.device, stage: _Stages) -> tuple[Any, Any, Any, int]:
     """The model, tokenizer and SAE on ``device``, checked against each other, and the layer."""
-    from sts_lightning.embedded import default_cache_dir, load_model_and_tokenizer
-    from sts_lightning.features import decoder_layers
-    from sts_lightning.job import PredictJob, resolve_sae
-    from sts_lightning.sae import check_sae, sae_d_sae, sae_layer
+    from sts_lightning.forecast.job import PredictJob, resolve_sae
+    from sts_lightning.model.capture import decoder_layers
+    from sts_lightning.model.loading import default_cache_dir, load_model_and_tokenizer
+    from sts_lightning.model.sae import check_sae, sae_d_sae, sae_layer
 
     cache = Path(job.cache_dir) if job.cache_dir else default_cache_dir()
     model, tokenizer = load_model_and_tokenizer(
@@ -208,12 +208,12 @@ def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, stage: _St
 
 def run_experiment(job: ExperimentJob) -> dict[str, Any]:
     """Run the experiment the job describes, write its report, return the results dict."""
-    from sts_lightning.domains import load_training_set
-    from sts_lightning.evaluation import encode_eval_set
+    from sts_lightning.data.domains import load_training_set
     from sts_lightning.experiment.finetune import task_reward
     from sts_lightning.experiment.report import write_report
     from sts_lightning.experiment.summary import summarise_runs
-    from sts_lightning.sae import sae_d_sae
+    from sts_lightning.model.sae import sae_d_sae
+    from sts_lightning.monitor.evaluation import encode_eval_set
 
     stage = _Stages(5 + 3 * len(job.tasks) * len(job.seeds))
     auto = "cuda" if torch.cuda.is_available() else "cpu"

@@ -18,9 +18,9 @@ from lightning.pytorch import Trainer, seed_everything
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sts_lightning.callbacks import STSCallback
-from sts_lightning.config import PredictConfig
-from sts_lightning.prompts import Example
-from sts_lightning.tracking import TrackerConfig
+from sts_lightning.data.prompts import Example
+from sts_lightning.forecast.config import PredictConfig
+from sts_lightning.monitor.tracker import TrackerConfig
 from tests.conftest import make_tiny_model, make_tiny_sae, make_tiny_tokenizer
 from tests.test_callback import TEXTS, UserModule, _loader
 

@@ -1,8 +1,8 @@
 """From rows to batches: answer-only labels, padding, and a training loader that can resume.
 
 :func:`tokenize_sft` renders each (prompt, answer) pair with the tokenizer's chat template
-(:func:`~sts_lightning.prompts.encode_example`) and labels the answer tokens plus the end-of-turn
-token that closes the answer (so the model learns to stop); everything else is ``-100``.
+(:func:`~sts_lightning.data.prompts.encode_example`) and labels the answer tokens plus the
+end-of-turn token that closes the answer (so the model learns to stop); everything else is ``-100``.
 :class:`SFTCollator` right-pads them; :func:`collate_rows` turns prompt rows into a dict of lists.
 
 :class:`ResumableDataLoader` shuffles by ``(seed, epoch)`` and records how many batches of the
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from sts_lightning.prompts import Example, encode_example
+from sts_lightning.data.prompts import Example, encode_example
 
 __all__ = ["ResumableDataLoader", "SFTCollator", "collate_rows", "resumable_loader", "tokenize_sft"]
 

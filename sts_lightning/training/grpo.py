@@ -2,7 +2,7 @@
 
 One training step on a batch of ``B`` prompts:
 
-1. **Rollout** (no grad, :mod:`sts_lightning.rollout`): ``G = num_generations`` sampled
+1. **Rollout** (no grad, :mod:`sts_lightning.training.rollout`): ``G = num_generations`` sampled
    completions per prompt, seeded by ``(seed, global_step, rank)``, so a resumed run samples
    what an uninterrupted one does; every reward function scores them (TRL signature).
 2. **Advantages** (:func:`grpo_advantages`): weighted reward minus its group's mean, over the
@@ -34,16 +34,21 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 
-from sts_lightning.embedded import DEFAULT_MODEL, load_model_and_tokenizer
-from sts_lightning.grpo_loss import (
+from sts_lightning.model.loading import DEFAULT_MODEL, load_model_and_tokenizer
+from sts_lightning.training.grpo_loss import (
     GRPOConfig,
     combine_rewards,
     grpo_advantages,
     grpo_loss,
     nanstd,
 )
-from sts_lightning.rewards import RewardFunc, resolve_reward, reward_name, score_completions
-from sts_lightning.rollout import (
+from sts_lightning.training.rewards import (
+    RewardFunc,
+    resolve_reward,
+    reward_name,
+    score_completions,
+)
+from sts_lightning.training.rollout import (
     completion_logps,
     encode_prompts,
     eos_token_ids,
@@ -51,7 +56,7 @@ from sts_lightning.rollout import (
     seeded_sampling,
     split_batch,
 )
-from sts_lightning.sft import LoraSettings
+from sts_lightning.training.sft import LoraSettings
 
 __all__ = ["GRPOConfig", "GRPOModule", "LoraSettings", "grpo_advantages", "grpo_loss"]
 
@@ -62,7 +67,8 @@ class GRPOModule(LightningModule):
     """Fine-tune a causal LM with GRPO from batches of prompts and reward functions.
 
     Batches are dicts of lists with a ``"prompt"`` key (the user turn) and any other columns,
-    which reach the reward functions by name (:class:`~sts_lightning.data.PromptDataModule`).
+    which reach the reward functions by name
+    (:class:`~sts_lightning.data.modules.PromptDataModule`).
 
     Args:
         model: A checkpoint (``"embedded:smollm2"``, a directory, a hub id) or a loaded HF
@@ -86,7 +92,9 @@ class GRPOModule(LightningModule):
         self,
         model: Any = DEFAULT_MODEL,
         tokenizer: Any = None,
-        reward_funcs: Sequence[str | RewardFunc] = ("sts_lightning.rewards.accuracy_reward",),
+        reward_funcs: Sequence[str | RewardFunc] = (
+            "sts_lightning.training.rewards.accuracy_reward",
+        ),
         reward_weights: Sequence[float] | None = None,
         grpo: GRPOConfig | None = None,
         lora: LoraSettings | None = None,

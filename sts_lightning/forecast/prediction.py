@@ -48,7 +48,7 @@ class DomainScore:
 
 @dataclass
 class Prediction:
-    """Everything :func:`~sts_lightning.predict.predict` computed."""
+    """Everything :func:`~sts_lightning.forecast.predict.predict` computed."""
 
     domains: dict[str, DomainScore]
     """Per-domain scores, in the order given."""
@@ -67,7 +67,7 @@ class Prediction:
     max_norm: float
     """Residual-norm threshold used to drop massive activations."""
     config: dict[str, Any]
-    """The :class:`~sts_lightning.config.PredictConfig` used, as a dict."""
+    """The :class:`~sts_lightning.forecast.config.PredictConfig` used, as a dict."""
     domain_means: dict[str, Tensor] = field(default_factory=dict)
     """Each domain's mean latent vector ``(d_sae,)`` (for similarity controls)."""
     timings: dict[str, float] = field(default_factory=dict)

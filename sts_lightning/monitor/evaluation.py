@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sts_lightning.prompts import EncodedPrompt, Example, encode_example
+from sts_lightning.data.prompts import EncodedPrompt, Example, encode_example
 
 __all__ = ["ItemLosses", "encode_eval_set", "item_losses", "scored_logits", "sequence_losses"]
 
@@ -111,7 +111,7 @@ def item_losses(
         exclude_token_ids: Token ids left out of ``rows`` (special tokens).
         batch_size: Sequences per forward.
     """
-    from sts_lightning.features import decoder_layers
+    from sts_lightning.model.capture import decoder_layers
 
     was_training = model.training
     model.eval()

@@ -4,13 +4,13 @@ Each function gets one entry per completion: ``prompts[i]`` is the user turn tha
 ``completions[i]`` (decoded text, special tokens dropped), and every other dataset column is
 passed by name, repeated to line up with the completions (``answer``, ``test``, …). Unknown
 keyword arguments are ignored, so the functions work unchanged in TRL's ``GRPOTrainer`` and in
-:class:`~sts_lightning.grpo.GRPOModule`. ``None`` means "this function cannot score this
+:class:`~sts_lightning.training.grpo.GRPOModule`. ``None`` means "this function cannot score this
 completion"; GRPO then leaves it out of the group baseline (TRL's semantics).
 
 - :func:`accuracy_reward`: the completion's final number equals the answer's (1.0 / 0.0).
 - :func:`format_reward`: the completion is a bare number (1.0 / 0.0).
-- :func:`code_reward` (:mod:`sts_lightning.code_execution`): a HumanEval-style program passes
-  its tests in a subprocess.
+- :func:`code_reward` (:mod:`sts_lightning.training.code_execution`): a HumanEval-style program
+  passes its tests in a subprocess.
 
 :func:`score_completions` is how GRPO calls them: once per rollout, ``None`` → NaN, and a function
 that raises or returns the wrong number of rewards gets an error naming it.
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from sts_lightning.code_execution import code_reward, make_code_reward
+from sts_lightning.training.code_execution import code_reward, make_code_reward
 
 __all__ = [
     "RewardFunc",
@@ -105,9 +105,10 @@ def accuracy_reward(
     Numbers on both sides go through :func:`extract_final_number` (so ``"The answer is 19."``
     matches ``"19"`` and a GSM8K solution ``"… #### 19"``) and are compared exactly. When the
     batch carries a ``task`` column naming a built-in training set
-    (:data:`~sts_lightning.domains.TRAINING_SETS`, as :class:`~sts_lightning.data.PromptDataModule`
-    adds), that task's reasoning-gym checker decides
-    (:func:`~sts_lightning.domains.score_training_answer`, on the extracted number, or on the
+    (:data:`~sts_lightning.data.domains.TRAINING_SETS`, as
+    :class:`~sts_lightning.data.modules.PromptDataModule` adds), that task's reasoning-gym checker
+    decides
+    (:func:`~sts_lightning.data.domains.score_training_answer`, on the extracted number, or on the
     completion without trailing punctuation for non-numeric answers such as ``"Yes"``); only a
     full score counts.
 
@@ -130,7 +131,7 @@ def accuracy_reward(
         >>> accuracy_reward(["q"] * 2, ["Yes.", "No"], answer=["Yes"] * 2, task=["syllogism"] * 2)
         [1.0, 0.0]
     """
-    from sts_lightning.domains import TRAINING_SETS
+    from sts_lightning.data.domains import TRAINING_SETS
 
     answers = _column("answer", answer, len(completions), "accuracy_reward")
     rewards: list[float | None] = []
@@ -139,8 +140,8 @@ def accuracy_reward(
         reference = extract_final_number(str(answers[i]))
         name = None if task is None else task[i]
         if name in TRAINING_SETS:
-            from sts_lightning.domains import score_training_answer
-            from sts_lightning.prompts import Example
+            from sts_lightning.data.domains import score_training_answer
+            from sts_lightning.data.prompts import Example
 
             guess = predicted if reference is not None else completion.strip().rstrip(".!")
             example = Example(prompt=str(prompts[i]), answer=str(answers[i]))
@@ -187,7 +188,7 @@ def resolve_reward(func: str | RewardFunc) -> RewardFunc:
     if not isinstance(func, str) or "." not in func:
         raise ValueError(
             f"`reward_funcs` entries must be callables or dotted paths such as "
-            f"'sts_lightning.rewards.accuracy_reward', got {func!r}"
+            f"'sts_lightning.training.rewards.accuracy_reward', got {func!r}"
         )
     module, _, name = func.rpartition(".")
     resolved = getattr(importlib.import_module(module), name, None)

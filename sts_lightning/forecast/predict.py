@@ -2,9 +2,9 @@
 
 :func:`predict` runs the paper's two steps with the pieces of this package, in data order:
 
-1. Training queries are encoded twice (:func:`~sts_lightning.prompts.build_pairs`): plain, and
+1. Training queries are encoded twice (:func:`~sts_lightning.data.prompts.build_pairs`): plain, and
    after ``n_demos`` training demonstrations. The residual stream after layer L of the *same*
-   tokens in both (:func:`~sts_lightning.features.iter_span_activations`) goes through the SAE
+   tokens in both (:func:`~sts_lightning.model.capture.iter_span_activations`) goes through the SAE
    into a :class:`~sts_lightning.stats.PairedShift` → Δ, δ and D = top-k(Δ).
 2. Each domain's tokens go through the same path into a
    :class:`~sts_lightning.stats.LatentMoments` (STS_act, notebook, signed) and, with in-domain
@@ -28,11 +28,11 @@ import torch
 from torch import Tensor
 
 from sts_lightning import functional as F
-from sts_lightning.config import PredictConfig
-from sts_lightning.features import decoder_layers, iter_span_activations
-from sts_lightning.prediction import DomainScore, Prediction
-from sts_lightning.prompts import EncodedPrompt, Example, build_pairs
-from sts_lightning.sae import ReconstructionQuality, check_sae, encode, sae_d_sae, sae_layer
+from sts_lightning.data.prompts import EncodedPrompt, Example, build_pairs
+from sts_lightning.forecast.config import PredictConfig
+from sts_lightning.forecast.prediction import DomainScore, Prediction
+from sts_lightning.model.capture import decoder_layers, iter_span_activations
+from sts_lightning.model.sae import ReconstructionQuality, check_sae, encode, sae_d_sae, sae_layer
 from sts_lightning.stats import LatentMoments, PairedShift
 
 __all__ = ["predict"]
@@ -177,7 +177,7 @@ def _check_examples(name: str, examples: Any, n_demos: int) -> list[Example]:
         raise TypeError(f"`{name}` must be a sequence of Example, got {type(examples).__name__}")
     examples = list(examples)
     if not all(isinstance(e, Example) for e in examples):
-        raise TypeError(f"`{name}` must contain only sts_lightning.prompts.Example items")
+        raise TypeError(f"`{name}` must contain only sts_lightning.data.prompts.Example items")
     if len(examples) < n_demos + 1:
         raise ValueError(
             f"`{name}` has {len(examples)} examples; at least {n_demos + 1} are needed for "
@@ -203,14 +203,14 @@ def predict(
         tokenizer: Its tokenizer (with a chat template unless ``config.use_chat_template`` is
             False).
         sae: An SAE with ``encode``/``decode`` reading the residual stream after ``layer``
-            (see :func:`~sts_lightning.sae.load_sae`).
+            (see :func:`~sts_lightning.model.sae.load_sae`).
         train_examples: The fine-tuning data as prompt/answer pairs.
         domains: ``{name: examples}`` of the downstream domains to score.
         config: How to compute it; defaults follow the paper.
         meta: Provenance stored with the result (model id, SAE id, data names).
 
     Returns:
-        A :class:`~sts_lightning.prediction.Prediction`.
+        A :class:`~sts_lightning.forecast.prediction.Prediction`.
     """
     cfg = config or PredictConfig()
     start = time.perf_counter()

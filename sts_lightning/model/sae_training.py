@@ -5,7 +5,7 @@ Read top to bottom, the data flows as :func:`train_sae` runs it:
 1. Look the config up in the cache (``cache_dir/<name>-<hash of cache_key + config>``); a hit
    returns without touching ``activations`` (a lazy generator is never run).
 2. Gather the rows ``(n, d_in)``, drop non-finite and massive-activation rows
-   (:func:`~sts_lightning.sae.keep_rows`), shuffle them with the seed (the trainer expects iid
+   (:func:`~sts_lightning.model.sae.keep_rows`), shuffle them with the seed (the trainer expects iid
    batches) and hold out rows for FVU logging.
 3. Pre-scale the training rows to mean norm √d_in. sae-lens can do this itself
    (``normalize_activations="expected_average_only_in"``) but folds the scale in only at the end
@@ -36,7 +36,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from sts_lightning.sae import (
+from sts_lightning.model.sae import (
     _CFG_FILE,
     _WEIGHTS_FILE,
     evaluate_sae,

@@ -35,13 +35,13 @@ from scipy import stats as sps
 from torch import Tensor
 
 from sts_lightning import functional as F
-from sts_lightning.config import PredictConfig
-from sts_lightning.evaluation import encode_eval_set, sequence_losses
-from sts_lightning.features import iter_span_activations
+from sts_lightning.data.prompts import Example, encode_example
+from sts_lightning.forecast.config import PredictConfig
+from sts_lightning.forecast.prediction import MODES, Prediction
 from sts_lightning.metric import TransferabilityCorrelation
-from sts_lightning.prediction import MODES, Prediction
-from sts_lightning.prompts import Example, encode_example
-from sts_lightning.sae import encode
+from sts_lightning.model.capture import iter_span_activations
+from sts_lightning.model.sae import encode
+from sts_lightning.monitor.evaluation import encode_eval_set, sequence_losses
 from sts_lightning.stats import PairedShift
 
 __all__ = ["STSTracker", "TrackerConfig", "load_tracker_state", "save_tracker_state"]
@@ -93,7 +93,8 @@ class STSTracker:
     """Forecast + realised-shift tracking for one SAE (one layer).
 
     Args:
-        sae: Loaded SAE (see :func:`~sts_lightning.sae.load_sae`); kept here, never on a module.
+        sae: Loaded SAE (see :func:`~sts_lightning.model.sae.load_sae`); kept here, never on a
+            module.
         train_examples: The fine-tuning data (prompt/answer), for the forecast and the probe.
         domains: ``{name: examples}`` scored by the forecast.
         heldout: ``{name: examples}`` never used for scoring, for realised loss deltas
@@ -143,8 +144,8 @@ class STSTracker:
     def start(self, model, tokenizer) -> dict[str, float]:
         """Forecast and record the base state (skipped when restored); returns metrics to log."""
         if self._check_loaded:  # a forecast made elsewhere must fit this model and SAE
-            from sts_lightning.features import decoder_layers
-            from sts_lightning.sae import check_sae, sae_d_sae
+            from sts_lightning.model.capture import decoder_layers
+            from sts_lightning.model.sae import check_sae, sae_d_sae
 
             check_sae(
                 self.sae,
@@ -159,7 +160,7 @@ class STSTracker:
                 )
             self._check_loaded = False
         if self.prediction is None:
-            from sts_lightning.predict import predict
+            from sts_lightning.forecast.predict import predict
 
             self.prediction = predict(
                 model, tokenizer, self.sae, self.train_examples, self.domains, self.predict_config

@@ -2,9 +2,10 @@
 
 The loss is the mean negative log-likelihood of the *answer* tokens only: batches carry
 ``labels`` equal to ``input_ids`` on answer tokens and ``-100`` everywhere else (prompt, chat
-template, padding), as :class:`~sts_lightning.data.SFTDataModule` builds them. Logits are computed
-only at the positions whose next token is labelled (the model's own ``logits_to_keep`` with a
-boolean mask): on short answers this skips most of the vocabulary projection, which dominates the
+template, padding), as :class:`~sts_lightning.data.modules.SFTDataModule` builds them. Logits are
+computed only at the positions whose next token is labelled (the model's own ``logits_to_keep``
+with a boolean mask): on short answers this skips most of the vocabulary projection, which
+dominates the
 cost of a small model on CPU.
 
 The HF model is loaded lazily (:meth:`SFTModule.configure_model`, or the first access to
@@ -25,8 +26,8 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
-from sts_lightning.embedded import DEFAULT_MODEL, load_model_and_tokenizer
-from sts_lightning.evaluation import scored_logits
+from sts_lightning.model.loading import DEFAULT_MODEL, load_model_and_tokenizer
+from sts_lightning.monitor.evaluation import scored_logits
 
 __all__ = ["LoraSettings", "SFTModule", "answer_nll", "lr_factor"]
 
@@ -205,7 +206,7 @@ class SFTModule(LightningModule):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            from sts_lightning.embedded import resolve_model
+            from sts_lightning.model.loading import resolve_model
 
             hp = self.hparams
             path = resolve_model(hp.model_name_or_path, cache_dir=hp.cache_dir)

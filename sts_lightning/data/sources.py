@@ -1,14 +1,15 @@
 """Prompt/answer rows from any training source: built-in sets, JSON lines, HF datasets, lists.
 
 Every source becomes a list of rows ``{"prompt": str, "answer": str, **other_columns}``, the
-common currency of :mod:`sts_lightning.data` (SFT pairs and GRPO prompts alike). A source is:
+common currency of :mod:`sts_lightning.data.modules` (SFT pairs and GRPO prompts alike).
+A source is:
 
-- a built-in training set name (:data:`~sts_lightning.domains.TRAINING_SETS`, e.g.
-  ``"arithmetic"``), drawn with :func:`~sts_lightning.domains.load_training_set`;
+- a built-in training set name (:data:`~sts_lightning.data.domains.TRAINING_SETS`, e.g.
+  ``"arithmetic"``), drawn with :func:`~sts_lightning.data.domains.load_training_set`;
 - a ``.jsonl`` file of JSON objects;
 - anything else ``datasets.load_dataset`` accepts: a hub name (``"GAIR/LIMO"``), a local dataset
   directory, or a ``.json`` / ``.csv`` / ``.parquet`` file;
-- an in-memory list of :class:`~sts_lightning.prompts.Example` or of dicts.
+- an in-memory list of :class:`~sts_lightning.data.prompts.Example` or of dicts.
 
 ``prompt_column`` / ``answer_column`` name the columns of files and datasets; they are renamed to
 ``prompt`` / ``answer`` and every other column is kept as is.
@@ -23,8 +24,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sts_lightning.domains import TRAINING_SETS, load_training_set
-from sts_lightning.prompts import Example
+from sts_lightning.data.domains import TRAINING_SETS, load_training_set
+from sts_lightning.data.prompts import Example
 
 __all__ = ["is_hf_source", "load_rows"]
 

@@ -4,7 +4,7 @@
 - :func:`grpo_advantages`: group-relative advantages (``scale_rewards``).
 - :func:`grpo_loss`: clipped surrogate + k3 KL, aggregated per ``loss_type``.
 
-No Lightning, no I/O: :class:`~sts_lightning.grpo.GRPOModule` calls these.
+No Lightning, no I/O: :class:`~sts_lightning.training.grpo.GRPOModule` calls these.
 """
 
 from __future__ import annotations

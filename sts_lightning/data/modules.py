@@ -1,11 +1,11 @@
 """LightningDataModules: chat-templated SFT batches and GRPO prompt batches.
 
-Data flows source → rows (:mod:`sts_lightning.sources`) → tokens → batches:
+Data flows source → rows (:mod:`sts_lightning.data.sources`) → tokens → batches:
 
 - :class:`SFTDataModule` tokenizes each (prompt, answer) pair with the chat template and labels
-  the answer tokens only (:func:`~sts_lightning.batching.tokenize_sft`). Validation loaders, one
-  per named domain, hold the ``"heldout"`` half of built-in domains
-  (:func:`~sts_lightning.domains.load_domain`) and/or files.
+  the answer tokens only (:func:`~sts_lightning.data.batching.tokenize_sft`). Validation
+  loaders, one per named domain, hold the ``"heldout"`` half of built-in domains
+  (:func:`~sts_lightning.data.domains.load_domain`) and/or files.
 - :class:`PromptDataModule` yields ``{"prompt": [...], "answer": [...], <column>: [...]}``: plain
   text, the GRPO module applies the chat template.
 
@@ -24,16 +24,16 @@ from typing import Any
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from sts_lightning.batching import (
+from sts_lightning.data.batching import (
     ResumableDataLoader,
     SFTCollator,
     collate_rows,
     resumable_loader,
     tokenize_sft,
 )
-from sts_lightning.domains import TRAINING_SETS, load_domain, load_training_set
-from sts_lightning.prompts import Example
-from sts_lightning.sources import is_hf_source, load_rows
+from sts_lightning.data.domains import TRAINING_SETS, load_domain, load_training_set
+from sts_lightning.data.prompts import Example
+from sts_lightning.data.sources import is_hf_source, load_rows
 
 __all__ = ["PromptDataModule", "SFTDataModule"]
 
@@ -159,7 +159,7 @@ class SFTDataModule(_SourceDataModule):
 
     Args:
         train: A built-in training set name, a ``.jsonl`` file, a ``datasets`` name / directory /
-            file, or a list of :class:`Example` (see :mod:`sts_lightning.sources`).
+            file, or a list of :class:`Example` (see :mod:`sts_lightning.data.sources`).
         train_size: Training rows (a seeded subset; built-in sets need it). ``None``: all.
         train_split: ``datasets`` split of ``train``.
         train_subset: ``datasets`` configuration name of ``train``.
@@ -237,7 +237,7 @@ class SFTDataModule(_SourceDataModule):
         elif isinstance(self.tokenizer, str):
             from transformers import AutoTokenizer
 
-            from sts_lightning.embedded import resolve_model
+            from sts_lightning.model.loading import resolve_model
 
             self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.tokenizer))
         if self.tokenizer.pad_token_id is None:
@@ -284,7 +284,7 @@ class PromptDataModule(_SourceDataModule):
 
     Args:
         train: A built-in training set name, a ``.jsonl`` file, a ``datasets`` name / directory /
-            file, or a list of :class:`Example` or dicts (see :mod:`sts_lightning.sources`).
+            file, or a list of :class:`Example` or dicts (see :mod:`sts_lightning.data.sources`).
         train_size: Training rows (a seeded subset; built-in sets need it). ``None``: all.
         train_split: ``datasets`` split of ``train``.
         train_subset: ``datasets`` configuration name of ``train``.

@@ -13,7 +13,7 @@ Read top to bottom, in the order a run uses it:
    activations: fraction of variance unexplained (FVU), mean L0 and dead-latent fraction.
 
 sae-lens is imported inside the functions that need it: ``import sae_lens`` costs 6-7 s. Training
-lives in :mod:`sts_lightning.sae_training`.
+lives in :mod:`sts_lightning.model.sae_training`.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def _load_pretrained(sae: str, device: str | torch.device | None) -> Any:
             f"`sae`={sae!r} is not a local directory and could not be loaded as sae-lens release "
             f"{release!r}, id {sae_id!r}{offline if os.environ.get('HF_HUB_OFFLINE') else ''}: "
             f"{err}. Pass a directory written by `save_model`, or train one with "
-            "`sts_lightning.sae_training.train_sae`."
+            "`sts_lightning.model.sae_training.train_sae`."
         ) from err
 
 

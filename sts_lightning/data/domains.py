@@ -14,7 +14,7 @@ pure function of the item text (sorted by a salted SHA-256 within each MMLU subj
 halves have the same subject mix), independent of ``seed``: every run and every seed sees the
 same halves. ``seed`` only picks and orders the ``n`` items returned.
 
-Items are :class:`~sts_lightning.prompts.Example` pairs with an answer span: an MMLU question
+Items are :class:`~sts_lightning.data.prompts.Example` pairs with an answer span: an MMLU question
 with its four lettered choices → ``"The answer is B. <text of choice B>"``; a HumanEval
 signature and docstring → the canonical body (HumanEval's own completion format). The answer
 span lets callers measure loss on answers only; the embedded 135M model is at chance on MMLU
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sts_lightning.prompts import Example
+from sts_lightning.data.prompts import Example
 
 __all__ = [
     "DOMAINS",

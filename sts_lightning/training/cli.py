@@ -74,10 +74,13 @@ def parse_config(args: Sequence[str]) -> Any:
 
     Example:
         >>> cfg = parse_config(
-        ...     ["--model=sts_lightning.sft.SFTModule", "--data=sts_lightning.data.SFTDataModule"]
+        ...     [
+        ...         "--model=sts_lightning.training.sft.SFTModule",
+        ...         "--data=sts_lightning.data.modules.SFTDataModule",
+        ...     ]
         ... )
         >>> cfg.model.class_path, cfg.data.init_args.train
-        ('sts_lightning.sft.SFTModule', 'arithmetic')
+        ('sts_lightning.training.sft.SFTModule', 'arithmetic')
     """
     return build_cli(args, run=False, cli_class=_ParseOnlyCLI).config
 

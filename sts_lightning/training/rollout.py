@@ -6,12 +6,12 @@ Read top to bottom in the order the data flows through one GRPO step:
    left-pad them, so every completion starts at the same column.
 2. :func:`sample_completions`: ``G`` sampled completions per prompt with HF ``generate``; the
    completion mask keeps tokens up to and including the first EOS (TRL's convention).
-3. :func:`~sts_lightning.rewards.score_completions` (in :mod:`sts_lightning.rewards`): each
+3. :func:`~sts_lightning.training.rewards.score_completions`: each
    reward function called once on the whole rollout.
 4. :func:`completion_logps`: per-token log-probabilities of the completion tokens under a model
    (the policy with grad; the old policy and the reference without).
 
-No Lightning here: :class:`~sts_lightning.grpo.GRPOModule` strings these together.
+No Lightning here: :class:`~sts_lightning.training.grpo.GRPOModule` strings these together.
 """
 
 from __future__ import annotations

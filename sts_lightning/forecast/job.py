@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from sts_lightning.config import PredictConfig
-from sts_lightning.features import iter_span_activations
-from sts_lightning.prediction import Prediction
-from sts_lightning.prompts import Example, encode_example
-from sts_lightning.sae_training import SAETrainConfig
+from sts_lightning.data.prompts import Example, encode_example
+from sts_lightning.forecast.config import PredictConfig
+from sts_lightning.forecast.prediction import Prediction
+from sts_lightning.model.capture import iter_span_activations
+from sts_lightning.model.sae_training import SAETrainConfig
 
 __all__ = [
     "PredictJob",
@@ -151,18 +151,18 @@ def collect_activations(
 def resolve_sae(job: PredictJob, model, tokenizer, cache: Path | None = None):
     """The job's SAE: loaded from ``job.sae``, or trained on first use and cached."""
     if cache is None:
-        from sts_lightning.embedded import default_cache_dir
+        from sts_lightning.model.loading import default_cache_dir
 
         cache = Path(job.cache_dir) if job.cache_dir else default_cache_dir()
-    from sts_lightning.sae import load_sae
-    from sts_lightning.sae_training import train_sae
+    from sts_lightning.model.sae import load_sae
+    from sts_lightning.model.sae_training import train_sae
 
     if job.sae is not None:
         return load_sae(job.sae)
     layer = job.predict.layer
     if layer is None:
         raise ValueError("`predict.layer` must be set when `sae` is None (an SAE is trained)")
-    from sts_lightning.domains import DOMAINS, load_domain, load_training_set
+    from sts_lightning.data.domains import DOMAINS, load_domain, load_training_set
 
     cfg = job.sae_training
     max_norm = cfg.max_norm or job.predict.max_norm
@@ -230,9 +230,9 @@ def load_job(recipe: str | Path, *overrides: str) -> PredictJob:
 
 def run_predict(job: PredictJob) -> Prediction:
     """Load everything the job names, forecast, and write the outputs; returns the prediction."""
-    from sts_lightning.domains import load_domain, load_training_set
-    from sts_lightning.embedded import default_cache_dir, load_model_and_tokenizer
-    from sts_lightning.predict import predict
+    from sts_lightning.data.domains import load_domain, load_training_set
+    from sts_lightning.forecast.predict import predict
+    from sts_lightning.model.loading import default_cache_dir, load_model_and_tokenizer
 
     t0 = time.perf_counter()
     cache = Path(job.cache_dir) if job.cache_dir else default_cache_dir()
