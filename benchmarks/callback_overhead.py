@@ -18,8 +18,8 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 
 from sts_lightning.callbacks import STSCallback
 from sts_lightning.data.domains import load_training_set
-from sts_lightning.data.modules import SFTDataModule
 from sts_lightning.forecast.config import PredictConfig
+from sts_lightning.training.data import SFTDataModule
 from sts_lightning.training.sft import SFTModule
 
 DOMAINS = [

@@ -29,7 +29,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 import torch
 from safetensors.torch import load_file, save_file
 
-from sts_lightning.model.sae import keep_rows
+from sts_lightning.model.rows import keep_rows
 from sts_lightning.model.sae_training import SAETrainConfig, train_sae
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

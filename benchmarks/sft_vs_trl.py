@@ -100,7 +100,7 @@ def run_lightning(
 ) -> list[float]:
     from lightning.pytorch import Callback, Trainer, seed_everything
 
-    from sts_lightning.data.modules import SFTDataModule
+    from sts_lightning.training.data import SFTDataModule
     from sts_lightning.training.sft import SFTModule
 
     clock = _StepClock()

@@ -41,7 +41,8 @@ def positive(name: str, value: object, *, optional: bool = False) -> None:
         return
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
     if not ok:
-        raise ValueError(f"`{name}` must be > 0{' or None' if optional else ''}, got {value!r}")
+        extra = " or None" if optional else ""
+        raise ValueError(f"`{name}` must be a positive number{extra}, got {value!r}")
 
 
 def at_least(name: str, value: object, low: float, *, strict: bool = False) -> None:

@@ -244,7 +244,8 @@ def test_tracker_misuse(tiny_llama, tiny_tokenizer, tiny_sae):
         STSTracker(tiny_sae, TRAIN, DOMAINS, evaluator=3)
     with pytest.raises(RuntimeError, match=r"measure called before start\(\)"):
         STSTracker(tiny_sae, TRAIN, DOMAINS).measure(tiny_llama, tiny_tokenizer, step=1)
-    from sts_lightning.model.sae import encode, keep_rows
+    from sts_lightning.model.rows import keep_rows
+    from sts_lightning.model.sae import encode
 
     with pytest.raises(ValueError, match=r"`x` must have shape \(n_tokens, d_in=32\)"):
         encode(tiny_sae, torch.ones(2, 16))

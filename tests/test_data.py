@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from sts_lightning.data.batching import SFTCollator, resumable_loader, tokenize_sft
-from sts_lightning.data.modules import PromptDataModule, SFTDataModule
 from sts_lightning.data.prompts import Example
 from sts_lightning.data.sources import load_rows
+from sts_lightning.training.data import PromptDataModule, SFTDataModule
 
 EXAMPLES = [Example(f"What is {i} + 7?", f"The answer is {i + 7}.") for i in range(10)]
 

@@ -213,7 +213,7 @@ def test_keyboard_interrupt_mid_fit_leaves_a_usable_checkpoint(
     from lightning.pytorch import Callback, Trainer, seed_everything
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from sts_lightning.data.modules import SFTDataModule
+    from sts_lightning.training.data import SFTDataModule
     from sts_lightning.training.sft import SFTModule
 
     tiny_llama.save_pretrained(tmp_path / "model")

@@ -180,7 +180,7 @@ def test_num_iterations_reuse_each_rollout(tiny_llama, tiny_tokenizer):
 
 
 def test_validation_logs_the_mean_reward(tiny_llama, tiny_tokenizer):
-    from sts_lightning.data.modules import PromptDataModule
+    from sts_lightning.training.data import PromptDataModule
 
     data = PromptDataModule(PROMPTS, train_size=None, val_from_train=2, batch_size=2)
     module = make_module(tiny_llama, tiny_tokenizer)
@@ -192,7 +192,7 @@ def test_validation_logs_the_mean_reward(tiny_llama, tiny_tokenizer):
 
 
 def test_resume_reproduces_the_uninterrupted_curve(tiny_llama, tiny_tokenizer, tmp_path):
-    from sts_lightning.data.modules import PromptDataModule
+    from sts_lightning.training.data import PromptDataModule
 
     def data():  # 2 batches per epoch: the interruption falls mid-epoch
         return PromptDataModule(PROMPTS, train_size=None, batch_size=2, seed=3)
@@ -234,7 +234,7 @@ _DDP_SCRIPT = """
 import json, os, sys
 import lightning.pytorch as pl
 import torch
-from sts_lightning.data.modules import PromptDataModule
+from sts_lightning.training.data import PromptDataModule
 from sts_lightning.training.grpo import GRPOConfig, GRPOModule
 
 def even_token_reward(prompts, completions, completion_ids, **kwargs):
@@ -304,7 +304,7 @@ def test_recipes_parse(recipe):
 
     cfg = parse_config(["--config", str(recipe)])
     assert cfg.model.class_path == "sts_lightning.training.grpo.GRPOModule"
-    assert cfg.data.class_path == "sts_lightning.data.modules.PromptDataModule"
+    assert cfg.data.class_path == "sts_lightning.training.data.PromptDataModule"
 
 
 def test_gpu_recipe_runs_on_cpu_with_the_tiny_model(

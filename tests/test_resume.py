@@ -67,7 +67,7 @@ def _sts(sae):
 
 
 def test_sts_callback_resumed_equals_uninterrupted(tmp_path, tiny_dir, tiny_sae):
-    from sts_lightning.data.modules import SFTDataModule
+    from sts_lightning.training.data import SFTDataModule
     from sts_lightning.training.sft import SFTModule
 
     def run(callbacks, ckpt_path=None):
@@ -99,7 +99,7 @@ def test_sts_callback_resumed_equals_uninterrupted(tmp_path, tiny_dir, tiny_sae)
 
 
 def test_grpo_resumed_weights_equal_uninterrupted(tmp_path, tiny_llama, tiny_tokenizer):
-    from sts_lightning.data.modules import PromptDataModule
+    from sts_lightning.training.data import PromptDataModule
     from tests.test_grpo import PROMPTS, make_module
 
     def run(callbacks=(), ckpt_path=None):

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from sts_lightning.model.rows import keep_rows
 from sts_lightning.model.sae import (
     ReconstructionQuality,
     check_sae,
     encode,
     evaluate_sae,
-    keep_rows,
     load_sae,
     resid_post_hook,
     sae_d_in,

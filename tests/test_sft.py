@@ -14,8 +14,8 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from sts_lightning.data.modules import SFTDataModule
 from sts_lightning.data.prompts import Example
+from sts_lightning.training.data import SFTDataModule
 from sts_lightning.training.sft import LoraSettings, SFTModule, answer_nll
 
 # Memorisable: 12 distinct short answers the tiny model cannot know in advance.
@@ -205,7 +205,7 @@ _DDP_SCRIPT = textwrap.dedent(
     """
     import json, sys
     from lightning.pytorch import Trainer, seed_everything
-    from sts_lightning.data.modules import SFTDataModule
+    from sts_lightning.training.data import SFTDataModule
     from sts_lightning.data.prompts import Example
     from sts_lightning.training.sft import SFTModule
 

@@ -1,7 +1,7 @@
 """Prompt/answer rows from any training source: built-in sets, JSON lines, HF datasets, lists.
 
 Every source becomes a list of rows ``{"prompt": str, "answer": str, **other_columns}``, the
-common currency of :mod:`sts_lightning.data.modules` (SFT pairs and GRPO prompts alike).
+common currency of :mod:`sts_lightning.training.data` (SFT pairs and GRPO prompts alike).
 A source is:
 
 - a built-in training set name (:data:`~sts_lightning.data.domains.TRAINING_SETS`, e.g.

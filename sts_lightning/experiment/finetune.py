@@ -75,7 +75,7 @@ def finetune(
         dirpath=str(log_dir),
     )
     if ft.method == "sft":
-        from sts_lightning.data.modules import SFTDataModule
+        from sts_lightning.training.data import SFTDataModule
         from sts_lightning.training.sft import SFTModule
 
         module = SFTModule(
@@ -98,8 +98,8 @@ def finetune(
         )
         clip = 1.0
     else:
-        from sts_lightning.data.modules import PromptDataModule
         from sts_lightning.model.loading import load_model_and_tokenizer
+        from sts_lightning.training.data import PromptDataModule
         from sts_lightning.training.grpo import GRPOModule
         from sts_lightning.training.grpo_loss import GRPOConfig
 

@@ -22,7 +22,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-__all__ = ["count_rows", "decoder_layers", "iter_span_activations", "residual_stream"]
+__all__ = [
+    "count_rows",
+    "decoder_layers",
+    "iter_span_activations",
+    "model_width",
+    "residual_stream",
+]
 
 # Attribute paths to the decoder blocks, by family: Llama/Qwen2/Gemma2/Mistral, GPT-2, GPT-NeoX.
 _LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers")
@@ -52,6 +58,11 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
         f"`model` ({type(base).__name__}) has no decoder layers at any of {_LAYER_PATHS}; "
         "expected a Llama/Qwen2/Gemma2/Mistral, GPT-2 or GPT-NeoX causal LM"
     )
+
+
+def model_width(model: nn.Module) -> int:
+    """The residual-stream width ``d_model`` of a causal LM (from its input embedding)."""
+    return model.get_input_embeddings().weight.shape[1]
 
 
 class _StopForward(Exception):

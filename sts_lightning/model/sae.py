@@ -7,7 +7,8 @@ Read top to bottom, in the order a run uses it:
 2. :func:`sae_layer`, :func:`sae_d_in`, :func:`sae_d_sae` and :func:`check_sae` make sure it reads
    the residual stream *after* decoder layer ``L`` of *this* model (the reference code encoded the
    MLP output by mistake).
-3. :func:`keep_rows` drops the rare "massive activation" tokens before anything is encoded.
+3. :func:`~sts_lightning.model.rows.keep_rows` drops the rare "massive activation" tokens
+   before anything is encoded.
 4. :func:`encode` gives float32 latents ``(n_tokens, d_sae)``.
 5. :class:`ReconstructionQuality` / :func:`evaluate_sae` say whether the SAE is any good on our
    activations: fraction of variance unexplained (FVU), mean L0 and dead-latent fraction.
@@ -31,11 +32,12 @@ from torchmetrics import Metric
 __all__ = [
     "ReconstructionQuality",
     "check_sae",
+    "check_sae_fits",
     "encode",
     "evaluate_sae",
-    "keep_rows",
     "load_sae",
     "resid_post_hook",
+    "resolve_layer",
     "sae_d_in",
     "sae_d_sae",
     "sae_layer",
@@ -232,30 +234,28 @@ def check_sae(sae: Any, *, d_model: int, n_layers: int, layer: int) -> None:
         )
 
 
-def keep_rows(x: Tensor, max_norm: float) -> Tensor:
-    """Mask of token rows whose L2 norm is at most ``max_norm`` (and finite).
+def resolve_layer(sae: Any, layer: int | None) -> int:
+    """The decoder layer to capture: ``layer`` when given, else the one the SAE's hook names.
 
-    A few residual-stream tokens carry "massive activations": at layer 12 of SmolLM2-135M about
-    0.1 % of tokens (position 0 and a few others) have norms up to ~24,000 against a median of
-    ~140, and hold ~70 % of the variance. They wreck SAE training and dominate every per-latent
-    statistic, so SAE training, FVU and STS extraction all drop them (500 works at that layer).
-
-    Args:
-        x: Activations ``(..., d_model)``.
-        max_norm: Largest norm kept, ``> 0``.
-
-    Returns:
-        Bool mask ``(...)``: ``True`` = keep.
-
-    Example:
-        >>> keep_rows(torch.tensor([[3.0, 4.0], [300.0, 400.0], [float("nan"), 0.0]]), 100.0)
-        tensor([ True, False, False])
+    Raises:
+        ValueError: ``layer`` is ``None`` and the SAE's metadata names no hook layer.
     """
-    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm > 0:
-        raise ValueError(f"`max_norm` must be a positive number, got {max_norm!r}")
-    # Norms of ~24,000 overflow fp16 when squared; compute in float32 at least.
-    norms = torch.linalg.vector_norm(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1)
-    return norms <= max_norm  # NaN compares False: non-finite rows are dropped too
+    if layer is not None:
+        return layer
+    found = sae_layer(sae)
+    if found is None:
+        raise ValueError("`layer` is None and the SAE's metadata names no hook layer: set it")
+    return found
+
+
+def check_sae_fits(sae: Any, model: nn.Module, layer: int) -> None:
+    """Raise unless ``sae`` reads the residual stream after ``layer`` of ``model``.
+
+    :func:`check_sae` with the model's own width and depth (PEFT wrappers are unwrapped).
+    """
+    from sts_lightning.model.capture import decoder_layers, model_width
+
+    check_sae(sae, d_model=model_width(model), n_layers=len(decoder_layers(model)), layer=layer)
 
 
 def _param(sae: Any) -> Tensor | None:
@@ -369,7 +369,8 @@ class ReconstructionQuality(Metric):
 def evaluate_sae(sae: Any, x: Tensor, *, batch_size: int = 4096) -> dict[str, float]:
     """FVU, mean L0 and dead-latent fraction of ``sae`` on activation rows ``x`` ``(n, d_in)``.
 
-    Rows are passed as they are: filter them with :func:`keep_rows` first, as for training.
+    Rows are passed as they are: filter them with :func:`~sts_lightning.model.rows.keep_rows`
+    first, as for training.
     """
     quality = ReconstructionQuality(sae_d_in(sae), sae_d_sae(sae))
     param = _param(sae)

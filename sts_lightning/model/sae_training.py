@@ -5,8 +5,8 @@ Read top to bottom, the data flows as :func:`train_sae` runs it:
 1. Look the config up in the cache (``cache_dir/<name>-<hash of cache_key + config>``); a hit
    returns without touching ``activations`` (a lazy generator is never run).
 2. Gather the rows ``(n, d_in)``, drop non-finite and massive-activation rows
-   (:func:`~sts_lightning.model.sae.keep_rows`), shuffle them with the seed (the trainer expects iid
-   batches) and hold out rows for FVU logging.
+   (:func:`~sts_lightning.model.rows.keep_rows`), shuffle them with the seed (the trainer expects
+   iid batches) and hold out rows for FVU logging.
 3. Pre-scale the training rows to mean norm √d_in. sae-lens can do this itself
    (``normalize_activations="expected_average_only_in"``) but folds the scale in only at the end
    of ``fit()``, so evaluation during training would see the wrong scale.
@@ -36,11 +36,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from sts_lightning.model.rows import keep_rows
 from sts_lightning.model.sae import (
     _CFG_FILE,
     _WEIGHTS_FILE,
     evaluate_sae,
-    keep_rows,
     load_sae,
     resid_post_hook,
 )

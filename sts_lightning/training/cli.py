@@ -76,7 +76,7 @@ def parse_config(args: Sequence[str]) -> Any:
         >>> cfg = parse_config(
         ...     [
         ...         "--model=sts_lightning.training.sft.SFTModule",
-        ...         "--data=sts_lightning.data.modules.SFTDataModule",
+        ...         "--data=sts_lightning.training.data.SFTDataModule",
         ...     ]
         ... )
         >>> cfg.model.class_path, cfg.data.init_args.train

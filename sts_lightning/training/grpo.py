@@ -68,7 +68,7 @@ class GRPOModule(LightningModule):
 
     Batches are dicts of lists with a ``"prompt"`` key (the user turn) and any other columns,
     which reach the reward functions by name
-    (:class:`~sts_lightning.data.modules.PromptDataModule`).
+    (:class:`~sts_lightning.training.data.PromptDataModule`).
 
     Args:
         model: A checkpoint (``"embedded:smollm2"``, a directory, a hub id) or a loaded HF

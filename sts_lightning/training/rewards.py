@@ -106,7 +106,7 @@ def accuracy_reward(
     matches ``"19"`` and a GSM8K solution ``"… #### 19"``) and are compared exactly. When the
     batch carries a ``task`` column naming a built-in training set
     (:data:`~sts_lightning.data.domains.TRAINING_SETS`, as
-    :class:`~sts_lightning.data.modules.PromptDataModule` adds), that task's reasoning-gym checker
+    :class:`~sts_lightning.training.data.PromptDataModule` adds), that task's reasoning-gym checker
     decides
     (:func:`~sts_lightning.data.domains.score_training_answer`, on the extracted number, or on the
     completion without trailing punctuation for non-numeric answers such as ``"Yes"``); only a

@@ -2,11 +2,10 @@
 
 The loss is the mean negative log-likelihood of the *answer* tokens only: batches carry
 ``labels`` equal to ``input_ids`` on answer tokens and ``-100`` everywhere else (prompt, chat
-template, padding), as :class:`~sts_lightning.data.modules.SFTDataModule` builds them. Logits are
+template, padding), as :class:`~sts_lightning.training.data.SFTDataModule` builds them. Logits are
 computed only at the positions whose next token is labelled (the model's own ``logits_to_keep``
 with a boolean mask): on short answers this skips most of the vocabulary projection, which
-dominates the
-cost of a small model on CPU.
+dominates the cost of a small model on CPU.
 
 The HF model is loaded lazily (:meth:`SFTModule.configure_model`, or the first access to
 :attr:`SFTModule.model` / :attr:`SFTModule.tokenizer`): building the module from a recipe reads
