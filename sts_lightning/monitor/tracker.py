@@ -138,6 +138,8 @@ class STSTracker:
         self.probe: dict[str, Any] | None = None  # ids, spans, base rows
         self.base_scores: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
+        self.last_shift: Tensor | None = None
+        """Δ_real ``(d_sae,)`` of the latest :meth:`measure` (not checkpointed)."""
         self._eval_sets: dict | None = None
 
     # ---------------------------------------------------------------- start (step 0)
@@ -246,7 +248,7 @@ class STSTracker:
         if self.prediction is None or self.probe is None:
             raise RuntimeError("STSTracker.measure called before start()")
         pred, k = self.prediction, len(self.prediction.top_latents)
-        real = self.realised_shift(model, tokenizer)
+        real = self.last_shift = self.realised_shift(model, tokenizer)
         real_top = F.top_shifted(real, k)
         out = {
             f"sts/shift/overlap@{k}": float(F.overlap_at_k(pred.top_latents, real_top)),
