@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sts_lightning.model import loading as embedded
+from sts_lightning.model import embedded, loading
 
 
 @pytest.fixture
@@ -34,13 +34,13 @@ def fake_builder(monkeypatch, tiny_llama, tiny_tokenizer):
     """Replace the real rebuild by saving the tiny Llama; records every call."""
     calls: list[Path] = []
 
-    def build(source, out_dir):
+    def build(gguf_path, out_dir):
         calls.append(Path(out_dir))
         tiny_llama.save_pretrained(out_dir)
         tiny_tokenizer.save_pretrained(out_dir)
         return {"logits_max_abs_diff": 0.0}
 
-    monkeypatch.setattr(embedded, "_build_smollm2", build)
+    monkeypatch.setattr(embedded, "rebuild_smollm2", build)
     return calls
 
 
@@ -98,11 +98,11 @@ def test_outdated_marker_triggers_rebuild(tmp_path, monkeypatch, fake_source, fa
 
 
 def test_failed_build_leaves_nothing(tmp_path, monkeypatch, fake_source):
-    def broken(source, out_dir):
+    def broken(gguf_path, out_dir):
         (Path(out_dir) / "model.safetensors").write_bytes(b"half")
         raise RuntimeError("logits differ")
 
-    monkeypatch.setattr(embedded, "_build_smollm2", broken)
+    monkeypatch.setattr(embedded, "rebuild_smollm2", broken)
     root = tmp_path / "cache"
     with pytest.raises(RuntimeError, match="logits differ"):
         embedded.smollm2_dir(root)
@@ -113,24 +113,24 @@ def test_lost_race_keeps_the_winner(tmp_path, monkeypatch, fake_source, tiny_lla
     root = tmp_path / "cache"
     target = root / "smollm2-135m-instruct"
 
-    def build_while_another_process_finishes(source, out_dir):
+    def build_while_another_process_finishes(gguf_path, out_dir):
         tiny_llama.save_pretrained(out_dir)
         tiny_tokenizer.save_pretrained(out_dir)
         # The other process installs its complete build while ours is still running.
         target.mkdir()
         (target / "winner").write_text("")
-        (target / "sts_build.json").write_text(json.dumps({"source": source.fingerprint()}))
+        (target / "sts_build.json").write_text(json.dumps({"source": fake_source.fingerprint()}))
         return {}
 
-    monkeypatch.setattr(embedded, "_build_smollm2", build_while_another_process_finishes)
+    monkeypatch.setattr(embedded, "rebuild_smollm2", build_while_another_process_finishes)
     assert embedded.smollm2_dir(root) == target
     assert (target / "winner").exists()
     assert [p.name for p in root.iterdir()] == ["smollm2-135m-instruct"]
 
 
 def test_alias_loads_in_eval_mode(tmp_path, fake_source, fake_builder, tiny_llama):
-    model, tokenizer = embedded.load_model_and_tokenizer(
-        embedded.DEFAULT_MODEL, cache_dir=tmp_path / "cache", dtype="bf16"
+    model, tokenizer = loading.load_model_and_tokenizer(
+        loading.DEFAULT_MODEL, cache_dir=tmp_path / "cache", dtype="bf16"
     )
     assert not model.training
     assert model.dtype == torch.bfloat16
@@ -139,30 +139,30 @@ def test_alias_loads_in_eval_mode(tmp_path, fake_source, fake_builder, tiny_llam
 
 
 def test_resolve_passes_other_names_through(tmp_path):
-    assert embedded.resolve_model("org/model") == "org/model"
-    assert embedded.resolve_model(tmp_path) == os.fspath(tmp_path)
+    assert loading.resolve_model("org/model") == "org/model"
+    assert loading.resolve_model(tmp_path) == os.fspath(tmp_path)
 
 
 def test_unknown_alias_lists_known():
     with pytest.raises(ValueError, match=r"`model`.*embedded:smollm2.*embedded:nope"):
-        embedded.resolve_model("embedded:nope")
+        loading.resolve_model("embedded:nope")
 
 
 def test_bad_dtype_names_argument():
     with pytest.raises(ValueError, match="`dtype`"):
-        embedded.load_model_and_tokenizer("embedded:smollm2", dtype="float8")
+        loading.load_model_and_tokenizer("embedded:smollm2", dtype="float8")
 
 
 def test_unknown_hub_id_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match=r"`model`='sts-lightning-test/no-such-model'.*offline"):
-        embedded.load_model_and_tokenizer("sts-lightning-test/no-such-model")
+        loading.load_model_and_tokenizer("sts-lightning-test/no-such-model")
 
 
 def test_local_directory_loads_without_hub(tmp_path, tiny_llama, tiny_tokenizer):
     tiny_llama.save_pretrained(tmp_path)
     tiny_tokenizer.save_pretrained(tmp_path)
-    model, tokenizer = embedded.load_model_and_tokenizer(tmp_path)
+    model, tokenizer = loading.load_model_and_tokenizer(tmp_path)
     assert not model.training and model.dtype == torch.float32
     assert tokenizer.pad_token == "<|endoftext|>"
 
@@ -184,7 +184,7 @@ def test_rebuilt_smollm2_matches_gguf(tmp_path_factory):
     from transformers import AutoModelForCausalLM
 
     root = tmp_path_factory.mktemp("sts-cache")
-    model, tokenizer = embedded.load_model_and_tokenizer(embedded.DEFAULT_MODEL, cache_dir=root)
+    model, tokenizer = loading.load_model_and_tokenizer(loading.DEFAULT_MODEL, cache_dir=root)
     assert getattr(model.config, "quantization_config", None) is None
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     assert tokenizer.pad_token == "<|endoftext|>" != tokenizer.eos_token
@@ -212,3 +212,10 @@ def test_rebuilt_smollm2_matches_gguf(tmp_path_factory):
     # A real language model (measured ≈ 12.9 on this 92-token paragraph), not random weights
     # (vocab 49,152 → perplexity ~5e4) nor a broken tokenizer.
     assert 4.0 < rebuilt.loss.exp().item() < 25.0
+
+
+def test_loading_keeps_the_cache_names():
+    """Callers import the cache helpers from ``loading``; they are the embedded module's own."""
+    assert loading.default_cache_dir is embedded.default_cache_dir
+    assert loading.smollm2_dir is embedded.smollm2_dir
+    assert loading.EMBEDDED_MODELS["smollm2"] is embedded.smollm2_dir
