@@ -1,4 +1,4 @@
-"""Tests for sts_lightning.model.sae: loading, checks, encoding, reconstruction quality."""
+"""Tests for the SAE: loading, checks, encoding, reconstruction quality (``model/sae*.py``)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from sts_lightning.model import sae as sae_facade
 from sts_lightning.model.rows import keep_rows
-from sts_lightning.model.sae import (
-    ReconstructionQuality,
-    check_sae,
-    encode,
-    evaluate_sae,
-    load_sae,
-    resid_post_hook,
-    sae_d_in,
-    sae_d_sae,
-    sae_layer,
-)
+from sts_lightning.model.sae import check_sae, resid_post_hook, sae_layer
+from sts_lightning.model.sae_encode import encode, sae_d_in, sae_d_sae
+from sts_lightning.model.sae_load import load_sae
+from sts_lightning.model.sae_quality import ReconstructionQuality, evaluate_sae
 
 D_IN, D_SAE, K = 16, 64, 4
 
@@ -209,3 +203,11 @@ def test_evaluate_sae_matches_dense_numpy(sae_dir):
     got = evaluate_sae(sae, x, batch_size=100)
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, rel=1e-5), key
+
+
+def test_sae_module_keeps_every_public_name():
+    """Callers import all SAE helpers from ``sts_lightning.model.sae``; the split keeps that."""
+    moved = {"load_sae": load_sae, "encode": encode, "sae_d_in": sae_d_in, "sae_d_sae": sae_d_sae}
+    moved |= {"ReconstructionQuality": ReconstructionQuality, "evaluate_sae": evaluate_sae}
+    assert all(getattr(sae_facade, name) is obj for name, obj in moved.items())
+    assert set(moved) <= set(sae_facade.__all__)

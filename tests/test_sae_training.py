@@ -1,4 +1,4 @@
-"""Tests for sts_lightning.model.sae_training: scale folding, training, the on-disk cache."""
+"""Tests for SAE training (``model/sae_training.py`` and its parts): scale folding, the cache."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import logging
 import pytest
 import torch
 
-from sts_lightning.model.sae import evaluate_sae, load_sae, sae_layer
-from sts_lightning.model.sae_training import (
-    SAETrainConfig,
-    _prepare_rows,
-    sae_cache_path,
-    train_sae,
-)
+from sts_lightning.model.sae import sae_layer
+from sts_lightning.model.sae_cache import sae_cache_path
+from sts_lightning.model.sae_config import SAETrainConfig
+from sts_lightning.model.sae_fit import prepare_rows
+from sts_lightning.model.sae_load import load_sae
+from sts_lightning.model.sae_quality import evaluate_sae
+from sts_lightning.model.sae_training import train_sae
 
 D_IN, D_SAE, K = 16, 64, 4
 N_ROWS = 1200
@@ -177,7 +177,7 @@ def test_prepare_rows_drops_massive_shuffles_and_scales(sparse_rows, caplog):
     rows[::100] *= 1000  # 12 massive-activation rows
     cfg = _cfg(max_norm=100.0)
     with caplog.at_level(logging.INFO, logger="sts_lightning"):
-        train_rows, eval_rows, scale = _prepare_rows(rows.split(256), cfg, D_IN)
+        train_rows, eval_rows, scale = prepare_rows(rows.split(256), cfg, D_IN)
     assert "dropped 12" in caplog.text
     assert train_rows.shape[0] + eval_rows.shape[0] == N_ROWS - 12 and eval_rows.shape[0] == 100
     assert train_rows.norm(dim=1).mean() == pytest.approx(D_IN**0.5, rel=1e-5)
