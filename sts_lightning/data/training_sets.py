@@ -1,0 +1,157 @@
+"""Source training sets: procedural reasoning-gym tasks with short, checkable final answers.
+
+:data:`TRAINING_SETS` names them; :func:`load_training_set` draws ``n`` distinct examples and
+:func:`score_training_answer` is reasoning-gym's reward for a completion. reasoning-gym is
+imported inside the functions that need it (~1 s of imports).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sts_lightning.config import positive_int
+from sts_lightning.data.prompts import Example
+
+__all__ = ["TRAINING_SETS", "TrainingTask", "load_training_set", "score_training_answer"]
+
+
+@dataclass(frozen=True)
+class TrainingTask:
+    """A reasoning-gym generator and the settings that make it a source training set."""
+
+    dataset: str
+    """The reasoning-gym dataset name (``reasoning_gym.create_dataset(dataset, ...)``)."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the dataset's config (field names from reasoning-gym's source)."""
+    instruction: str = ""
+    """Appended to every question, e.g. to ask for a bare final answer."""
+    drop_answers: tuple[str, ...] = ()
+    """Oracle answers whose items are skipped (known-wrong labels in the generator)."""
+    description: str = ""
+    """One line for listings and logs."""
+
+
+TRAINING_SETS: dict[str, TrainingTask] = {
+    # The default difficulty (2-6 terms, up to 4 digits) is far beyond a 135M model; at 2-3 terms
+    # and <= 2 digits full fine-tuning lifts exact match from 0 % to ~37 % in 40 steps.
+    "arithmetic": TrainingTask(
+        dataset="basic_arithmetic",
+        config={"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2},
+        instruction=" Give only the final answer.",
+        description="integer arithmetic, 2-3 terms of <= 2 digits (maths, STEM)",
+    ),
+    # reasoning-gym 0.1.25 labels in-law questions backwards ("What is Susan to Samuel?" ->
+    # "father-in-law" when Susan is Samuel's daughter-in-law): drop them. Above 8 people its
+    # niece/nephew answers take the wrong person's gender, so keep families at <= 8.
+    "family": TrainingTask(
+        dataset="family_relationships",
+        config={"min_family_size": 4, "max_family_size": 8},
+        drop_answers=("mother-in-law", "father-in-law"),
+        description="kinship questions about a short family story, one-word answer (verbal)",
+    ),
+    "syllogism": TrainingTask(
+        dataset="syllogism",
+        description="does a categorical conclusion follow from two premises? Yes/No (logic)",
+    ),
+}
+"""Source training sets by name. Answers are reasoning-gym's oracle answers (a bare number, one
+word, ``Yes``/``No``), so ``score_answer(example.answer) == 1``."""
+
+
+def _task(name: str) -> TrainingTask:
+    if name not in TRAINING_SETS:
+        raise ValueError(
+            f"`name` must be one of the training sets {list(TRAINING_SETS)}, got {name!r}"
+        )
+    return TRAINING_SETS[name]
+
+
+def _generator_seed(name: str, seed: int) -> int:
+    # reasoning-gym draws item i from Random(seed + i): seeds 0 and 1 would share all but one
+    # item. A hashed 64-bit base keeps sets of different seeds (e.g. train vs eval) disjoint.
+    digest = hashlib.sha256(f"{name}\x00{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def load_training_set(
+    name: str, n: int, seed: int = 0, *, exclude: Iterable[Example] = ()
+) -> list[Example]:
+    """``n`` distinct training pairs from a procedural source task.
+
+    Args:
+        name: One of :data:`TRAINING_SETS` (``"arithmetic"``, ``"family"``, ``"syllogism"``).
+        n: Number of examples (distinct prompts).
+        seed: Generator seed. Each seed draws an independent stream, but small tasks repeat
+            prompts by chance (2,000 ``"arithmetic"`` prompts of seed 0 contain ~7 % of seed
+            1's): pass the training examples as ``exclude`` when drawing an evaluation set.
+        exclude: Examples whose prompts must not be returned.
+
+    Returns:
+        Examples with the question (plus the task's instruction) and the oracle answer.
+
+    Example:
+        >>> examples = load_training_set("arithmetic", 3, seed=0)
+        >>> len(examples), examples[0].prompt.startswith("Calculate ")
+        (3, True)
+    """
+    task = _task(name)
+    positive_int("n", n)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"`seed` must be an int, got {seed!r}")
+    import reasoning_gym  # lazy: ~1 s of imports, only needed here
+
+    excluded = {ex.prompt for ex in exclude}
+    # Small tasks repeat prompts (there are few 2-term sums); draw spares and keep the first n.
+    budget = 4 * n + 2 * len(excluded) + 100
+    dataset = reasoning_gym.create_dataset(
+        task.dataset, size=budget, seed=_generator_seed(name, seed), **task.config
+    )
+    examples: dict[str, Example] = {}
+    for i in range(budget):
+        entry = dataset[i]
+        if entry["answer"] in task.drop_answers:
+            continue
+        prompt = entry["question"] + task.instruction
+        if prompt in excluded:
+            continue
+        examples.setdefault(prompt, Example(prompt=prompt, answer=str(entry["answer"])))
+        if len(examples) == n:
+            return list(examples.values())
+    raise ValueError(
+        f"`n`={n} is more than the {len(examples)} distinct prompts training set {name!r} "
+        f"produced in {budget} draws"
+    )
+
+
+@functools.cache
+def _scorer(dataset: str) -> Any:
+    import reasoning_gym
+
+    return reasoning_gym.get_score_answer_fn(dataset)
+
+
+def score_training_answer(name: str, completion: str | None, example: Example) -> float:
+    """reasoning-gym's reward in ``[0, 1]`` for ``completion`` as an answer to ``example``.
+
+    Args:
+        name: The training set the example comes from.
+        completion: The model's final answer (already extracted, e.g. ``"19"``).
+        example: The example, whose ``answer`` is the oracle answer.
+
+    Returns:
+        1.0 for a correct answer; reasoning-gym's partial credit otherwise (for these tasks a
+        completion that contains the answer among other text scores ``len(answer)/len(text)``).
+
+    Example:
+        >>> ex = Example(prompt="Calculate 2 + 3. Give only the final answer.", answer="5")
+        >>> [round(score_training_answer("arithmetic", a, ex), 3) for a in ("5", "6", "It is 5")]
+        [1.0, 0.0, 0.143]
+    """
+    # These tasks' checkers read only entry["answer"]; the metadata is not needed to score.
+    return float(
+        _scorer(_task(name).dataset)(completion, {"answer": example.answer, "metadata": {}})
+    )
