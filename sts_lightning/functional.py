@@ -58,9 +58,8 @@ def _check_rows(name: str, x: Tensor, d_sae: int | None = None) -> Tensor:
     return x.to(_compute_dtype(x.dtype))
 
 
-def _check_pair(base: Tensor, shifted: Tensor, shifted_name: str) -> tuple[Tensor, Tensor]:
-    base = _check_rows("base", base)
-    shifted = _check_rows(shifted_name, shifted)
+def _match_pair(base: Tensor, shifted: Tensor, shifted_name: str) -> tuple[Tensor, Tensor]:
+    """Check two views ``(n_tokens, d_sae)`` are the same rows; return both in one dtype."""
     if base.shape != shifted.shape:
         raise ValueError(
             f"`base` and `{shifted_name}` must be the same token rows with matching shapes "
@@ -68,6 +67,12 @@ def _check_pair(base: Tensor, shifted: Tensor, shifted_name: str) -> tuple[Tenso
         )
     dtype = torch.promote_types(base.dtype, shifted.dtype)
     return base.to(dtype), shifted.to(dtype)
+
+
+def _check_pair(base: Tensor, shifted: Tensor, shifted_name: str) -> tuple[Tensor, Tensor]:
+    base = _check_rows("base", base)
+    shifted = _check_rows(shifted_name, shifted)
+    return _match_pair(base, shifted, shifted_name)
 
 
 def _check_latents(latents: Tensor | Iterable[int], d_sae: int) -> Tensor:
@@ -87,6 +92,14 @@ def _check_latents(latents: Tensor | Iterable[int], d_sae: int) -> Tensor:
     if latents.unique().numel() != latents.numel():
         raise ValueError("`latents` must not repeat an index: D is a set of latents")
     return latents.long()
+
+
+def _check_shift(shift: Tensor, d_sae: int) -> None:
+    """Validate a signed per-latent shift δ: a finite floating ``(d_sae,)`` tensor."""
+    if not isinstance(shift, Tensor) or shift.shape != (d_sae,):
+        raise ValueError(f"`shift` must have shape (d_sae,) = ({d_sae},)")
+    if not shift.is_floating_point() or not torch.isfinite(shift).all():
+        raise ValueError("`shift` must be a finite floating tensor")
 
 
 def feature_shift(base: Tensor, shifted: Tensor) -> Tensor:
@@ -196,11 +209,11 @@ def sts_notebook(features: Tensor, latents: Tensor | Iterable[int]) -> Tensor:
     results can be compared with the reference notebook.
 
     Args:
-        features: The domain's latents, ``(n_tokens, d_sae)``.
-        latents: The shifted set D, ``(k,)`` indices.
+        features: The domain's latents h, ``(n_tokens, d_sae)``, squared token by token.
+        latents: The shifted set D, ``(k,)`` indices, averaged over (not summed).
 
     Returns:
-        Scalar tensor.
+        Scalar tensor: the mean second moment of D's latents.
 
     Example:
         >>> sts_notebook(torch.tensor([[1.0, 2.0], [3.0, 0.0]]), [0, 1])
@@ -234,10 +247,7 @@ def sts_signed(features: Tensor, shift: Tensor, latents: Tensor | Iterable[int])
         tensor(-1.5000)
     """
     features = _check_rows("features", features)
-    if not isinstance(shift, Tensor) or shift.shape != (features.shape[1],):
-        raise ValueError(f"`shift` must have shape (d_sae,) = ({features.shape[1]},)")
-    if not shift.is_floating_point() or not torch.isfinite(shift).all():
-        raise ValueError("`shift` must be a finite floating tensor")
+    _check_shift(shift, features.shape[1])
     latents = _check_latents(latents, features.shape[1])
     shift = shift.to(torch.promote_types(shift.dtype, features.dtype))
     return (features[:, latents].to(shift.dtype) @ shift[latents]).mean()

@@ -12,6 +12,8 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from sts_lightning.config import positive_int
+
 __all__ = ["TransferabilityCorrelation", "bootstrap_pearson_ci"]
 
 _KEYS = (
@@ -108,8 +110,7 @@ class TransferabilityCorrelation(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 1:
-            raise ValueError(f"`n_bootstrap` must be a positive int, got {n_bootstrap!r}")
+        positive_int("n_bootstrap", n_bootstrap)
         if not 0.0 < confidence < 1.0:
             raise ValueError(f"`confidence` must lie in (0, 1), got {confidence!r}")
         self.absolute = absolute

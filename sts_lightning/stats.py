@@ -28,6 +28,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from sts_lightning import functional as F
+from sts_lightning.config import positive_int
 
 __all__ = ["LatentMoments", "PairedShift"]
 
@@ -42,8 +43,7 @@ class _LatentSums(Metric):
 
     def __init__(self, d_sae: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if isinstance(d_sae, bool) or not isinstance(d_sae, int) or d_sae < 1:
-            raise ValueError(f"`d_sae` must be a positive int, got {d_sae!r}")
+        positive_int("d_sae", d_sae)
         self.d_sae = d_sae
         self.add_state("n_tokens", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         for name in self._sum_states:
@@ -196,10 +196,7 @@ class LatentMoments(_LatentSums):
     def sts_signed(self, shift: Tensor, latents: Tensor | Iterable[int]) -> Tensor:
         """Equals :func:`~sts_lightning.functional.sts_signed` on all rows seen."""
         latents = F._check_latents(latents, self.d_sae)
-        if not isinstance(shift, Tensor) or shift.shape != (self.d_sae,):
-            raise ValueError(f"`shift` must have shape (d_sae,) = ({self.d_sae},)")
-        if not shift.is_floating_point() or not torch.isfinite(shift).all():
-            raise ValueError("`shift` must be a finite floating tensor")
+        F._check_shift(shift, self.d_sae)
         return (self._vector("mean")[latents] * shift[latents].double()).sum()
 
 
@@ -221,15 +218,10 @@ class PairedShift(_LatentSums):
 
     def update(self, base: Tensor, shifted: Tensor) -> None:
         """Add paired rows: ``base`` and ``shifted`` are the same tokens, ``(n_tokens, d_sae)``."""
-        base = self._rows("base", base)
-        shifted = self._rows("shifted", shifted)
-        if base.shape != shifted.shape:
-            raise ValueError(
-                "`base` and `shifted` must be the same token rows with matching shapes "
-                f"(n_tokens, d_sae), got {tuple(base.shape)} and {tuple(shifted.shape)}"
-            )
-        dtype = torch.promote_types(base.dtype, shifted.dtype)
-        diff = torch.sub(shifted.to(dtype), base.to(dtype), out=self._scratch_like(base.to(dtype)))
+        base, shifted = F._match_pair(
+            self._rows("base", base), self._rows("shifted", shifted), "shifted"
+        )
+        diff = torch.sub(shifted, base, out=self._scratch_like(base))
         total, total_sq = self._sums(diff, square_in_place=True)
         self._add("base/shifted", diff.shape[0], total, total_sq)
 
