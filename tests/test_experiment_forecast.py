@@ -57,15 +57,18 @@ def test_paper_modes_equal_predict(forecast, tiny_llama, tiny_tokenizer, tiny_sa
     pred = to_prediction(domains, task, scores, layer=1, k=CFG.k, max_norm=1e4, config=CFG)
     assert torch.equal(pred.top_latents, reference.top_latents)
     assert torch.allclose(pred.domain_means["law"], reference.domain_means["law"], atol=1e-6)
+    got, want = pred.to_dict(), reference.to_dict()
+    got.pop("timings"), want.pop("timings")
+    assert got == want  # one assembly: with the same threshold, predict's forecast to the bit
 
 
 def test_raw_and_similarity_baselines_match_numpy(forecast):
     _, domains, task = forecast
     scores = score_domains(domains, task, k=CFG.k, raw_k=5)
-    raw_delta = task.raw_shift.feature_shift().numpy()
+    raw_delta = task.stats.raw_shift.feature_shift().numpy()
     raw_top = np.argsort(-raw_delta, kind="stable")[:5]
-    task_sae = task.moments.compute()["mean"].numpy()
-    task_raw = task.raw_moments.compute()["mean"].numpy()
+    task_sae = task.stats.moments.compute()["mean"].numpy()
+    task_raw = task.stats.raw_moments.compute()["mean"].numpy()
     for name, d in domains.items():
         mean_raw = d.raw_moments.compute()["mean"].numpy()
         assert scores[name]["raw_act"] == pytest.approx(mean_raw[raw_top].sum(), rel=1e-6)
@@ -81,9 +84,9 @@ def test_raw_and_similarity_baselines_match_numpy(forecast):
 def test_contrast_is_the_difference_of_two_shifts_on_the_same_queries(forecast):
     f, domains, task = forecast
     # Same queries → same number of paired rows (up to massive-activation drops, none here).
-    assert int(task.contrast.n_tokens) == int(task.shift.n_tokens)
+    assert int(task.contrast.n_tokens) == int(task.stats.shift.n_tokens)
     diff = contrast_shift(task)
-    expected = task.shift.feature_shift() - task.contrast.feature_shift()
+    expected = task.stats.shift.feature_shift() - task.contrast.feature_shift()
     assert torch.allclose(diff, expected.float())
     top_c = F.top_shifted(diff, k=CFG.k)
     scores = score_domains(domains, task, k=CFG.k, raw_k=5)

@@ -1,7 +1,8 @@
 """Every forecast the experiment compares, from one set of forward passes per stage.
 
-The paper's STS (:mod:`sts_lightning.forecast.predict`) plus what it is judged against, on the same
-token rows (layer L residual stream, massive activations dropped):
+The paper's STS (:mod:`sts_lightning.forecast.predict`'s task and domain steps) plus what it is
+judged against, filled from the same token rows (layer L residual stream, massive activations
+dropped by the engine's one row filter):
 
 - **domains** (once; independent of the source task): SAE latent moments and in-domain ICL
   shift (STS_act, notebook, signed, STS_ICL), and the same on the raw residual neurons;
@@ -23,9 +24,14 @@ from torch import Tensor
 from sts_lightning import functional as F
 from sts_lightning.data.prompts import Example
 from sts_lightning.forecast.config import PredictConfig
-from sts_lightning.forecast.predict import _check_examples, _Extractor, _select, model_width
-from sts_lightning.forecast.prediction import DomainScore, Prediction
-from sts_lightning.model.sae import ReconstructionQuality, sae_d_sae
+from sts_lightning.forecast.engine import LOCAL, Extractor, Statistics, check_examples
+from sts_lightning.forecast.predict import (
+    assemble_prediction,
+    domain_statistics,
+    paper_scores,
+    task_statistics,
+)
+from sts_lightning.forecast.prediction import Prediction
 from sts_lightning.stats import LatentMoments, PairedShift
 
 __all__ = ["DomainStats", "Forecaster", "TaskForecast", "score_domains", "to_prediction"]
@@ -34,43 +40,20 @@ SAE_MODES = ("act", "icl", "notebook", "signed")
 CONTRAST_MODES = ("act_contrast", "icl_contrast")
 BASELINES = ("raw_act", "raw_icl", "repsim_sae", "repsim_resid")
 
-_LOCAL = {"sync_on_compute": False}  # every process computes the whole forecast
-
-
-@dataclass
-class DomainStats:
-    """Streaming statistics of one domain's scored tokens."""
-
-    moments: LatentMoments
-    """SAE latent moments (STS_act, notebook, signed)."""
-    raw_moments: LatentMoments
-    """Residual-neuron moments (raw baseline, representation similarity)."""
-    shift: PairedShift | None
-    """SAE shift under in-domain demonstrations (STS_ICL); ``None`` when ``domain_demos`` is 0."""
-    raw_shift: PairedShift | None
-    """The same on the raw neurons."""
-    counts: dict[str, int]
-    """``n_tokens``, ``n_dropped``, ``n_examples``."""
+DomainStats = Statistics
+"""A domain's statistics: ``moments``/``shift`` (SAE), ``raw_moments``/``raw_shift`` (residual
+neurons; ``shift``s are ``None`` when ``domain_demos`` is 0) and ``counts``."""
 
 
 @dataclass
 class TaskForecast:
     """Statistics of one source task's queries, for one seed of demonstrations."""
 
-    shift: PairedShift
-    """SAE shift under task demonstrations: the paper's Δ."""
-    raw_shift: PairedShift
-    """Raw-neuron shift under the same demonstrations."""
+    stats: Statistics
+    """From the task pass: ``shift`` (the paper's Δ), ``raw_shift``, ``moments`` and
+    ``raw_moments`` of the plain queries (similarity controls), ``quality`` and ``counts``."""
     contrast: PairedShift | None
     """SAE shift under as many unrelated demonstrations; ``None`` without a contrast pool."""
-    moments: LatentMoments
-    """SAE latent moments of the plain queries (similarity control)."""
-    raw_moments: LatentMoments
-    """Residual moments of the plain queries."""
-    quality: dict[str, float]
-    """SAE FVU, L0 and dead fraction on the plain query rows."""
-    counts: dict[str, int]
-    """``n_tokens``, ``n_dropped``, ``n_examples`` of the task pass."""
 
 
 class Forecaster:
@@ -85,50 +68,42 @@ class Forecaster:
     """
 
     def __init__(self, model, tokenizer, sae, layer: int, config: PredictConfig) -> None:
-        self.model, self.tokenizer, self.sae, self.layer = model, tokenizer, sae, layer
-        self.config, self.d_sae = config, sae_d_sae(sae)
-        self.d_model = model_width(model)
-        self.extractor = _Extractor(model, sae, tokenizer, layer, config)
+        self.config = config
+        self.extractor = Extractor(model, sae, tokenizer, layer, config)
 
-    def _pairs(self, examples, n_demos, span, budget, seed, demo_pool=None):
-        cfg = PredictConfig(**{**self.config.__dict__, "seed": seed})
-        return _select(
-            self.tokenizer, examples, n_demos, span, budget, cfg, self.extractor.exclude, demo_pool
-        )
+    @property
+    def sae(self):
+        """The SAE read."""
+        return self.extractor.sae
+
+    @property
+    def layer(self) -> int:
+        """The decoder layer read."""
+        return self.extractor.layer
+
+    @property
+    def max_norm(self) -> float | None:
+        """The massive-activation threshold every pass uses (set by the first batch)."""
+        return self.extractor.max_norm
 
     def domains(
         self, domains: Mapping[str, Sequence[Example]], seed: int
     ) -> dict[str, DomainStats]:
         """Statistics of each domain's scored tokens (budget ``domain_tokens`` each)."""
-        cfg, out = self.config, {}
-        for name, examples in domains.items():
-            examples = _check_examples(f"domains[{name!r}]", examples, cfg.domain_demos)
-            paired = cfg.domain_demos > 0
-            pairs, _ = self._pairs(
-                examples, cfg.domain_demos, cfg.domain_span, cfg.domain_tokens, seed
-            )
-            stats = DomainStats(
-                moments=LatentMoments(self.d_sae, **_LOCAL),
-                raw_moments=LatentMoments(self.d_model, **_LOCAL),
-                shift=PairedShift(self.d_sae, **_LOCAL) if paired else None,
-                raw_shift=PairedShift(self.d_model, **_LOCAL) if paired else None,
-                counts={},
-            )
-            counts = self.extractor.run(
-                pairs,
-                cfg.domain_span,
+        d_model, paired = self.extractor.d_model, self.config.domain_demos > 0
+        return {
+            name: domain_statistics(
+                self.extractor,
                 name,
-                paired=paired,
-                moments=stats.moments,
-                shift=stats.shift,
-                raw_moments=stats.raw_moments,
-                raw_shift=stats.raw_shift,
+                examples,
+                seed=seed,
+                extra=Statistics(
+                    raw_moments=LatentMoments(d_model, **LOCAL),
+                    raw_shift=PairedShift(d_model, **LOCAL) if paired else None,
+                ),
             )
-            if counts["n_tokens"] == 0:
-                raise ValueError(f"domain {name!r} has no token rows left after masking")
-            stats.counts = counts | {"n_examples": len(pairs)}
-            out[name] = stats
-        return out
+            for name, examples in domains.items()
+        }
 
     def task(
         self,
@@ -138,49 +113,29 @@ class Forecaster:
         desc: str = "task",
     ) -> TaskForecast:
         """Task-side statistics; ``contrast_pool`` adds the unrelated-demonstration pass."""
-        cfg = self.config
-        examples = _check_examples("train_examples", examples, cfg.n_demos)
-        pairs, _ = self._pairs(examples, cfg.n_demos, cfg.train_span, cfg.train_tokens, seed)
-        out = TaskForecast(
-            shift=PairedShift(self.d_sae, **_LOCAL),
-            raw_shift=PairedShift(self.d_model, **_LOCAL),
-            contrast=None,
-            moments=LatentMoments(self.d_sae, **_LOCAL),
-            raw_moments=LatentMoments(self.d_model, **_LOCAL),
-            quality={},
-            counts={},
+        cfg, d_sae, d_model = self.config, self.extractor.d_sae, self.extractor.d_model
+        examples = check_examples("train_examples", examples, cfg.n_demos)
+        extra = Statistics(
+            moments=LatentMoments(d_sae, **LOCAL),
+            raw_moments=LatentMoments(d_model, **LOCAL),
+            raw_shift=PairedShift(d_model, **LOCAL),
         )
-        quality = ReconstructionQuality(self.d_model, self.d_sae, **_LOCAL)
-        counts = self.extractor.run(
-            pairs,
+        stats = task_statistics(self.extractor, examples, seed=seed, extra=extra, desc=desc)
+        if contrast_pool is None:
+            return TaskForecast(stats, None)
+        contrast_pool = check_examples("contrast_pool", contrast_pool, cfg.n_demos)
+        # Same queries (they depend on the seed and budget only), other demonstrations.
+        pairs, _ = self.extractor.select(
+            examples,
+            cfg.n_demos,
             cfg.train_span,
-            desc,
-            paired=True,
-            shift=out.shift,
-            moments=out.moments,
-            quality=quality,
-            raw_moments=out.raw_moments,
-            raw_shift=out.raw_shift,
+            cfg.train_tokens,
+            seed=seed,
+            demo_pool=contrast_pool,
         )
-        if counts["n_tokens"] == 0:
-            raise ValueError(
-                f"no training-query row is left: all {counts['n_dropped']} were dropped as "
-                "non-finite (NaN/inf) or massive activations (residual norm > `max_norm`)"
-            )
-        out.counts = counts | {"n_examples": len(pairs)}
-        q = quality.compute()
-        out.quality = {k: float(q[k]) for k in ("fvu", "l0", "dead_fraction")}
-        if contrast_pool is not None:
-            contrast_pool = _check_examples("contrast_pool", contrast_pool, cfg.n_demos)
-            # Same queries (they depend on the seed and budget only), other demonstrations.
-            pairs, _ = self._pairs(
-                examples, cfg.n_demos, cfg.train_span, cfg.train_tokens, seed, contrast_pool
-            )
-            out.contrast = PairedShift(self.d_sae, **_LOCAL)
-            self.extractor.run(
-                pairs, cfg.train_span, f"{desc} (unrelated)", paired=True, shift=out.contrast
-            )
-        return out
+        contrast = Statistics(shift=PairedShift(d_sae, **LOCAL))
+        self.extractor.run(pairs, cfg.train_span, f"{desc} (unrelated)", contrast)
+        return TaskForecast(stats, contrast.shift)
 
 
 def _cosine(a: Tensor, b: Tensor) -> float:
@@ -191,7 +146,7 @@ def contrast_shift(task: TaskForecast) -> Tensor | None:
     """Δ_task − Δ_unrelated ``(d_sae,)``: the part of the ICL shift the task's content causes."""
     if task.contrast is None:
         return None
-    return (task.shift.feature_shift() - task.contrast.feature_shift()).float()
+    return (task.stats.shift.feature_shift() - task.contrast.feature_shift()).float()
 
 
 def score_domains(
@@ -205,22 +160,19 @@ def score_domains(
     ``repsim_sae``/``repsim_resid``, the cosine of the task's and the domain's mean latent /
     residual vectors. ``icl`` modes are NaN when the domains have no ICL pass.
     """
-    delta, signed = task.shift.feature_shift().float(), task.shift.signed_shift().float()
+    stats, nan = task.stats, float("nan")
+    delta, signed = stats.shift.feature_shift().float(), stats.shift.signed_shift().float()
     top = F.top_shifted(delta, k=k)
-    raw_top = F.top_shifted(task.raw_shift.feature_shift().float(), k=raw_k)
+    raw_top = F.top_shifted(stats.raw_shift.feature_shift().float(), k=raw_k)
     contrast = contrast_shift(task)
     top_c = None if contrast is None else F.top_shifted(contrast, k=k)
-    task_mean = task.moments.compute()["mean"]
-    task_raw_mean = task.raw_moments.compute()["mean"]
-    nan = float("nan")
+    task_mean = stats.moments.compute()["mean"]
+    task_raw_mean = stats.raw_moments.compute()["mean"]
     out = {}
     for name, d in domains.items():
         icl = d.shift is not None
-        row = {
-            "act": float(d.moments.sts_act(top)),
-            "icl": float(d.shift.sts_icl(top)) if icl else nan,
-            "notebook": float(d.moments.sts_notebook(top)),
-            "signed": float(d.moments.sts_signed(signed, top)),
+        row = {m: nan if v is None else v for m, v in paper_scores(d, top, signed).items()}
+        row |= {
             "raw_act": float(d.raw_moments.sts_act(raw_top)),
             "raw_icl": float(d.raw_shift.sts_icl(raw_top)) if icl else nan,
             "repsim_sae": _cosine(task_mean, d.moments.compute()["mean"]),
@@ -236,34 +188,19 @@ def score_domains(
 def to_prediction(
     domains: Mapping[str, DomainStats],
     task: TaskForecast,
-    scores: Mapping[str, Mapping[str, float]],
+    scores: Mapping[str, Mapping[str, float]] | None = None,
     *,
     layer: int,
     k: int,
     max_norm: float,
     config: PredictConfig,
 ) -> Prediction:
-    """The paper's forecast as a :class:`Prediction` (what the STS callback tracks against)."""
-    delta = task.shift.feature_shift().float()
-    return Prediction(
-        domains={
-            n: DomainScore(
-                act=s["act"],
-                notebook=s["notebook"],
-                signed=s["signed"],
-                icl=None if domains[n].shift is None else s["icl"],
-                budget=config.domain_tokens,
-                **domains[n].counts,
-            )
-            for n, s in scores.items()
-        },
-        shift=delta,
-        signed_shift=task.shift.signed_shift().float(),
-        top_latents=F.top_shifted(delta, k=k),
-        layer=layer,
-        train=task.counts | {"budget": config.train_tokens},
-        quality=task.quality,
-        max_norm=max_norm,
-        config=config.__dict__.copy(),
-        domain_means={n: d.moments.compute()["mean"].float() for n, d in domains.items()},
+    """The paper's forecast as a :class:`Prediction` (what the STS callback tracks against).
+
+    :func:`~sts_lightning.forecast.predict.assemble_prediction` on the task pass; ``scores``
+    (from :func:`score_domains`) is not needed: the paper's modes are recomputed from the same
+    statistics, to the same numbers.
+    """
+    return assemble_prediction(
+        task.stats, domains, layer=layer, k=k, max_norm=max_norm, config=config
     )

@@ -134,71 +134,117 @@ def _load(job: ExperimentJob, device: torch.device, stage: _Stages) -> tuple[Any
 
 
 @dataclass
+class _Evaluation:
+    """What fine-tuning is judged on, with the base model's results: computed once."""
+
+    encoded: dict
+    """``{domain: encoded items}`` of each domain's "heldout" half."""
+    eval_kw: dict
+    """Settings of the held-out pass (:func:`item_losses`)."""
+    base: dict
+    """``{domain: ItemLosses}`` of the base model."""
+    task_items: dict
+    """``{task: examples}``: held-out problems of the built-in source tasks."""
+    base_accuracy: dict
+    """``{task: exact match}`` of the base model."""
+
+    @classmethod
+    def measure(cls, model, tokenizer, job: ExperimentJob, layer: int, heldout, task_items):
+        """Encode the held-out halves and run the base model over them and the task problems."""
+        from sts_lightning.experiment.finetune import task_reward
+        from sts_lightning.monitor.evaluation import encode_eval_set
+
+        encoded = {
+            n: encode_eval_set(tokenizer, ex, job.evaluation.tokens, span=job.evaluation.span)
+            for n, ex in heldout.items()
+        }
+        eval_kw = dict(
+            layer=layer,
+            pad_token_id=tokenizer.pad_token_id,
+            exclude_token_ids=sorted(set(tokenizer.all_special_ids)),
+            batch_size=job.evaluation.batch_size,
+        )
+        base = item_losses(model, encoded, **eval_kw)
+        accuracy = {
+            n: exact_match(model, tokenizer, ex, task_reward(n)) for n, ex in task_items.items()
+        }
+        return cls(encoded, eval_kw, base, task_items, accuracy)
+
+    def realised(self, model, sae, max_norm: float) -> dict[str, dict[str, float]]:
+        """:func:`compare` of ``model``'s pass with the base model's, per domain."""
+        return compare(self.base, item_losses(model, self.encoded, **self.eval_kw), sae, max_norm)
+
+    def task_accuracy(self, model, tokenizer, task: str) -> dict[str, float]:
+        """Exact match on ``task``'s held-out problems before and after (NaN without any)."""
+        from sts_lightning.experiment.finetune import task_reward
+
+        after = float("nan")
+        if task in self.task_items:
+            after = exact_match(model, tokenizer, self.task_items[task], task_reward(task))
+        return {"before": self.base_accuracy.get(task, float("nan")), "after": after}
+
+
+@dataclass
 class _Shared:
     """What every (task, seed) run reuses: computed once, before the first fine-tune."""
 
     job: ExperimentJob
     device: torch.device
-    sae: Any
-    layer: int
     forecaster: Forecaster
     domain_stats: dict
     scored: dict
-    encoded: dict
-    eval_kw: dict
-    base: dict
-    base_accuracy: dict
-    task_eval: dict
+    evaluation: _Evaluation
     contrast: list[Example] | None
+
+
+def _final_shift(tracker, model, tokenizer, steps: int) -> torch.Tensor:
+    """Δ_real after ``steps`` steps: the callback's measurement at the last step when it has one.
+
+    Re-measured only when the last measurement is missing or older (e.g. it failed).
+    """
+    last = tracker.history[-1]["step"] if tracker.history else None
+    if tracker.last_shift is not None and last == steps:
+        return tracker.last_shift
+    return tracker.realised_shift(model, tokenizer)
 
 
 def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, stage: _Stages) -> dict:
     """Forecast, fine-tune and measure one (task, seed); returns its record for the summary."""
-    from sts_lightning.experiment.finetune import finetune, task_reward
+    from sts_lightning.experiment.finetune import finetune
 
-    job, tag = ctx.job, f"{name} seed {seed}"
+    job, tag, k, sae = ctx.job, f"{name} seed {seed}", ctx.job.predict.k, ctx.forecaster.sae
     tf = ctx.forecaster.task(pool, seed, ctx.contrast, desc=f"forecast {tag}")
-    scores = score_domains(ctx.domain_stats, tf, job.predict.k, job.raw_k)
-    max_norm = float(ctx.forecaster.extractor.max_norm)
+    scores = score_domains(ctx.domain_stats, tf, k, job.raw_k)
+    max_norm = float(ctx.forecaster.max_norm)
     prediction = to_prediction(
-        ctx.domain_stats,
-        tf,
-        scores,
-        layer=ctx.layer,
-        k=job.predict.k,
-        max_norm=max_norm,
-        config=job.predict,
+        ctx.domain_stats, tf, layer=ctx.forecaster.layer, k=k, max_norm=max_norm, config=job.predict
     )
     stage(f"forecast {tag}", "forecast")
 
     run_dir = Path(job.output_dir) / "runs" / f"{name}-seed{seed}"
     model, tokenizer, tracker = finetune(
-        job, name, builtin, pool, seed, ctx.sae, prediction, ctx.scored, run_dir
+        job, name, builtin, pool, seed, sae, prediction, ctx.scored, run_dir
     )
     stage(f"fine-tuned {tag} ({job.finetune.method}, {job.finetune.steps} steps)", "finetune")
 
     model.to(ctx.device)  # Lightning hands the module back on the CPU after fit
-    realised = compare(ctx.base, item_losses(model, ctx.encoded, **ctx.eval_kw), ctx.sae, max_norm)
-    real_top = F.top_shifted(tracker.realised_shift(model, tokenizer), job.predict.k)
+    realised = ctx.evaluation.realised(model, sae, max_norm)
+    real_top = F.top_shifted(_final_shift(tracker, model, tokenizer, job.finetune.steps), k)
     for domain, row in realised.items():  # the paper's "actual shifted dimensions" variant
         row["realised_sts"] = float(prediction.domain_means[domain][real_top].sum())
     overlap = {"icl": float(F.overlap_at_k(prediction.top_latents, real_top))}
     if tf.contrast is not None:
-        top_c = F.top_shifted(contrast_shift(tf), job.predict.k)
-        overlap["contrast"] = float(F.overlap_at_k(top_c, real_top))
-    accuracy = float("nan")
-    if name in ctx.task_eval:
-        accuracy = exact_match(model, tokenizer, ctx.task_eval[name], task_reward(name))
+        overlap["contrast"] = float(F.overlap_at_k(F.top_shifted(contrast_shift(tf), k), real_top))
     record = {
         "task": name,
         "seed": seed,
         "scores": scores,
         "realised": realised,
         "overlap": overlap,
-        "task_accuracy": {"before": ctx.base_accuracy.get(name, float("nan")), "after": accuracy},
+        "task_accuracy": ctx.evaluation.task_accuracy(model, tokenizer, name),
         "history": tracker.history,
-        "sae_quality": tf.quality,
-        "train_counts": tf.counts,
+        "sae_quality": tf.stats.sae_quality(),
+        "train_counts": tf.stats.counts,
     }
     del model, tracker
     gc.collect()  # one fine-tuned copy at a time
@@ -209,11 +255,8 @@ def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, stage: _St
 def run_experiment(job: ExperimentJob) -> dict[str, Any]:
     """Run the experiment the job describes, write its report, return the results dict."""
     from sts_lightning.data.domains import load_training_set
-    from sts_lightning.experiment.finetune import task_reward
     from sts_lightning.experiment.report import write_report
     from sts_lightning.experiment.summary import summarise_runs
-    from sts_lightning.model.sae import sae_d_sae
-    from sts_lightning.monitor.evaluation import encode_eval_set
 
     stage = _Stages(5 + 3 * len(job.tasks) * len(job.seeds))
     auto = "cuda" if torch.cuda.is_available() else "cpu"
@@ -222,7 +265,7 @@ def run_experiment(job: ExperimentJob) -> dict[str, Any]:
 
     scored, heldout = _domains(job)
     pools = {name: (builtin, ex) for name, builtin, ex in (_task_pool(job, t) for t in job.tasks)}
-    task_eval = {
+    task_items = {
         name: load_training_set(name, job.evaluation.task_items, seed=10_000, exclude=pool)
         for name, (builtin, pool) in pools.items()
         if builtin and job.evaluation.task_items
@@ -231,43 +274,17 @@ def run_experiment(job: ExperimentJob) -> dict[str, Any]:
     forecaster = Forecaster(model, tokenizer, sae, layer, job.predict)
     domain_stats = forecaster.domains(scored, seed=job.predict.seed)  # once: task-independent
     stage(f"domain statistics ({len(scored)} domains)", "domain_statistics")
-
-    encoded = {
-        n: encode_eval_set(tokenizer, ex, job.evaluation.tokens, span=job.evaluation.span)
-        for n, ex in heldout.items()
-    }
-    eval_kw = dict(
-        layer=layer,
-        pad_token_id=tokenizer.pad_token_id,
-        exclude_token_ids=sorted(set(tokenizer.all_special_ids)),
-        batch_size=job.evaluation.batch_size,
-    )
-    ctx = _Shared(
-        job=job,
-        device=device,
-        sae=sae,
-        layer=layer,
-        forecaster=forecaster,
-        domain_stats=domain_stats,
-        scored=scored,
-        encoded=encoded,
-        eval_kw=eval_kw,
-        base=item_losses(model, encoded, **eval_kw),
-        base_accuracy={
-            n: exact_match(model, tokenizer, ex, task_reward(n)) for n, ex in task_eval.items()
-        },
-        task_eval=task_eval,
-        contrast=contrast,
-    )
+    evaluation = _Evaluation.measure(model, tokenizer, job, layer, heldout, task_items)
     stage("base model evaluated on the held-out halves", "evaluation")
 
+    ctx = _Shared(job, device, forecaster, domain_stats, scored, evaluation, contrast)
     runs = [
         _one_run(ctx, name, builtin, pool, seed, stage)
         for name, (builtin, pool) in pools.items()
         for seed in job.seeds
     ]
     results = summarise_runs(
-        runs, k=job.predict.k, d_sae=sae_d_sae(sae), n_bootstrap=job.n_bootstrap
+        runs, k=job.predict.k, d_sae=forecaster.extractor.d_sae, n_bootstrap=job.n_bootstrap
     )
     results["config"] = asdict(job)
     results["timings"] = dict(stage.timings)
