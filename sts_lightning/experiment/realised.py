@@ -15,6 +15,7 @@ import torch
 
 from sts_lightning.data.prompts import Example
 from sts_lightning.experiment.analysis import paired_delta
+from sts_lightning.model.rows import keep_rows
 from sts_lightning.model.sae import encode, sae_d_sae
 from sts_lightning.monitor.evaluation import ItemLosses, item_losses
 from sts_lightning.stats import PairedShift
@@ -39,7 +40,7 @@ def compare(
         if not torch.equal(a.counts, b.counts) or a.rows.shape != b.rows.shape:
             raise ValueError(f"domain {name!r}: the two passes did not score the same tokens")
         delta, se = paired_delta(b.nll.numpy(), a.nll.numpy(), b.counts.numpy())
-        keep = torch.linalg.vector_norm(b.rows, dim=-1) <= max_norm
+        keep = keep_rows(b.rows, max_norm)  # the forecast's massive-activation rule
         shift = PairedShift(sae_d_sae(sae), sync_on_compute=False)
         if keep.any():
             shift.update(encode(sae, b.rows[keep]), encode(sae, a.rows[keep]))
