@@ -2,22 +2,43 @@
 
 A domain's realised delta is ``loss(θ_now) − loss(θ_base)`` on fixed held-out items: the mean
 negative log-likelihood of the answer tokens (of every token for plain texts), teacher-forced.
-Positive means fine-tuning made the model worse on that domain.
+Positive means fine-tuning made the model worse on that domain. How well the forecast matches
+what training did is scored here too: the per-latent Spearman of forecast and realised shift,
+and the correlation of per-domain scores with the realised deltas.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from scipy import stats as sps
 from torch import Tensor
 
+from sts_lightning.config import positive_int
 from sts_lightning.data.prompts import EncodedPrompt, Example, encode_example
+from sts_lightning.forecast.prediction import Prediction
+from sts_lightning.functional import overlap_at_k, top_shifted
+from sts_lightning.metric import TransferabilityCorrelation
 
-__all__ = ["ItemLosses", "encode_eval_set", "item_losses", "scored_logits", "sequence_losses"]
+__all__ = [
+    "EVAL_SPANS",
+    "ItemLosses",
+    "encode_eval_set",
+    "forecast_correlations",
+    "item_losses",
+    "latent_spearman",
+    "scored_logits",
+    "sequence_losses",
+    "shift_metrics",
+]
+
+EVAL_SPANS = ("all", "answer", "prompt")
+"""Which tokens of a held-out item are scored: all of them, the answer, or the prompt."""
 
 
 def encode_eval_set(
@@ -34,10 +55,9 @@ def encode_eval_set(
     cheapest per token), ``"answer"`` (the answer given the prompt), or ``"prompt"``. Items
     without an answer are scored on their prompt.
     """
-    if span not in ("all", "answer", "prompt"):
+    if span not in EVAL_SPANS:
         raise ValueError(f"`span` must be 'all', 'answer' or 'prompt', got {span!r}")
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ValueError(f"`max_tokens` must be a positive int, got {max_tokens!r}")
+    positive_int("max_tokens", max_tokens)
     out, total = [], 0
     for example in examples:
         enc = encode_example(tokenizer, example, use_chat_template=use_chat_template)
@@ -178,3 +198,81 @@ def sequence_losses(
         name: float(item.nll.sum() / item.counts.sum()) if item.counts.sum() else math.nan
         for name, item in losses.items()
     }
+
+
+def latent_spearman(forecast: Tensor, realised: Tensor) -> float:
+    """Spearman correlation of two per-latent shifts ``(d_sae,)``; NaN when either is constant."""
+    a, b = forecast.double().cpu().numpy(), realised.double().cpu().numpy()
+    if a.std() == 0 or b.std() == 0:
+        return math.nan
+    return float(sps.spearmanr(a, b)[0])
+
+
+def shift_metrics(
+    prediction: Prediction, realised: Tensor
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The realised shift against the forecast, and the realised STS of each domain.
+
+    Args:
+        prediction: The forecast; its ``k = len(top_latents)`` sets the size of both top sets.
+        realised: Δ_real ``(d_sae,)``.
+
+    Returns:
+        ``(metrics, realised_sts)``: ``sts/shift/overlap@k``, ``sts/shift/total``,
+        ``sts/shift/spearman`` and ``sts/realised/<domain>``; and ``{domain: STS_act over the
+        top-k realised latents}`` (the paper's "actual shifted dimensions" variant).
+    """
+    k = len(prediction.top_latents)
+    real_top = top_shifted(realised, k)
+    out = {
+        f"sts/shift/overlap@{k}": float(overlap_at_k(prediction.top_latents, real_top)),
+        "sts/shift/total": float(realised.sum()),
+        "sts/shift/spearman": latent_spearman(prediction.shift, realised),
+    }
+    realised_sts = {
+        name: float(mean[real_top].sum()) for name, mean in prediction.domain_means.items()
+    }
+    out |= {f"sts/realised/{n}": v for n, v in realised_sts.items()}
+    return out, realised_sts
+
+
+def forecast_correlations(
+    forecast: Mapping[str, float],
+    realised_sts: Mapping[str, float],
+    deltas: Mapping[str, float],
+    *,
+    absolute: bool = True,
+) -> dict[str, float]:
+    """Correlation of per-domain scores with the realised deltas, over the domains with both.
+
+    Args:
+        forecast: ``{domain: forecast STS}``.
+        realised_sts: ``{domain: STS over the top-k realised latents}``.
+        deltas: ``{domain: realised delta}``; non-finite ones are left out.
+        absolute: Correlate with ``|delta|`` (the paper predicts magnitude).
+
+    Returns:
+        ``sts/corr/<stat>`` (forecast) and ``sts/corr_realised/<stat>`` for ``<stat>`` in
+        pearson, spearman, kendall, pearson_p (NaN for a constant side); empty with fewer than
+        3 common domains.
+    """
+    common = [n for n in forecast if n in deltas and math.isfinite(deltas[n])]
+    out: dict[str, float] = {}
+    if len(common) < 3:
+        return out
+    for prefix, scores in (("sts/corr", forecast), ("sts/corr_realised", realised_sts)):
+        metric = TransferabilityCorrelation(
+            absolute=absolute, n_bootstrap=500, sync_on_compute=False
+        )
+        metric.update(
+            torch.tensor([scores[n] for n in common], dtype=torch.float64),
+            torch.tensor([deltas[n] for n in common], dtype=torch.float64),
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # constant: NaN, reported as is
+            res = metric.compute()
+        out |= {
+            f"{prefix}/{key}": float(res[key])
+            for key in ("pearson", "spearman", "kendall", "pearson_p")
+        }
+    return out

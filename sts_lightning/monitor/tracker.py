@@ -16,32 +16,32 @@ log what they return. Per measurement:
 
 from __future__ import annotations
 
-import json
+import json  # noqa: F401  (tests/test_faults.py patches `json.dumps` through this module)
 import logging
-import math
-import os
 import random
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
-from scipy import stats as sps
 from torch import Tensor
 
-from sts_lightning import functional as F
+from sts_lightning.config import check_fields, one_of, positive, positive_int
 from sts_lightning.data.prompts import Example, encode_example
 from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.forecast.prediction import MODES, Prediction
-from sts_lightning.metric import TransferabilityCorrelation
 from sts_lightning.model.capture import iter_span_activations
-from sts_lightning.model.sae import encode
-from sts_lightning.monitor.evaluation import encode_eval_set, sequence_losses
+from sts_lightning.model.rows import keep_rows
+from sts_lightning.model.sae import check_sae_fits, encode, sae_d_sae
+from sts_lightning.monitor.evaluation import (
+    EVAL_SPANS,
+    encode_eval_set,
+    forecast_correlations,
+    sequence_losses,
+    shift_metrics,
+)
+from sts_lightning.monitor.state import load_tracker_state, save_tracker_state
 from sts_lightning.stats import PairedShift
 
 __all__ = ["STSTracker", "TrackerConfig", "load_tracker_state", "save_tracker_state"]
@@ -75,18 +75,10 @@ class TrackerConfig:
     """Stop training when the alarm fires (off by default: monitoring never ends a run alone)."""
 
     def __post_init__(self) -> None:
-        for name in ("every_n_steps", "probe_tokens", "eval_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
-        if self.eval_span not in ("all", "answer", "prompt"):
-            raise ValueError(
-                f"`eval_span` must be 'all', 'answer' or 'prompt', got {self.eval_span!r}"
-            )
-        if self.mode not in MODES:
-            raise ValueError(f"`mode` must be one of {MODES}, got {self.mode!r}")
-        if self.alarm_threshold is not None and not self.alarm_threshold > 0:
-            raise ValueError(f"`alarm_threshold` must be > 0 or None, got {self.alarm_threshold}")
+        check_fields(self, positive_int, "every_n_steps", "probe_tokens", "eval_tokens")
+        one_of("eval_span", self.eval_span, EVAL_SPANS)
+        one_of("mode", self.mode, MODES)
+        positive("alarm_threshold", self.alarm_threshold, optional=True)
 
 
 class STSTracker:
@@ -146,15 +138,7 @@ class STSTracker:
     def start(self, model, tokenizer) -> dict[str, float]:
         """Forecast and record the base state (skipped when restored); returns metrics to log."""
         if self._check_loaded:  # a forecast made elsewhere must fit this model and SAE
-            from sts_lightning.model.capture import decoder_layers
-            from sts_lightning.model.sae import check_sae, sae_d_sae
-
-            check_sae(
-                self.sae,
-                d_model=model.get_input_embeddings().weight.shape[1],
-                n_layers=len(decoder_layers(model)),
-                layer=self.prediction.layer,
-            )
+            check_sae_fits(self.sae, model, self.prediction.layer)
             if self.prediction.shift.numel() != sae_d_sae(self.sae):
                 raise ValueError(
                     f"`forecast` has d_sae={self.prediction.shift.numel()}, the SAE "
@@ -200,7 +184,7 @@ class STSTracker:
         rows = self._probe_rows(model, tokenizer, probe)  # (n_rows, d_model) at θ_base
         # Massive-activation rows are chosen once, on the base model: fine-tuning may rescale
         # the residual stream, and the realised shift must compare the same token rows.
-        probe["keep"] = torch.linalg.vector_norm(rows, dim=-1) <= self.prediction.max_norm
+        probe["keep"] = keep_rows(rows, self.prediction.max_norm)
         probe["rows"] = rows[probe["keep"]]
         return probe
 
@@ -247,28 +231,25 @@ class STSTracker:
         """
         if self.prediction is None or self.probe is None:
             raise RuntimeError("STSTracker.measure called before start()")
-        pred, k = self.prediction, len(self.prediction.top_latents)
+        pred = self.prediction
         real = self.last_shift = self.realised_shift(model, tokenizer)
-        real_top = F.top_shifted(real, k)
-        out = {
-            f"sts/shift/overlap@{k}": float(F.overlap_at_k(pred.top_latents, real_top)),
-            "sts/shift/total": float(real.sum()),
-            "sts/shift/spearman": _spearman(pred.shift, real),
-        }
-        realised_sts = {
-            name: float(mean[real_top].sum()) for name, mean in pred.domain_means.items()
-        }
-        out |= {f"sts/realised/{n}": v for n, v in realised_sts.items()}
+        out, realised_sts = shift_metrics(pred, real)
         deltas = {}
         if self.base_scores:
             now = self._scores(model, tokenizer)
             deltas = {n: now[n] - self.base_scores[n] for n in self.base_scores if n in now}
             out |= {f"sts/delta/{n}": v for n, v in deltas.items()}
-        out |= self._correlations(pred.scores(self.config.mode), realised_sts, deltas)
+        out |= forecast_correlations(
+            pred.scores(self.config.mode), realised_sts, deltas, absolute=self.config.absolute
+        )
         alarms = self._alarms(deltas)
         out["sts/alarm"] = float(len(alarms))
         self.history.append({"step": float(step), **out})
         return out, alarms
+
+    def measured_at(self, step: int) -> bool:
+        """Whether the latest measurement was at ``step`` (training's end need not repeat it)."""
+        return bool(self.history) and self.history[-1]["step"] == step
 
     def realised_shift(self, model, tokenizer) -> Tensor:
         """Δ_real ``(d_sae,)``: mean squared change of each latent on the probe since step 0."""
@@ -279,28 +260,6 @@ class STSTracker:
         shift = PairedShift(self.prediction.shift.numel(), sync_on_compute=False)
         shift.update(encode(self.sae, self.probe["rows"]), encode(self.sae, now_rows))
         return shift.feature_shift().float()
-
-    def _correlations(self, forecast, realised_sts, deltas) -> dict[str, float]:
-        common = [n for n in forecast if n in deltas and math.isfinite(deltas[n])]
-        out = {}
-        if len(common) < 3:
-            return out
-        for prefix, scores in (("sts/corr", forecast), ("sts/corr_realised", realised_sts)):
-            metric = TransferabilityCorrelation(
-                absolute=self.config.absolute, n_bootstrap=500, sync_on_compute=False
-            )
-            metric.update(
-                torch.tensor([scores[n] for n in common], dtype=torch.float64),
-                torch.tensor([deltas[n] for n in common], dtype=torch.float64),
-            )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # constant: NaN, reported as is
-                res = metric.compute()
-            out |= {
-                f"{prefix}/{key}": float(res[key])
-                for key in ("pearson", "spearman", "kendall", "pearson_p")
-            }
-        return out
 
     def _alarms(self, deltas: Mapping[str, float]) -> list[str]:
         threshold = self.config.alarm_threshold
@@ -330,64 +289,3 @@ class STSTracker:
         self.probe = state.get("probe")
         self.base_scores = dict(state.get("base_scores", {}))
         self.history = list(state.get("history", []))
-
-
-def save_tracker_state(state: Mapping[str, Any], directory: str | Path) -> Path:
-    """Write a tracker ``state_dict`` as safetensors (tensors) + JSON (the rest), atomically."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors: dict[str, Tensor] = {}
-
-    def split(value: Any, key: str) -> Any:
-        if isinstance(value, Tensor):
-            tensors[key] = value.detach().cpu().contiguous()
-            return {"__tensor__": key}
-        if isinstance(value, Mapping):
-            return {k: split(v, f"{key}/{k}") for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [split(v, f"{key}/{i}") for i, v in enumerate(value)]
-        return value
-
-    doc = split(dict(state), "state")
-    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=".sts-"))
-    try:
-        save_file(tensors, tmp / "tracker.safetensors")
-        (tmp / "tracker.json").write_text(json.dumps(doc))
-        for name in ("tracker.safetensors", "tracker.json"):
-            os.replace(tmp / name, directory / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
-
-
-def load_tracker_state(directory: str | Path) -> dict[str, Any]:
-    """Read what :func:`save_tracker_state` wrote."""
-    from safetensors import SafetensorError
-
-    directory = Path(directory)
-    try:
-        tensors = load_file(str(directory / "tracker.safetensors"))
-        doc = json.loads((directory / "tracker.json").read_text())
-    except (OSError, ValueError, SafetensorError) as err:
-        raise ValueError(
-            f"`directory` {directory} does not hold a readable tracker state "
-            f"(tracker.json + tracker.safetensors): {err}"
-        ) from err
-
-    def join(value: Any) -> Any:
-        if isinstance(value, dict):
-            if set(value) == {"__tensor__"}:
-                return tensors[value["__tensor__"]]
-            return {k: join(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [join(v) for v in value]
-        return value
-
-    return join(doc)
-
-
-def _spearman(a: Tensor, b: Tensor) -> float:
-    a, b = a.double().cpu().numpy(), b.double().cpu().numpy()
-    if a.std() == 0 or b.std() == 0:
-        return math.nan
-    return float(sps.spearmanr(a, b)[0])
