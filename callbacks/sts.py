@@ -20,44 +20,17 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
+from sts_lightning.config import positive_int
+from sts_lightning.data.examples import DomainSpec, as_examples
 from sts_lightning.data.prompts import Example
 from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.forecast.prediction import Prediction
+from sts_lightning.monitor.settings import build_tracker, tracking_configs
 from sts_lightning.monitor.tracker import Evaluator, STSTracker, TrackerConfig
 
 __all__ = ["STSCallback"]
 
 log = logging.getLogger(__name__)
-
-DomainSpec = Sequence[str] | Mapping[str, Sequence[Example | str]]
-
-
-def _as_examples(items: Sequence[Example | str | Mapping]) -> list[Example]:
-    """Examples from Examples, plain texts or ``{"prompt", "answer"?}`` dicts."""
-    out = []
-    for x in items:
-        if isinstance(x, Mapping):
-            x = Example(x["prompt"], x.get("answer"))
-        out.append(x if isinstance(x, Example) else Example(str(x)))
-    return out
-
-
-def resolve_domains(domains: DomainSpec, heldout_items: int) -> tuple[dict, dict]:
-    """``(scored, heldout)`` example dicts from built-in names or ``{name: texts/examples}``."""
-    if isinstance(domains, Mapping):
-        scored = {n: _as_examples(v) for n, v in domains.items()}
-        # User-given items: the later half is held out for the realised loss delta.
-        return (
-            {n: v[: max(1, len(v) // 2)] for n, v in scored.items()},
-            {n: v[len(v) // 2 :] for n, v in scored.items() if len(v) >= 2},
-        )
-    from sts_lightning.data.domains import load_domain
-
-    names = list(domains)
-    return (
-        {n: load_domain(n, split="score") for n in names},
-        {n: load_domain(n, split="heldout", n=heldout_items) for n in names},
-    )
 
 
 class STSCallback(Callback):
@@ -108,22 +81,14 @@ class STSCallback(Callback):
         link_template: str | None = None,
         forecast: str | Prediction | None = None,
     ) -> None:
-        if (
-            isinstance(every_n_steps, bool)
-            or not isinstance(every_n_steps, int)
-            or every_n_steps < 1
-        ):
-            raise ValueError(f"`every_n_steps` must be a positive int, got {every_n_steps!r}")
+        positive_int("every_n_steps", every_n_steps)
         if not domains:
             raise ValueError("`domains` must name at least one domain")
-        pcfg = predict_config or PredictConfig(progress=False)
-        self._predict_config = PredictConfig(
-            **{**pcfg.__dict__, "k": k, "layer": layer if layer is not None else pcfg.layer}
+        self._predict_config, self._tracker_config = tracking_configs(
+            predict_config, tracker_config, k=k, layer=layer, every_n_steps=every_n_steps
         )
-        tcfg = tracker_config or TrackerConfig()
-        self._tracker_config = TrackerConfig(**{**tcfg.__dict__, "every_n_steps": every_n_steps})
         self._sae_spec, self._domains, self._evaluator = sae, domains, evaluator
-        self._train_examples = None if train_examples is None else _as_examples(train_examples)
+        self._train_examples = None if train_examples is None else as_examples(train_examples)
         self.model_attr, self.tokenizer, self.dirpath = model_attr, tokenizer, dirpath
         self.heldout_items, self.max_train_examples = heldout_items, max_train_examples
         self.link_template = link_template
@@ -148,8 +113,7 @@ class STSCallback(Callback):
             self._guard(trainer, "measure", self._measure, trainer, pl_module)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        last = self.tracker.history[-1]["step"] if self.tracker and self.tracker.history else -1
-        if self.tracker is not None and trainer.global_step != last:
+        if self.tracker is not None and not self.tracker.measured_at(trainer.global_step):
             self._guard(trainer, "measure", self._measure, trainer, pl_module)
         if self.tracker is not None and self.tracker.prediction is not None:
             self._guard(trainer, "report", self._report, trainer)
@@ -190,20 +154,16 @@ class STSCallback(Callback):
         return model, tokenizer
 
     def _start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        from sts_lightning.model.sae import load_sae
-
         model, tokenizer = self._hf(pl_module)
-        sae = load_sae(self._sae_spec, device=pl_module.device)
-        scored, heldout = resolve_domains(self._domains, self.heldout_items)
-        train = self._train_examples or self._from_dataloader(trainer)
-        self.tracker = STSTracker(
-            sae,
-            train,
-            scored,
-            None if self._evaluator else heldout,
-            self._predict_config,
-            self._tracker_config,
-            self._evaluator,
+        self.tracker = build_tracker(
+            self._sae_spec,
+            self._domains,
+            self._train_examples or (lambda: self._from_dataloader(trainer)),
+            device=pl_module.device,
+            heldout_items=self.heldout_items,
+            predict_config=self._predict_config,
+            tracker_config=self._tracker_config,
+            evaluator=self._evaluator,
             prediction=self.forecast,
         )
         if self._pending_state:
@@ -250,18 +210,17 @@ class STSCallback(Callback):
         return Path(base) / "sts"
 
     def _from_dataloader(self, trainer: Trainer) -> list[Example]:
-        loader = trainer.train_dataloader
-        dataset = getattr(loader, "dataset", None)
-        items = []
-        for i in range(min(len(dataset) if dataset is not None else 0, self.max_train_examples)):
-            item = dataset[i]
-            if isinstance(item, Example):
-                items.append(item)
-            elif isinstance(item, Mapping) and "prompt" in item:
-                items.append(Example(item["prompt"], item.get("answer")))
+        dataset = getattr(trainer.train_dataloader, "dataset", None)
+        n = min(len(dataset) if dataset is not None else 0, self.max_train_examples)
+        # Items of other kinds (token ids, tensors) are skipped: only prompt/answer pairs serve.
+        items = as_examples([x for x in (dataset[i] for i in range(n)) if _is_example_like(x)])
         if len(items) < self._predict_config.n_demos + 1:
             raise ValueError(
                 "STSCallback found no prompt/answer items in the train dataloader's "
                 "dataset: pass `train_examples=`"
             )
         return items
+
+
+def _is_example_like(item: Any) -> bool:
+    return isinstance(item, Example) or (isinstance(item, Mapping) and "prompt" in item)

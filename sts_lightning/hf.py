@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from sts_lightning.data.prompts import Example
+from sts_lightning.config import positive_int
+from sts_lightning.data.examples import as_examples, examples_to_json
 from sts_lightning.forecast.config import PredictConfig
-from sts_lightning.monitor.tracker import (
-    STSTracker,
-    TrackerConfig,
-    load_tracker_state,
-    save_tracker_state,
-)
+from sts_lightning.monitor.settings import build_tracker, tracking_configs
+from sts_lightning.monitor.state import load_tracker_state, save_tracker_state
+from sts_lightning.monitor.tracker import STSTracker, TrackerConfig
 
 __all__ = ["STSTrainerCallback"]
 
@@ -66,31 +65,17 @@ class STSTrainerCallback(TrainerCallback, ExportableState):
     ) -> None:
         if sae is None or not domains:
             raise ValueError("STSTrainerCallback needs `sae` and a non-empty `domains`")
-        if (
-            isinstance(every_n_steps, bool)
-            or not isinstance(every_n_steps, int)
-            or every_n_steps < 1
-        ):
-            raise ValueError(f"`every_n_steps` must be a positive int, got {every_n_steps!r}")
+        positive_int("every_n_steps", every_n_steps)
         if not train_examples:
             raise ValueError("`train_examples` must hold the fine-tuning pairs (Example or dicts)")
-        pcfg = (
-            predict_config
-            if isinstance(predict_config, PredictConfig)
-            else PredictConfig(**{"progress": False, **(predict_config or {})})
+        pcfg, self.tracker_config = tracking_configs(
+            predict_config, tracker_config, k=k, layer=layer, every_n_steps=every_n_steps
         )
-        tcfg = (
-            tracker_config
-            if isinstance(tracker_config, TrackerConfig)
-            else TrackerConfig(**(tracker_config or {}))
-        )
-        self.predict_config = PredictConfig(**{**pcfg.__dict__, "k": k, "layer": layer})
-        self.tracker_config = TrackerConfig(**{**tcfg.__dict__, "every_n_steps": every_n_steps})
+        # Unlike STSCallback, `layer=None` here has always overridden a `predict_config` layer
+        # (kept as is: this is a behaviour-preserving refactor).
+        self.predict_config = replace(pcfg, layer=layer)
         self.sae, self.domains, self.heldout_items = sae, domains, heldout_items
-        self.train_examples = [
-            e if isinstance(e, Example) else Example(e["prompt"], e.get("answer"))
-            for e in train_examples
-        ]
+        self.train_examples = as_examples(train_examples)
         self.trainer = trainer
         self.tracker: STSTracker | None = None
         self._state_dir: str | None = None  # set by HF when restoring from a checkpoint
@@ -110,13 +95,14 @@ class STSTrainerCallback(TrainerCallback, ExportableState):
         tokenizer = processing_class or kwargs.get("tokenizer")
         if model is None or tokenizer is None:
             raise ValueError("STSTrainerCallback needs the trainer's model and processing_class")
-        from sts_lightning.callbacks.sts import resolve_domains
-        from sts_lightning.model.sae import load_sae
-
-        sae = load_sae(self.sae, device=next(model.parameters()).device)
-        scored, heldout = resolve_domains(self.domains, self.heldout_items)
-        self.tracker = STSTracker(
-            sae, self.train_examples, scored, heldout, self.predict_config, self.tracker_config
+        self.tracker = build_tracker(
+            self.sae,
+            self.domains,
+            self.train_examples,
+            device=next(model.parameters()).device,
+            heldout_items=self.heldout_items,
+            predict_config=self.predict_config,
+            tracker_config=self.tracker_config,
         )
         if self._state_dir and Path(self._state_dir).exists():
             self.tracker.load_state_dict(load_tracker_state(self._state_dir))
@@ -129,8 +115,7 @@ class STSTrainerCallback(TrainerCallback, ExportableState):
     def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         if self.tracker is None:
             return
-        done = [h["step"] for h in self.tracker.history]
-        if not done or done[-1] != state.global_step:
+        if not self.tracker.measured_at(state.global_step):
             self._measure(state, control, model, processing_class or kwargs.get("tokenizer"))
         if state.is_world_process_zero and not self._failed:
             from sts_lightning.monitor.plots import save_plots
@@ -176,25 +161,14 @@ class STSTrainerCallback(TrainerCallback, ExportableState):
         return {
             "args": {
                 "sae": None if sae is None else str(sae),
-                "domains": _jsonable(self.domains),
-                "train_examples": _jsonable(self.train_examples),
+                "domains": examples_to_json(self.domains),
+                "train_examples": examples_to_json(self.train_examples),
                 "layer": self.predict_config.layer,
                 "k": self.predict_config.k,
                 "every_n_steps": self.tracker_config.every_n_steps,
-                "predict_config": self.predict_config.__dict__,
-                "tracker_config": self.tracker_config.__dict__,
+                "predict_config": asdict(self.predict_config),
+                "tracker_config": asdict(self.tracker_config),
                 "heldout_items": self.heldout_items,
             },
             "attributes": {"_state_dir": state_dir},
         }
-
-
-def _jsonable(value: Any) -> Any:
-    """Examples (possibly nested in dicts/lists) as plain dicts, for ``trainer_state.json``."""
-    if isinstance(value, Example):
-        return {"prompt": value.prompt, "answer": value.answer}
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
