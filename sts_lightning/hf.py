@@ -71,8 +71,8 @@ class STSTrainerCallback(TrainerCallback, ExportableState):
         pcfg, self.tracker_config = tracking_configs(
             predict_config, tracker_config, k=k, layer=layer, every_n_steps=every_n_steps
         )
-        # Unlike STSCallback, `layer=None` here has always overridden a `predict_config` layer
-        # (kept as is: this is a behaviour-preserving refactor).
+        # Here `layer` has always won, None included (a `predict_config` layer is dropped),
+        # where STSCallback keeps the config's layer for None; kept until decided otherwise.
         self.predict_config = replace(pcfg, layer=layer)
         self.sae, self.domains, self.heldout_items = sae, domains, heldout_items
         self.train_examples = as_examples(train_examples)
