@@ -37,6 +37,66 @@ def task_reward(task: str | None):
     return score
 
 
+def _model_kw(job: ExperimentJob) -> dict[str, Any]:
+    """How the experiment's model is loaded, for every fine-tuning method."""
+    return dict(dtype=job.dtype, trust_remote_code=job.trust_remote_code, cache_dir=job.cache_dir)
+
+
+def _sft(job: ExperimentJob, examples: Sequence[Example], n: int, seed: int):
+    """``(module, datamodule)`` for supervised fine-tuning on ``n`` of ``examples``."""
+    from sts_lightning.training.data import SFTDataModule
+    from sts_lightning.training.sft import SFTModule
+
+    ft = job.finetune
+    module = SFTModule(
+        job.model,
+        **_model_kw(job),
+        lora=ft.lora,
+        gradient_checkpointing=ft.gradient_checkpointing,
+        lr=ft.lr,
+        warmup_steps=min(ft.warmup_steps, ft.steps - 1),
+        save_hf_on_fit_end=False,
+    )
+    data = SFTDataModule(
+        list(examples),
+        train_size=n,
+        batch_size=ft.batch_size,
+        seed=seed,
+        max_length=ft.max_length,
+    )
+    return module, data
+
+
+def _grpo(
+    job: ExperimentJob, task: str, builtin: bool, examples: Sequence[Example], n: int, seed: int
+):
+    """``(module, datamodule)`` for GRPO on ``n`` of ``examples`` (the task's reward checker)."""
+    from sts_lightning.model.loading import load_model_and_tokenizer
+    from sts_lightning.training.data import PromptDataModule
+    from sts_lightning.training.grpo import GRPOModule
+    from sts_lightning.training.grpo_loss import GRPOConfig
+
+    ft = job.finetune
+    model, tokenizer = load_model_and_tokenizer(job.model, **_model_kw(job))
+    module = GRPOModule(
+        model,
+        tokenizer,
+        grpo=GRPOConfig(
+            num_generations=ft.num_generations, max_new_tokens=ft.max_completion_length
+        ),
+        lora=ft.lora,
+        lr=ft.lr,
+        warmup_steps=ft.warmup_steps,
+        lr_schedule="constant",
+        seed=seed,
+    )
+    rows = [
+        {"prompt": e.prompt, "answer": e.answer, **({"task": task} if builtin else {})}
+        for e in examples
+    ]
+    return module, PromptDataModule(rows, train_size=n, batch_size=ft.batch_size, seed=seed)
+
+
 def finetune(
     job: ExperimentJob,
     task: str,
@@ -51,8 +111,9 @@ def finetune(
     """Fit ``job.finetune.method`` on ``examples`` (seeded subset and order).
 
     Returns:
-        ``(model, tracker)``: the fine-tuned HF model (a peft model with LoRA) and the STS
-        callback's tracker (its ``history`` holds the realised shift over steps).
+        ``(model, tokenizer, tracker)``: the fine-tuned HF model (a peft model with LoRA), its
+        tokenizer and the STS callback's tracker (its ``history`` holds the realised shift over
+        steps, ``last_shift`` the latest one).
     """
     from lightning.pytorch import Trainer, seed_everything
     from lightning.pytorch.loggers import CSVLogger
@@ -74,72 +135,23 @@ def finetune(
         forecast=prediction,
         dirpath=str(log_dir),
     )
-    if ft.method == "sft":
-        from sts_lightning.training.data import SFTDataModule
-        from sts_lightning.training.sft import SFTModule
-
-        module = SFTModule(
-            job.model,
-            dtype=job.dtype,
-            trust_remote_code=job.trust_remote_code,
-            cache_dir=job.cache_dir,
-            lora=ft.lora,
-            gradient_checkpointing=ft.gradient_checkpointing,
-            lr=ft.lr,
-            warmup_steps=min(ft.warmup_steps, ft.steps - 1),
-            save_hf_on_fit_end=False,
-        )
-        data = SFTDataModule(
-            list(examples),
-            train_size=n,
-            batch_size=ft.batch_size,
-            seed=seed,
-            max_length=ft.max_length,
-        )
-        clip = 1.0
-    else:
-        from sts_lightning.model.loading import load_model_and_tokenizer
-        from sts_lightning.training.data import PromptDataModule
-        from sts_lightning.training.grpo import GRPOModule
-        from sts_lightning.training.grpo_loss import GRPOConfig
-
-        model, tokenizer = load_model_and_tokenizer(
-            job.model,
-            dtype=job.dtype,
-            trust_remote_code=job.trust_remote_code,
-            cache_dir=job.cache_dir,
-        )
-        module = GRPOModule(
-            model,
-            tokenizer,
-            grpo=GRPOConfig(
-                num_generations=ft.num_generations, max_new_tokens=ft.max_completion_length
-            ),
-            lora=ft.lora,
-            lr=ft.lr,
-            warmup_steps=ft.warmup_steps,
-            lr_schedule="constant",
-            seed=seed,
-        )
-        rows = [
-            {"prompt": e.prompt, "answer": e.answer, **({"task": task} if builtin else {})}
-            for e in examples
-        ]
-        data = PromptDataModule(rows, train_size=n, batch_size=ft.batch_size, seed=seed)
-        clip = None  # GRPO clips inside its manual optimisation
+    sft = ft.method == "sft"
+    module, data = (
+        _sft(job, examples, n, seed) if sft else _grpo(job, task, builtin, examples, n, seed)
+    )
     trainer = Trainer(
         accelerator="auto",
         devices=1,
         max_steps=ft.steps,
         precision=ft.precision,
-        accumulate_grad_batches=ft.accumulate if ft.method == "sft" else 1,
+        accumulate_grad_batches=ft.accumulate if sft else 1,
         logger=CSVLogger(str(log_dir), name="", version=""),
         enable_checkpointing=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
         log_every_n_steps=1,
-        gradient_clip_val=clip,
+        gradient_clip_val=1.0 if sft else None,  # GRPO clips inside its manual optimisation
         callbacks=[callback],
     )
     trainer.fit(module, datamodule=data)

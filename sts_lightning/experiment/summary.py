@@ -82,6 +82,76 @@ def _task_table(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return table
 
 
+def _task_correlations(
+    rs: list[dict[str, Any]], table: dict[str, dict[str, float]], n_bootstrap: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Correlations with the realised delta (pooled and per seed) and partial correlations
+    controlling for the base loss, of every predictor of one task."""
+    domains = list(table)
+    delta = [table[d]["delta"] for d in domains]
+    base = [table[d]["base_loss"] for d in domains]
+    corr, partial = {}, {}
+    per_run = [_predictors(r) for r in rs]  # {domain: {predictor: value}} of each seed
+    for p in (p for p in PREDICTORS if p in table[domains[0]]):
+        pooled = correlations([table[d][p] for d in domains], delta, n_bootstrap=n_bootstrap)
+        seeds = [
+            correlations(
+                [values[d][p] for d in domains],
+                [r["realised"][d]["delta"] for d in domains],
+                n_bootstrap=1,
+            )
+            for r, values in zip(rs, per_run, strict=True)
+        ]
+        corr[p] = {
+            "pooled": pooled,
+            "pearson_seeds": summarise([s["pearson"] for s in seeds]),
+            "spearman_seeds": summarise([s["spearman"] for s in seeds]),
+        }
+        if p != "base_loss":
+            x = [table[d][p] for d in domains]
+            partial[p] = {}
+            for method in ("pearson", "spearman"):
+                r, pv = _partial(x, np.abs(delta), base, method)
+                partial[p][method] = {"r": r, "p": pv}
+    return corr, partial
+
+
+def _sign(rs: list[dict[str, Any]], table: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """How often the signed forecast has the realised delta's sign (pooled, and per seed)."""
+    domains = list(table)
+    delta = [table[d]["delta"] for d in domains]
+    return {
+        "pooled": sign_accuracy([table[d]["signed"] for d in domains], delta),
+        "seeds": summarise(
+            [
+                sign_accuracy(
+                    [r["scores"][d]["signed"] for d in domains],
+                    [r["realised"][d]["delta"] for d in domains],
+                )["accuracy"]
+                for r in rs
+            ]
+        ),
+    }
+
+
+def _cross_task(tasks: list[str], tables: dict[str, dict[str, dict[str, float]]]) -> dict:
+    """:func:`cross_task` of every pair of tasks, for every predictor."""
+    pairs = {}
+    for a, b in itertools.combinations(tasks, 2):
+        ta, tb = tables[a], tables[b]
+        pairs[f"{a} vs {b}"] = {
+            p: cross_task(
+                {d: v[p] for d, v in ta.items()},
+                {d: v[p] for d, v in tb.items()},
+                {d: v["delta"] for d, v in ta.items()},
+                {d: v["delta"] for d, v in tb.items()},
+            )
+            for p in PREDICTORS
+            if p in ta[next(iter(ta))]
+        }
+    return pairs
+
+
 def summarise_runs(
     runs: list[dict[str, Any]], *, k: int, d_sae: int, n_bootstrap: int = 2000
 ) -> dict[str, Any]:
@@ -96,63 +166,14 @@ def summarise_runs(
     tables = {t: _task_table(rs) for t, rs in by_task.items()}
     corr, partial, sign, overlap, accuracy = {}, {}, {}, {}, {}
     for task, rs in by_task.items():
-        table, domains = tables[task], list(tables[task])
-        delta = [table[d]["delta"] for d in domains]
-        base = [table[d]["base_loss"] for d in domains]
-        corr[task], partial[task] = {}, {}
-        per_run = [_predictors(r) for r in rs]  # {domain: {predictor: value}} of each seed
-        for p in (p for p in PREDICTORS if p in table[domains[0]]):
-            pooled = correlations([table[d][p] for d in domains], delta, n_bootstrap=n_bootstrap)
-            seeds = [
-                correlations(
-                    [values[d][p] for d in domains],
-                    [r["realised"][d]["delta"] for d in domains],
-                    n_bootstrap=1,
-                )
-                for r, values in zip(rs, per_run, strict=True)
-            ]
-            corr[task][p] = {
-                "pooled": pooled,
-                "pearson_seeds": summarise([s["pearson"] for s in seeds]),
-                "spearman_seeds": summarise([s["spearman"] for s in seeds]),
-            }
-            if p != "base_loss":
-                x = [table[d][p] for d in domains]
-                partial[task][p] = {}
-                for method in ("pearson", "spearman"):
-                    r, pv = _partial(x, np.abs(delta), base, method)
-                    partial[task][p][method] = {"r": r, "p": pv}
-        sign[task] = {
-            "pooled": sign_accuracy([table[d]["signed"] for d in domains], delta),
-            "seeds": summarise(
-                [
-                    sign_accuracy(
-                        [r["scores"][d]["signed"] for d in domains],
-                        [r["realised"][d]["delta"] for d in domains],
-                    )["accuracy"]
-                    for r in rs
-                ]
-            ),
-        }
+        corr[task], partial[task] = _task_correlations(rs, tables[task], n_bootstrap)
+        sign[task] = _sign(rs, tables[task])
         overlap[task] = {
             kind: summarise([r["overlap"][kind] for r in rs]) for kind in rs[0]["overlap"]
         }
         accuracy[task] = {
             "before": rs[0]["task_accuracy"]["before"],
             "after": summarise([r["task_accuracy"]["after"] for r in rs]),
-        }
-    pairs = {}
-    for a, b in itertools.combinations(tasks, 2):
-        ta, tb = tables[a], tables[b]
-        pairs[f"{a} vs {b}"] = {
-            p: cross_task(
-                {d: v[p] for d, v in ta.items()},
-                {d: v[p] for d, v in tb.items()},
-                {d: v["delta"] for d, v in ta.items()},
-                {d: v["delta"] for d, v in tb.items()},
-            )
-            for p in PREDICTORS
-            if p in ta[next(iter(ta))]
         }
     return {
         "tasks": tasks,
@@ -163,7 +184,7 @@ def summarise_runs(
         "tables": tables,
         "correlations": corr,
         "partial": partial,
-        "cross_task": pairs,
+        "cross_task": _cross_task(tasks, tables),
         "sign": sign,
         "overlap": overlap,
         "task_accuracy": accuracy,
