@@ -209,21 +209,7 @@ def predict(
     """
     cfg = config or PredictConfig()
     start = time.perf_counter()
-    try:
-        layer = resolve_layer(sae, cfg.layer)
-    except ValueError as err:
-        raise ValueError(
-            "`config.layer` is None and the SAE's metadata names no hook layer"
-        ) from err
-    check_sae_fits(sae, model, layer)
-    train_examples = check_examples("train_examples", train_examples, cfg.n_demos)
-    if not isinstance(domains, Mapping) or not domains:
-        raise ValueError("`domains` must be a non-empty mapping {name: examples}")
-    domains = {
-        n: check_examples(f"domains[{n!r}]", e, cfg.domain_demos) for n, e in domains.items()
-    }
-    if cfg.k > sae_d_sae(sae):  # fail before any forward pass
-        raise ValueError(f"`config.k`={cfg.k} exceeds the SAE's d_sae={sae_d_sae(sae)}")
+    layer, train_examples, domains = _checked(model, sae, train_examples, domains, cfg)
     extractor = Extractor(model, sae, tokenizer, layer, cfg)
 
     task = task_statistics(extractor, train_examples)
@@ -237,6 +223,28 @@ def predict(
     max_norm = float(extractor.max_norm)
     kw = dict(layer=layer, k=cfg.k, max_norm=max_norm, config=cfg, timings=timings, meta=meta)
     return assemble_prediction(task, stats, **kw)
+
+
+def _checked(
+    model, sae, train_examples, domains, cfg: PredictConfig
+) -> tuple[int, list[Example], dict[str, list[Example]]]:
+    """``(layer, train_examples, domains)`` once every input is checked, before any forward."""
+    try:
+        layer = resolve_layer(sae, cfg.layer)
+    except ValueError as err:
+        raise ValueError(
+            "`config.layer` is None and the SAE's metadata names no hook layer"
+        ) from err
+    check_sae_fits(sae, model, layer)
+    train_examples = check_examples("train_examples", train_examples, cfg.n_demos)
+    if not isinstance(domains, Mapping) or not domains:
+        raise ValueError("`domains` must be a non-empty mapping {name: examples}")
+    domains = {
+        n: check_examples(f"domains[{n!r}]", e, cfg.domain_demos) for n, e in domains.items()
+    }
+    if cfg.k > sae_d_sae(sae):
+        raise ValueError(f"`config.k`={cfg.k} exceeds the SAE's d_sae={sae_d_sae(sae)}")
+    return layer, train_examples, domains
 
 
 def _warn_if_short(name: str, n_tokens: int, budget: int) -> None:
