@@ -48,18 +48,13 @@ def _demo(seed: int = 0, d_sae: int = 4096, n_domains: int = 8) -> str:
 
 
 def _predict(argv: list[str]) -> int:
-    from pathlib import Path
-
     from sts_lightning.forecast.job import PredictJob, job_parser, run_predict
+    from sts_lightning.forecast.recipe import parse_dataclass, save_resolved
 
     parser = job_parser()
-    cfg = parser.parse_args(argv)
-    fields = {k: v for k, v in vars(parser.instantiate(cfg)).items() if k != "config"}
-    job = PredictJob(**fields)
-    out = Path(job.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    job, namespace = parse_dataclass(parser, PredictJob, argv)
     # The resolved recipe beside the results: the run can be repeated exactly.
-    (out / "config.yaml").write_text(parser.dump(cfg, skip_none=False))
+    out = save_resolved(parser, namespace, job.output_dir)
     pred = run_predict(job)
     sys.stdout.write(pred.table() + "\n")
     t = pred.timings
@@ -72,17 +67,14 @@ def _predict(argv: list[str]) -> int:
 
 
 def _experiment(argv: list[str]) -> int:
-    from pathlib import Path
-
-    from sts_lightning.experiment.cli import experiment_parser, job_from_args
+    from sts_lightning.experiment.cli import experiment_parser
+    from sts_lightning.experiment.config import ExperimentJob
     from sts_lightning.experiment.run import run_experiment
+    from sts_lightning.forecast.recipe import parse_dataclass, save_resolved
 
     parser = experiment_parser()
-    cfg = parser.parse_args(argv)
-    job = job_from_args(parser, cfg)
-    out = Path(job.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(parser.dump(cfg, skip_none=False))
+    job, namespace = parse_dataclass(parser, ExperimentJob, argv)
+    out = save_resolved(parser, namespace, job.output_dir)
     results = run_experiment(job)
     sys.stdout.write(
         f"wrote {out}/report.md, results.json and figures in {results['timings']['total']:.0f} s\n"

@@ -11,8 +11,8 @@ import torch
 
 from sts_lightning.cli import main
 from sts_lightning.data.prompts import Example
+from sts_lightning.data.sources import read_examples
 from sts_lightning.forecast.config import PredictConfig
-from sts_lightning.forecast.job import load_examples
 from sts_lightning.forecast.predict import predict
 from sts_lightning.forecast.prediction import Prediction
 
@@ -98,11 +98,11 @@ def test_cli_predict_writes_outputs_equal_to_library_call(
     saved = Prediction.load(files["out"])
     # The same forecast through the library, from the same files.
     cfg = PredictConfig(k=8, domain_demos=1, train_tokens=60, domain_tokens=20, progress=False)
-    domains = {k: load_examples(v) for k, v in domain_files.items()}
+    domains = {k: read_examples(v) for k, v in domain_files.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         direct = predict(
-            tiny_llama, tiny_tokenizer, tiny_sae, load_examples(files["train"]), domains, cfg
+            tiny_llama, tiny_tokenizer, tiny_sae, read_examples(files["train"]), domains, cfg
         )
     assert torch.equal(saved.top_latents, direct.top_latents)
     for name in domains:
@@ -111,11 +111,41 @@ def test_cli_predict_writes_outputs_equal_to_library_call(
     assert "predict:" in (files["out"] / "config.yaml").read_text()
 
 
-def test_load_examples_rejects_malformed_lines(tmp_path):
+def test_read_examples_rejects_malformed_lines(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"answer": "no prompt"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: expected a JSON object with a 'prompt'"):
-        load_examples(tmp_path / "bad.jsonl")
-    assert load_examples(_jsonl(tmp_path / "ok.jsonl", PROSE))[0] == Example(PROSE[0]["prompt"])
+        read_examples(tmp_path / "bad.jsonl")
+    assert read_examples(_jsonl(tmp_path / "ok.jsonl", PROSE))[0] == Example(PROSE[0]["prompt"])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"prompt": "ok"}\n\n{"prompt": \n', r"bad.jsonl:3: not a JSON object"),
+        ('{"prompt": "ok"}\n["prompt"]\n', r"bad.jsonl:2: expected a JSON object, got list"),
+    ],
+)
+def test_read_examples_names_the_bad_line(tmp_path, text, message):
+    (tmp_path / "bad.jsonl").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_examples(tmp_path / "bad.jsonl")
+
+
+def test_recipe_loads_like_the_command_line(tmp_path):
+    """`load_job` and `sts-lightning predict` read a recipe through the same parser."""
+    from sts_lightning.forecast.job import PredictJob, job_parser, load_job
+    from sts_lightning.forecast.recipe import parse_dataclass, save_resolved
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("domains: [law]\npredict:\n  k: 7\n")
+    job = load_job(recipe, "--sae_tokens", "99")
+    parser = job_parser()
+    parsed, namespace = parse_dataclass(parser, PredictJob, ["--config", str(recipe)])
+    assert isinstance(job, PredictJob) and job.domains == ["law"] and job.predict.k == 7
+    assert job.sae_tokens == 99 and parsed.sae_tokens == PredictJob().sae_tokens
+    out = save_resolved(parser, namespace, tmp_path / "out")
+    again = load_job(out / "config.yaml")  # the saved settings repeat the run
+    assert again == parsed
 
 
 @pytest.mark.parametrize(

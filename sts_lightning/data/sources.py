@@ -27,7 +27,7 @@ from typing import Any
 from sts_lightning.data.domains import TRAINING_SETS, load_training_set
 from sts_lightning.data.prompts import Example
 
-__all__ = ["is_hf_source", "load_rows"]
+__all__ = ["is_hf_source", "load_rows", "read_examples"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ def _load_hf(source: str, *, split: str, subset: str | None, data_files: Any) ->
     return list(dataset)
 
 
-def _read_jsonl(path: str) -> list[dict]:
+def _json_objects(path: str | Path) -> list[tuple[int, dict]]:
+    """``(line number, object)`` of each non-blank line of a JSON-lines file."""
     rows = []
     with Path(path).open(encoding="utf-8") as f:
         for i, line in enumerate(f, start=1):
@@ -70,8 +71,26 @@ def _read_jsonl(path: str) -> list[dict]:
                 raise ValueError(f"{path}:{i}: not a JSON object: {err}") from err
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+            rows.append((i, row))
     return rows
+
+
+def read_examples(path: str | Path) -> list[Example]:
+    """The examples of a JSON-lines file of ``{"prompt": ..., "answer"?: ...}`` objects.
+
+    Blank lines are skipped; other keys are ignored.
+
+    Raises:
+        ValueError: A line that is not a JSON object or has no ``"prompt"`` (file and line named).
+    """
+    examples = []
+    for i, row in _json_objects(path):
+        if "prompt" not in row:
+            raise ValueError(
+                f"{path}:{i}: expected a JSON object with a 'prompt', got keys {sorted(row)}"
+            )
+        examples.append(Example(row["prompt"], row.get("answer")))
+    return examples
 
 
 def _rename(
@@ -143,7 +162,7 @@ def load_rows(
         return [{"prompt": e.prompt, "answer": e.answer, "task": source} for e in examples]
     if isinstance(source, str):
         if Path(source).suffix == ".jsonl":
-            raw, where = _read_jsonl(source), f"{source}"
+            raw, where = [row for _, row in _json_objects(source)], f"{source}"
         else:
             raw = _load_hf(source, split=split, subset=subset, data_files=data_files)
             where = f"dataset {source!r} (split {split!r})"

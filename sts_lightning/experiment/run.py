@@ -84,12 +84,12 @@ def _task_pool(job: ExperimentJob, task: str) -> tuple[str, bool, list[Example]]
 
 def _domains(job: ExperimentJob) -> tuple[dict, dict]:
     from sts_lightning.data.domains import load_domain
-    from sts_lightning.forecast.job import load_examples
+    from sts_lightning.data.sources import read_examples
 
     scored = {n: load_domain(n, split="score") for n in job.domains}
     heldout = {n: load_domain(n, split="heldout") for n in job.domains}
     for name, path in job.domain_files.items():
-        items = load_examples(path)
+        items = read_examples(path)
         if len(items) < 4:
             raise ValueError(f"`domain_files[{name!r}]` has {len(items)} items; at least 4 needed")
         scored[name], heldout[name] = items[: len(items) // 2], items[len(items) // 2 :]
@@ -98,10 +98,10 @@ def _domains(job: ExperimentJob) -> tuple[dict, dict]:
 
 def _load(job: ExperimentJob, device: torch.device, stage: _Stages) -> tuple[Any, Any, Any, int]:
     """The model, tokenizer and SAE on ``device``, checked against each other, and the layer."""
-    from sts_lightning.forecast.job import PredictJob, resolve_sae
-    from sts_lightning.model.capture import decoder_layers
+    from sts_lightning.model.capture import model_width
     from sts_lightning.model.loading import default_cache_dir, load_model_and_tokenizer
-    from sts_lightning.model.sae import check_sae, sae_d_sae, sae_layer
+    from sts_lightning.model.sae import check_sae_fits, resolve_layer, sae_d_sae
+    from sts_lightning.model.sae_source import resolve_run_sae
 
     cache = Path(job.cache_dir) if job.cache_dir else default_cache_dir()
     model, tokenizer = load_model_and_tokenizer(
@@ -109,24 +109,14 @@ def _load(job: ExperimentJob, device: torch.device, stage: _Stages) -> tuple[Any
     )
     model.to(device)
     stage(f"model {job.model} loaded", "load_model")
-    predict_job = PredictJob(
-        model=job.model,
-        sae=job.sae,
-        sae_training=job.sae_training,
-        sae_tokens=job.sae_tokens,
-        predict=job.predict,
-        cache_dir=job.cache_dir,
-    )
-    sae = resolve_sae(predict_job, model, tokenizer, cache)  # trained and cached on first use
+    sae = resolve_run_sae(job, model, tokenizer, cache)  # trained and cached on first use
     if isinstance(sae, torch.nn.Module):
         sae.to(device)
-    layer = job.predict.layer if job.predict.layer is not None else sae_layer(sae)
-    if layer is None:
-        raise ValueError("`predict.layer` is None and the SAE's metadata names no hook layer")
-    d_model = model.get_input_embeddings().weight.shape[1]
-    check_sae(sae, d_model=d_model, n_layers=len(decoder_layers(model)), layer=layer)
+    layer = resolve_layer(sae, job.predict.layer)
+    check_sae_fits(sae, model, layer)
     if job.predict.k > sae_d_sae(sae):
         raise ValueError(f"`predict.k`={job.predict.k} exceeds the SAE's d_sae={sae_d_sae(sae)}")
+    d_model = model_width(model)
     if job.raw_k > d_model:
         raise ValueError(f"`raw_k`={job.raw_k} exceeds the model's width d_model={d_model}")
     stage(f"SAE ready (layer {layer}, d_sae {sae_d_sae(sae)})", "sae")
