@@ -138,10 +138,11 @@ def run_trl(
         def on_step_end(self, args, state, control, **kwargs) -> None:
             clock.ends.append(time.perf_counter())
 
+    from sts_lightning.training.base import prepare_model
+
     model, tokenizer = load_model_and_tokenizer(checkpoint)
-    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
-    if freeze_tied and head.weight is embedding.weight:
-        embedding.weight.requires_grad_(False)
+    # SFTModule's own freeze, so both sides train the same parameters.
+    model = prepare_model(model, freeze_tied_embeddings=freeze_tied)
     rows = [
         {
             "prompt": [{"role": "user", "content": e.prompt}],

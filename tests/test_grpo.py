@@ -15,14 +15,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from sts_lightning.training.grpo import (
-    GRPOConfig,
-    GRPOModule,
-    LoraSettings,
-    grpo_advantages,
-    grpo_loss,
-)
+from sts_lightning.training.grpo import GRPOConfig, GRPOModule, grpo_advantages, grpo_loss
 from sts_lightning.training.grpo_loss import combine_rewards
+from sts_lightning.training.lora import LoraSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(4)]
@@ -160,7 +155,7 @@ def test_a_few_steps_raise_the_reward(tiny_llama, tiny_tokenizer):
 def test_kl_is_zero_before_the_first_update(tiny_llama, tiny_tokenizer, lora):
     settings = LoraSettings(r=4, alpha=8) if lora else None
     module = make_module(tiny_llama, tiny_tokenizer, grpo={"beta": 0.1}, lora=settings)
-    assert (module._ref_model is None) == lora  # LoRA: no second copy of the model
+    assert (module.ref_model is None) == lora  # LoRA: no second copy of the model
     base = {n: p.detach().clone() for n, p in module.model.named_parameters() if "lora" not in n}
     _, rec = fit(module, 3)
     kl = rec.curve("grpo/kl")

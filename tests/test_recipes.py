@@ -6,9 +6,9 @@ How a GPU recipe is checked on a CPU machine without downloading anything:
    key must match a signature, and nothing is instantiated.
 2. ``build_cli(..., run=False)`` then instantiates it with the hardware overridden to one CPU
    process and with :func:`sts_lightning.model.loading.resolve_model` patched so that every model
-   name resolves to a tiny local checkpoint. ``SFTModule`` loads no weights when built (it loads
-   them in ``configure_model``), so this checks it stays that way; modules that load eagerly get
-   the tiny model instead of a download.
+   name resolves to a tiny local checkpoint. ``SFTModule`` and ``GRPOModule`` load no weights
+   when built (they load them in ``configure_model``), so this checks it stays that way; a module
+   that loaded eagerly would get the tiny model instead of a download.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from lightning.pytorch import Trainer
 
 from sts_lightning.model import loading as embedded
 from sts_lightning.training.cli import build_cli, parse_config
+from sts_lightning.training.grpo import GRPOModule
 from sts_lightning.training.sft import SFTModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,9 +62,12 @@ def test_recipe_parses_and_instantiates(recipe, tmp_path, monkeypatch, tiny_dir)
     cli = build_cli(["--config", str(recipe), *ON_ONE_CPU], run=False)
     assert isinstance(cli.trainer, Trainer)
     assert cli.model.hparams  # checkpoints can rebuild the module
+    assert isinstance(cli.model, (SFTModule, GRPOModule))
+    assert "model" not in cli.model._modules  # building the module read no weights
     if isinstance(cli.model, SFTModule):
-        assert "model" not in cli.model._modules  # building the module read no weights
         assert cli.model.hparams.model_name_or_path == config.model.init_args.model_name_or_path
+    else:
+        assert cli.model.hparams.model == config.model.init_args.model
 
 
 def test_cli_rejects_unknown_keys(tmp_path, monkeypatch):

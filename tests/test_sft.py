@@ -16,7 +16,8 @@ from lightning.pytorch.loggers import CSVLogger
 
 from sts_lightning.data.prompts import Example
 from sts_lightning.training.data import SFTDataModule
-from sts_lightning.training.sft import LoraSettings, SFTModule, answer_nll
+from sts_lightning.training.lora import LoraSettings
+from sts_lightning.training.sft import SFTModule, answer_nll
 
 # Memorisable: 12 distinct short answers the tiny model cannot know in advance.
 EXAMPLES = [Example(f"What is {i} + {i}?", f"The answer is {2 * i}.") for i in range(12)]

@@ -5,18 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sts_lightning.config import check_fields, non_negative_int, one_of, positive, positive_int
 from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.model.sae_training import SAETrainConfig
-from sts_lightning.training.sft import LoraSettings
+from sts_lightning.training.lora import LoraSettings
 
 __all__ = ["EvalSettings", "ExperimentJob", "FinetuneSettings"]
-
-
-def _positive(owner: object, *names: str) -> None:
-    for name in names:
-        value = getattr(owner, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int, got {value!r}")
 
 
 @dataclass
@@ -54,16 +48,12 @@ class FinetuneSettings:
     """The STS callback measures the realised shift every this many steps (and at the end)."""
 
     def __post_init__(self) -> None:
-        if self.method not in ("sft", "grpo"):
-            raise ValueError(f"`finetune.method` must be 'sft' or 'grpo', got {self.method!r}")
-        _positive(self, "steps", "batch_size", "num_generations", "max_completion_length")
-        _positive(self, "track_every", "accumulate", "max_length")
-        if not self.lr > 0:
-            raise ValueError(f"`finetune.lr` must be > 0, got {self.lr!r}")
-        if isinstance(self.warmup_steps, bool) or self.warmup_steps < 0:
-            raise ValueError(
-                f"`finetune.warmup_steps` must be an int >= 0, got {self.warmup_steps}"
-            )
+        one_of("finetune.method", self.method, ("sft", "grpo"))
+        check_fields(self, positive_int, "steps", "batch_size", "num_generations")
+        check_fields(self, positive_int, "max_completion_length", "track_every", "accumulate")
+        positive_int("max_length", self.max_length)
+        positive("finetune.lr", self.lr)
+        non_negative_int("finetune.warmup_steps", self.warmup_steps)
 
 
 @dataclass
@@ -83,11 +73,9 @@ class EvalSettings:
     """Sequences per forward pass."""
 
     def __post_init__(self) -> None:
-        _positive(self, "tokens", "batch_size")
-        if isinstance(self.task_items, bool) or self.task_items < 0:
-            raise ValueError(f"`evaluation.task_items` must be an int >= 0, got {self.task_items}")
-        if self.span not in ("all", "answer", "prompt"):
-            raise ValueError(f"`evaluation.span` must be all/answer/prompt, got {self.span!r}")
+        check_fields(self, positive_int, "tokens", "batch_size")
+        non_negative_int("evaluation.task_items", self.task_items)
+        one_of("evaluation.span", self.span, ("all", "answer", "prompt"))
 
 
 @dataclass
@@ -170,4 +158,4 @@ class ExperimentJob:
                 f"`contrast_task`={self.contrast_task!r} is a source task; the contrast needs "
                 "demonstrations unrelated to every source task"
             )
-        _positive(self, "sae_tokens", "task_examples", "raw_k", "n_bootstrap")
+        check_fields(self, positive_int, "sae_tokens", "task_examples", "raw_k", "n_bootstrap")

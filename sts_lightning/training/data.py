@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from sts_lightning.config import at_least, non_negative_int, positive_int
 from sts_lightning.data.batching import (
     ResumableDataLoader,
     SFTCollator,
@@ -41,37 +43,32 @@ log = logging.getLogger(__name__)
 
 
 class _SourceDataModule(LightningDataModule):
-    """Reads the training rows and the named validation rows; subclasses turn them into loaders."""
+    """Reads the training and validation rows; subclasses make loaders (arguments: see
+    :class:`PromptDataModule`)."""
 
     def __init__(
         self,
-        train: str | list[Example] | list[dict[str, Any]],
+        train: str | list[Example] | list[dict[str, Any]] = "arithmetic",
         *,
-        train_size: int | None,
-        train_split: str,
-        train_subset: str | None,
-        data_files: str | list[str] | None,
-        prompt_column: str,
-        answer_column: str | None,
-        val_domains: list[str] | None,
-        val_files: dict[str, str] | None,
-        val_size: int,
-        val_from_train: int,
-        batch_size: int,
-        val_batch_size: int | None,
-        num_workers: int,
-        seed: int,
+        train_size: int | None = 512,
+        train_split: str = "train",
+        train_subset: str | None = None,
+        data_files: str | list[str] | None = None,
+        prompt_column: str = "prompt",
+        answer_column: str | None = "answer",
+        val_domains: list[str] | None = None,
+        val_files: dict[str, str] | None = None,
+        val_size: int = 32,
+        val_from_train: int = 0,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
     ) -> None:
         super().__init__()
-        for arg, value in (("batch_size", batch_size), ("val_size", val_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{arg}` must be a positive int, got {value!r}")
-        if (
-            isinstance(val_from_train, bool)
-            or not isinstance(val_from_train, int)
-            or val_from_train < 0
-        ):
-            raise ValueError(f"`val_from_train` must be an int >= 0, got {val_from_train!r}")
+        positive_int("batch_size", batch_size)
+        positive_int("val_size", val_size)
+        non_negative_int("val_from_train", val_from_train)
         names = [*(val_domains or []), *(val_files or {})] + (
             ["train_heldout"] * (val_from_train > 0)
         )
@@ -150,6 +147,11 @@ class _SourceDataModule(LightningDataModule):
             num_workers=self.num_workers,
         )
 
+    def _val_loaders(self, datasets: dict[str, list], collate: Callable[[str], Any]):
+        """One loader per named validation set; ``collate(name)`` makes its collate function."""
+        kwargs = {"batch_size": self.val_batch_size, "num_workers": self.num_workers}
+        return [DataLoader(d, collate_fn=collate(name), **kwargs) for name, d in datasets.items()]
+
 
 class SFTDataModule(_SourceDataModule):
     """Chat-templated (prompt, answer) batches with answer-only labels, and named validation sets.
@@ -205,24 +207,14 @@ class SFTDataModule(_SourceDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(
-            train,
-            train_size=train_size,
-            train_split=train_split,
-            train_subset=train_subset,
-            data_files=data_files,
-            prompt_column=prompt_column,
-            answer_column=answer_column,
-            val_domains=val_domains,
-            val_files=val_files,
-            val_size=val_size,
-            val_from_train=val_from_train,
-            batch_size=batch_size,
-            val_batch_size=val_batch_size,
-            num_workers=num_workers,
-            seed=seed,
-        )
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-            raise ValueError(f"`max_length` must be an int >= 2, got {max_length!r}")
+            train, train_size=train_size, train_split=train_split, train_subset=train_subset,
+            data_files=data_files, prompt_column=prompt_column, answer_column=answer_column,
+            val_domains=val_domains, val_files=val_files, val_size=val_size,
+            val_from_train=val_from_train, batch_size=batch_size, val_batch_size=val_batch_size,
+            num_workers=num_workers, seed=seed,
+        )  # fmt: skip
+        positive_int("max_length", max_length)
+        at_least("max_length", max_length, 2)
         self.tokenizer = tokenizer
         self.system_prompt, self.max_length = system_prompt, max_length
         self.label_end_of_turn = label_end_of_turn
@@ -264,15 +256,8 @@ class SFTDataModule(_SourceDataModule):
         return self._train_loader(self.train_dataset, SFTCollator(self.tokenizer.pad_token_id))
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [
-            DataLoader(
-                dataset,
-                batch_size=self.val_batch_size,
-                collate_fn=SFTCollator(self.tokenizer.pad_token_id, name=name),
-                num_workers=self.num_workers,
-            )
-            for name, dataset in self.val_datasets.items()
-        ]
+        pad = self.tokenizer.pad_token_id
+        return self._val_loaders(self.val_datasets, lambda name: SFTCollator(pad, name=name))
 
 
 class PromptDataModule(_SourceDataModule):
@@ -301,43 +286,6 @@ class PromptDataModule(_SourceDataModule):
         seed: Seed of the subsets, the built-in generators and the per-epoch shuffling.
     """
 
-    def __init__(
-        self,
-        train: str | list[Example] | list[dict[str, Any]] = "arithmetic",
-        *,
-        train_size: int | None = 512,
-        train_split: str = "train",
-        train_subset: str | None = None,
-        data_files: str | list[str] | None = None,
-        prompt_column: str = "prompt",
-        answer_column: str | None = "answer",
-        val_domains: list[str] | None = None,
-        val_files: dict[str, str] | None = None,
-        val_size: int = 32,
-        val_from_train: int = 0,
-        batch_size: int = 8,
-        val_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            train,
-            train_size=train_size,
-            train_split=train_split,
-            train_subset=train_subset,
-            data_files=data_files,
-            prompt_column=prompt_column,
-            answer_column=answer_column,
-            val_domains=val_domains,
-            val_files=val_files,
-            val_size=val_size,
-            val_from_train=val_from_train,
-            batch_size=batch_size,
-            val_batch_size=val_batch_size,
-            num_workers=num_workers,
-            seed=seed,
-        )
-
     def setup(self, stage: str | None = None) -> None:
         self._read_rows()
 
@@ -345,12 +293,6 @@ class PromptDataModule(_SourceDataModule):
         return self._train_loader(self.train_rows, collate_rows)
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [
-            DataLoader(
-                rows,
-                batch_size=self.val_batch_size,
-                collate_fn=functools.partial(collate_rows, name=name),
-                num_workers=self.num_workers,
-            )
-            for name, rows in self.val_rows.items()
-        ]
+        return self._val_loaders(
+            self.val_rows, lambda name: functools.partial(collate_rows, name=name)
+        )

@@ -14,17 +14,18 @@ One training step on a batch of ``B`` prompts:
    they equal the current ones: ``logps.detach()``, as TRL).
 
 The reference: with LoRA, the model with its adapter off (``disable_adapter()``); without LoRA
-and with ``beta > 0``, a frozen copy made at init, kept off the module tree (not checkpointed:
-rebuilt from ``model``). Optimisation is manual, so ``Trainer(max_steps=...)`` counts optimizer
-steps (μ per batch, as TRL's ``global_step``) and ``max_grad_norm`` replaces the Trainer's
-``gradient_clip_val``.
+and with ``beta > 0``, a frozen copy of the initial model (:attr:`GRPOModule.ref_model`), off the
+module tree (not checkpointed: rebuilt from the base model). The model loads lazily, in
+``configure_model``, as :class:`~sts_lightning.training.sft.SFTModule`'s. Optimisation is manual,
+so ``Trainer(max_steps=...)`` counts optimizer steps (μ per batch, as TRL's ``global_step``) and
+``max_grad_norm`` replaces the Trainer's ``gradient_clip_val``.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import math
+import os
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -34,36 +35,26 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 
+from sts_lightning.config import non_negative_int, one_of, positive
 from sts_lightning.model.loading import DEFAULT_MODEL, load_model_and_tokenizer
+from sts_lightning.training import base
+from sts_lightning.training import grpo_metrics as metrics
 from sts_lightning.training.grpo_loss import (
     GRPOConfig,
     combine_rewards,
     grpo_advantages,
     grpo_loss,
-    nanstd,
+    rollout_loss,
 )
-from sts_lightning.training.rewards import (
-    RewardFunc,
-    resolve_reward,
-    reward_name,
-    score_completions,
-)
-from sts_lightning.training.rollout import (
-    completion_logps,
-    encode_prompts,
-    eos_token_ids,
-    sample_completions,
-    seeded_sampling,
-    split_batch,
-)
-from sts_lightning.training.sft import LoraSettings
+from sts_lightning.training.lora import LoraSettings
+from sts_lightning.training.rewards import RewardFunc, resolve_rewards, reward_name
+from sts_lightning.training.rollout import completion_logps, rollout
 
+# LoraSettings: re-exported, older code imports it from here.
 __all__ = ["GRPOConfig", "GRPOModule", "LoraSettings", "grpo_advantages", "grpo_loss"]
 
-log = logging.getLogger(__name__)
 
-
-class GRPOModule(LightningModule):
+class GRPOModule(base.HFModelMixin, LightningModule):
     """Fine-tune a causal LM with GRPO from batches of prompts and reward functions.
 
     Batches are dicts of lists with a ``"prompt"`` key (the user turn) and any other columns,
@@ -80,12 +71,14 @@ class GRPOModule(LightningModule):
         lora: Train a LoRA adapter instead of every weight (:class:`LoraSettings` or a dict).
         lr: AdamW learning rate (TRL's default 1e-6).
         weight_decay: AdamW weight decay.
-        warmup_steps: Linear warm-up, in optimizer steps.
+        warmup_steps: Linear warm-up, in optimizer steps: ``(s + 1) / (warmup_steps + 1)``.
         lr_schedule: ``"linear"`` decay to 0 at the last step (TRL's default) or ``"constant"``.
         max_grad_norm: Gradient-norm clip of every optimizer step; ``None`` disables it.
         system_prompt: An explicit system turn; ``None`` keeps the chat template's default.
         dtype: Weight dtype when ``model`` is loaded by name.
         seed: Seeds generation, with the step and the rank.
+        checkpoint_frozen_weights: Also store frozen weights (a LoRA run's base model) in
+            Lightning checkpoints. Off: they are reloaded from ``model`` on restore.
     """
 
     def __init__(
@@ -106,109 +99,89 @@ class GRPOModule(LightningModule):
         system_prompt: str | None = None,
         dtype: str = "float32",
         seed: int = 0,
+        checkpoint_frozen_weights: bool = False,
     ) -> None:
         super().__init__()
         # Dicts too: checkpoints store these as dicts, so `torch.load(weights_only=True)` works.
-        grpo = GRPOConfig(**grpo) if isinstance(grpo, dict) else grpo or GRPOConfig()
-        lora = LoraSettings(**lora) if isinstance(lora, dict) else lora
-        self.grpo = grpo
-        self.reward_funcs = [resolve_reward(f) for f in reward_funcs]
-        weights = [1.0] * len(self.reward_funcs) if reward_weights is None else reward_weights
-        if not self.reward_funcs or len(weights) != len(self.reward_funcs):
-            raise ValueError(
-                f"`reward_weights` must have one weight per reward function "
-                f"({len(self.reward_funcs)}, at least one), got {len(weights)}"
-            )
-        if lr_schedule not in ("linear", "constant"):
-            raise ValueError(f"`lr_schedule` must be 'linear' or 'constant', got {lr_schedule!r}")
-        if not lr > 0 or isinstance(warmup_steps, bool) or warmup_steps < 0:
-            raise ValueError(f"`lr` must be > 0 and `warmup_steps` >= 0, got {lr}, {warmup_steps}")
+        self.grpo = GRPOConfig(**grpo) if isinstance(grpo, dict) else grpo or GRPOConfig()
+        self.lora = LoraSettings(**lora) if isinstance(lora, dict) else lora
+        self.reward_funcs, weights = resolve_rewards(reward_funcs, reward_weights)
+        one_of("lr_schedule", lr_schedule, ("linear", "constant"))
+        positive("lr", lr)
+        non_negative_int("warmup_steps", warmup_steps)
+        positive("max_grad_norm", max_grad_norm, optional=True)
+        self._keep_sources(model, tokenizer)
         # Objects (a loaded model, local functions) are not hyperparameters a YAML can restate.
         objects = {"model": model, "tokenizer": tokenizer, "reward_funcs": None}
         objects["reward_funcs"] = [f for f in reward_funcs if not isinstance(f, str)] or None
         self.save_hyperparameters(
             ignore=[k for k, v in objects.items() if v is not None and not isinstance(v, str)]
         )
-        self.hparams.update(grpo=asdict(grpo), lora=None if lora is None else asdict(lora))
+        self.hparams.update(
+            grpo=asdict(self.grpo), lora=None if self.lora is None else asdict(self.lora)
+        )
         self.automatic_optimization = False  # μ optimizer steps per rollout
-
-        if isinstance(model, (str, Path)):
-            model, loaded = load_model_and_tokenizer(model, dtype=dtype)
-            tokenizer = loaded if tokenizer is None else tokenizer
-        if isinstance(tokenizer, (str, Path)):
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-        if tokenizer is None:
-            raise ValueError("`tokenizer` is required when `model` is a model object")
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        for layer in model.modules() if grpo.disable_dropout else ():
-            if isinstance(layer, torch.nn.Dropout):
-                layer.p = 0.0
-        ref = None
-        if grpo.beta != 0.0 and lora is None:
-            ref = copy.deepcopy(model).eval().requires_grad_(False)
-        if grpo.gradient_checkpointing:
-            # Non-reentrant: works with frozen inputs (LoRA) without enable_input_require_grads.
-            model.gradient_checkpointing_enable({"use_reentrant": False})
-        if lora is not None:
-            from peft import get_peft_model  # lazy: ~5 s of imports
-
-            model = get_peft_model(model, lora.to_peft())
-            self.strict_loading = False  # checkpoints hold the adapter only (on_save_checkpoint)
-        self.model = model.train()
-        self.tokenizer = tokenizer
         self.reward_names = [reward_name(f) for f in self.reward_funcs]
         self.register_buffer("reward_weights", torch.tensor(weights), persistent=False)
-        self._eos_ids = eos_token_ids(model, tokenizer)
         self._val_sums: dict[str, torch.Tensor] = {}
-        object.__setattr__(self, "_ref_model", ref)  # not a submodule: see the module docstring
+
+    # ----------------------------------------------------------------------------- the model
+    def _keep_sources(self, model: Any, tokenizer: Any) -> None:
+        """Keep what configure_model and ``tokenizer`` load from; a tokenizer object is ready."""
+        if tokenizer is None and not isinstance(model, (str, Path)):
+            raise ValueError("`tokenizer` is required when `model` is a model object")
+        # Plain attributes, not submodules: configure_model installs the model, and the
+        # reference stays off the module tree (see the module docstring).
+        object.__setattr__(self, "_model_source", model)
+        self._tokenizer_source = tokenizer if isinstance(tokenizer, (str, Path)) else None
+        self._tokenizer = None if self._tokenizer_source else tokenizer
+        if self._tokenizer is not None and self._tokenizer.pad_token is None:
+            self._tokenizer.pad_token = self._tokenizer.eos_token
+
+    @property
+    def tokenizer(self):
+        """The tokenizer (always with a pad token); loaded on first use when given by name."""
+        if self._tokenizer is None:
+            source = self._tokenizer_source or self._model_source
+            self._tokenizer = base.load_tokenizer(os.fspath(source))
+        return self._tokenizer
+
+    @property
+    def ref_model(self):
+        """The frozen reference when ``beta > 0`` without LoRA (a copy of the initial model);
+        ``None`` otherwise (with LoRA the reference is the policy with its adapter off)."""
+        self.configure_model()
+        return self._ref
+
+    def configure_model(self) -> None:
+        """Load (or take) the model and prepare it (idempotent); Lightning calls it before
+        fit/validate and on restore."""
+        if "model" in self._modules:
+            return
+        model, cfg = self._model_source, self.grpo
+        if isinstance(model, (str, Path)):
+            model, tokenizer = load_model_and_tokenizer(model, dtype=self.hparams.dtype)
+            if self._tokenizer is None and self._tokenizer_source is None:
+                self._tokenizer = tokenizer
+        for layer in model.modules() if cfg.disable_dropout else ():
+            if isinstance(layer, torch.nn.Dropout):
+                layer.p = 0.0
+        frozen_copy = cfg.beta != 0.0 and self.lora is None  # with LoRA: the adapter off
+        ref = copy.deepcopy(model).eval().requires_grad_(False) if frozen_copy else None
+        object.__setattr__(self, "_ref", ref)
+        model = base.prepare_model(
+            model, gradient_checkpointing=cfg.gradient_checkpointing, lora=self.lora
+        )
+        self._install_model(model)
 
     # ----------------------------------------------------------------------------- rollout
-    @torch.no_grad()
     def _rollout(self, batch: Any, *, train: bool = True) -> dict[str, torch.Tensor]:
         """Sample (greedy, 1 per prompt, when not ``train``) and score completions."""
-        prompts, columns = split_batch(batch)
-        g, cfg = (self.grpo.num_generations if train else 1), self.grpo
-        ids, mask = encode_prompts(
-            self.tokenizer, prompts, system_prompt=self.hparams.system_prompt
-        )
-        ids = ids.repeat_interleave(g, 0).to(self.device)  # (B * G, P), groups contiguous
-        mask = mask.repeat_interleave(g, 0).to(self.device)
         seed = (self.hparams.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank
-        # Eval mode while sampling: with gradient checkpointing, train mode disables the KV cache.
-        training = self.model.training
-        self.model.eval()
-        try:
-            with seeded_sampling(seed, self.device) if train else nullcontext():
-                completion_ids, completion_mask = sample_completions(
-                    self.model, self.tokenizer, ids, mask, max_new_tokens=cfg.max_new_tokens,
-                    do_sample=train, temperature=cfg.temperature, top_p=cfg.top_p,
-                    top_k=cfg.top_k,
-                )  # fmt: skip
-        finally:
-            self.model.train(training)
-        kept = [c[m.bool()].tolist() for c, m in zip(completion_ids, completion_mask, strict=True)]
-        rewards_per_func = score_completions(
-            self.reward_funcs,
-            [p for p in prompts for _ in range(g)],
-            self.tokenizer.batch_decode(kept, skip_special_tokens=True),
-            kept,
-            {key: [v for v in values for _ in range(g)] for key, values in columns.items()},
-        )
-        if train and cfg.mask_truncated_completions:
-            # Kept: ended before the budget (mask has a 0) or on an EOS as its last token.
-            eos = torch.tensor(self._eos_ids, device=self.device)
-            ended = (completion_mask[:, -1] == 0) | torch.isin(completion_ids[:, -1], eos)
-            completion_mask = completion_mask * ended[:, None]
-        return {
-            "input_ids": torch.cat([ids, completion_ids], 1),  # (B * G, P + C)
-            "attention_mask": torch.cat([mask, completion_mask], 1),
-            "completion_mask": completion_mask,  # (B * G, C)
-            "rewards_per_func": rewards_per_func.to(self.device),  # (B * G, F), NaN = None
-            "length": torch.tensor([float(len(k)) for k in kept], device=self.device),
-        }
+        return rollout(
+            self.model, self.tokenizer, batch, self.reward_funcs, self.grpo,
+            seed=seed if train else None, system_prompt=self.hparams.system_prompt,
+        )  # fmt: skip
 
     def _logps(self, model, rollout: dict[str, torch.Tensor], rows=slice(None)) -> torch.Tensor:
         return completion_logps(
@@ -240,7 +213,7 @@ class GRPOModule(LightningModule):
             if cfg.num_iterations > 1:
                 rollout["old_logps"] = self._logps(self.model, rollout)
             if cfg.beta != 0.0:
-                ref = self._ref_model  # None with LoRA: the policy with its adapter off
+                ref = self._ref  # None with LoRA: the policy with its adapter off
                 if ref is not None:  # follows the policy's device and (precision plugin) dtype
                     ref.to(device=self.device, dtype=next(self.model.parameters()).dtype)
                 with self.model.disable_adapter() if ref is None else nullcontext():
@@ -268,19 +241,7 @@ class GRPOModule(LightningModule):
         for start in range(0, n, step):
             rows = slice(start, start + step)
             logps = self._logps(self.model, rollout, rows)
-            old = rollout.get("old_logps")
-            loss, sums = grpo_loss(
-                logps,
-                logps.detach() if old is None else old[rows],
-                rollout["advantages"][rows],
-                mask[rows],
-                ref_logps=rollout["ref_logps"][rows] if "ref_logps" in rollout else None,
-                beta=cfg.beta,
-                epsilon=cfg.epsilon,
-                epsilon_high=cfg.epsilon_high,
-                loss_type=cfg.loss_type,
-                normalizer=normalizer,
-            )
+            loss, sums = rollout_loss(logps, rollout, rows, cfg, normalizer)
             self.manual_backward(loss)
             for key, value in (("loss", loss), *sums.items()):
                 totals[key] += value.item()
@@ -291,57 +252,33 @@ class GRPOModule(LightningModule):
         return totals
 
     def _log_step(self, rollout, rewards, rewards_per_func, sums: list[dict[str, float]]) -> None:
-        g = self.grpo.num_generations
-        batch_size = rollout["completion_mask"].size(0) // g
-        zero_std = nanstd(rewards.view(-1, g), dim=1).nan_to_num(0.0) < 1e-8
+        cfg = self.grpo
+        batch_size = rollout["completion_mask"].size(0) // cfg.num_generations
         # Reward statistics are over the gathered (global) rollout already.
-        stats = {
-            "grpo/reward_mean": torch.nanmean(rewards),
-            "grpo/reward_std": nanstd(rewards),
-            "grpo/frac_reward_zero_std": zero_std.float().mean(),
-        }
-        for j, name in enumerate(self.reward_names):
-            stats[f"grpo/rewards/{name}"] = torch.nanmean(rewards_per_func[:, j])
+        stats = metrics.rollout_metrics(
+            rewards, rewards_per_func, self.reward_names, cfg.num_generations
+        )
         self.log_dict(stats, on_step=True, on_epoch=False, batch_size=batch_size)
-        tokens = max(sum(s["tokens"] for s in sums), 1.0)
-        local = {
-            "train/loss": sum(s["loss"] for s in sums) / len(sums),
-            "grpo/completion_length": rollout["length"].mean(),
-            "grpo/clip_ratio": sum(s["clipped"] for s in sums) / tokens,
-            "lr": self.optimizers().param_groups[0]["lr"],
-        }
-        if self.grpo.beta != 0.0:
-            local["grpo/kl"] = sum(s["kl"] for s in sums) / tokens
+        local = metrics.update_metrics(sums, rollout["length"], kl=cfg.beta != 0.0)
+        local["lr"] = self.optimizers().param_groups[0]["lr"]
         self.log_dict(local, on_step=True, on_epoch=False, sync_dist=True, batch_size=batch_size)
 
     # ----------------------------------------------------------------------------- validation
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Scores one greedy completion per prompt; sums per loader (its ``"name"``)."""
-        rollout = self._rollout(batch, train=False)
-        per_func = rollout["rewards_per_func"]
-        rewards = combine_rewards(per_func, self.reward_weights)
+        per_func = self._rollout(batch, train=False)["rewards_per_func"]
+        sums = metrics.validation_sums(combine_rewards(per_func, self.reward_weights), per_func)
         name = batch.get("name") if isinstance(batch, dict) else None
         name = name if isinstance(name, str) else str(dataloader_idx)
-        values = torch.cat([rewards[:, None], per_func], 1).double()  # (B, 1 + F)
-        sums = torch.stack([values.nansum(0), (~values.isnan()).sum(0).double()])  # (2, 1 + F)
-        self._val_sums[name] = self._val_sums.get(name, 0) + sums
+        self._val_sums[name] = self._val_sums.get(name, 0) + sums  # (2, 1 + F)
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_sums:
             return
-        names = list(self._val_sums)  # loaders run in the same order on every rank
-        sums = self.trainer.strategy.reduce(
-            torch.stack([self._val_sums[k] for k in names]), reduce_op="sum"
-        )  # (loaders, 2, 1 + F)
-        means = sums[:, 0] / sums[:, 1]  # NaN where nothing was scorable
-        metrics = {f"val/reward/{name}": means[i, 0] for i, name in enumerate(names)}
-        metrics["val/reward"] = means[:, 0].nanmean()  # unweighted over loaders, as SFT's val/loss
-        pooled = sums.sum(0)
-        for j, name in enumerate(self.reward_names, start=1):
-            metrics[f"val/rewards/{name}"] = pooled[0, j] / pooled[1, j]
+        names, sums = self._reduce_named(self._val_sums)  # (loaders, 2, 1 + F)
+        means = metrics.validation_metrics(names, sums, self.reward_names)
         # Equal on every rank already; sync_dist only keeps Lightning's distributed check quiet.
-        metrics = {k: v.float() for k, v in metrics.items()}
-        self.log_dict(metrics, add_dataloader_idx=False, sync_dist=True)
+        self.log_dict(means, add_dataloader_idx=False, sync_dist=True)
         self._val_sums = {}
 
     # ----------------------------------------------------------------------------- optimizer
@@ -349,57 +286,13 @@ class GRPOModule(LightningModule):
         hp = self.hparams
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        total = None
+        total = math.inf  # no known end: the rate stays at the peak after warm-up
         if self._trainer is not None and self.trainer.max_steps > 0:
             total = self.trainer.max_steps
         elif self._trainer is not None and math.isfinite(self.trainer.estimated_stepping_batches):
             total = int(self.trainer.estimated_stepping_batches) * self.grpo.num_iterations
-
-        def factor(step: int) -> float:
-            if step < hp.warmup_steps:
-                return (step + 1) / (hp.warmup_steps + 1)
-            if hp.lr_schedule == "constant" or total is None:
-                return 1.0
-            return max(0.0, (total - step) / max(1, total - hp.warmup_steps))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        schedule = dict(warmup=hp.warmup_steps, schedule=hp.lr_schedule, peak_in_warmup=False)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            "lr_scheduler": base.warmup_scheduler(optimizer, total=total, **schedule),
         }
-
-    # ----------------------------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.hparams.lora is None:
-            return
-        # Only the adapter: the frozen base (15 GB for a 7B model) is reloaded from `model`.
-        keep = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.hparams.lora is None:
-            return
-        # strict_loading is off for LoRA: check the adapter weights by hand.
-        keep = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
-        missing, unexpected = keep - set(checkpoint["state_dict"]), set(checkpoint["state_dict"])
-        if missing or unexpected - keep:
-            raise RuntimeError(
-                f"the checkpoint does not match this module's LoRA adapter: missing "
-                f"{sorted(missing)[:5]}, unexpected {sorted(unexpected - keep)[:5]} "
-                "(check `lora` and `model` against the run that wrote it)"
-            )
-
-    def save_hf(self, path: str | Path) -> Path:
-        """Write the model (or the LoRA adapter alone) and tokenizer with ``save_pretrained``.
-
-        Under a trainer every rank calls it and rank 0 writes. Reload with ``from_pretrained``
-        (``PeftModel.from_pretrained`` on the base model for an adapter).
-        """
-        path = Path(path)
-        if self._trainer is None or self.trainer.is_global_zero:
-            self.model.save_pretrained(path)
-            self.tokenizer.save_pretrained(path)
-            log.info("saved the HF %s to %s", "adapter" if self.hparams.lora else "model", path)
-        if self._trainer is not None:
-            self.trainer.strategy.barrier("sts_grpo_save_hf")
-        return path

@@ -14,12 +14,22 @@ from typing import Literal
 
 import torch
 
+from sts_lightning.config import (
+    at_least,
+    check_fields,
+    non_negative_int,
+    one_of,
+    positive,
+    positive_int,
+)
+
 __all__ = [
     "GRPOConfig",
     "combine_rewards",
     "grpo_advantages",
     "grpo_loss",
     "nanstd",
+    "rollout_loss",
 ]
 
 ScaleRewards = Literal["group", "batch", "none"] | bool
@@ -66,34 +76,19 @@ class GRPOConfig:
     """Set every dropout probability to 0 (keeps the ratio at 1 on the first iteration)."""
 
     def __post_init__(self) -> None:
-        for name in ("num_generations", "max_new_tokens", "num_iterations"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
-        if self.num_generations < 2:
-            raise ValueError(
-                f"`num_generations` must be >= 2 (the group baseline needs at least two "
-                f"completions per prompt), got {self.num_generations}"
-            )
-        if self.scale_rewards not in _SCALE:
-            raise ValueError(
-                f"`scale_rewards` must be 'group', 'batch', 'none', True or False, "
-                f"got {self.scale_rewards!r}"
-            )
-        if self.loss_type not in ("dapo", "bnpo", "grpo", "dr_grpo"):
-            raise ValueError(
-                f"`loss_type` must be 'dapo', 'bnpo', 'grpo' or 'dr_grpo', got {self.loss_type!r}"
-            )
-        if not self.temperature > 0:
-            raise ValueError(f"`temperature` must be positive, got {self.temperature!r}")
+        check_fields(self, positive_int, "num_generations", "max_new_tokens", "num_iterations")
+        at_least("num_generations", self.num_generations, 2)  # the group baseline needs two
+        one_of("scale_rewards", self.scale_rewards, _SCALE)
+        one_of("loss_type", self.loss_type, ("dapo", "bnpo", "grpo", "dr_grpo"))
+        positive("temperature", self.temperature)
         if not 0 < self.top_p <= 1:
             raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p!r}")
-        if self.beta < 0 or self.epsilon < 0 or (self.epsilon_high or 0) < 0:
-            raise ValueError("`beta`, `epsilon` and `epsilon_high` must be >= 0")
-        if self.micro_batch_size is not None and self.micro_batch_size < 1:
-            raise ValueError(
-                f"`micro_batch_size` must be >= 1 or None, got {self.micro_batch_size}"
-            )
+        non_negative_int("top_k", self.top_k)
+        check_fields(self, at_least, "beta", "epsilon", low=0.0)
+        if self.epsilon_high is not None:
+            at_least("epsilon_high", self.epsilon_high, 0.0)
+        if self.micro_batch_size is not None:
+            positive_int("micro_batch_size", self.micro_batch_size)
 
 
 def nanstd(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -257,3 +252,36 @@ def grpo_loss(
             "tokens": mask.sum(),
         }
     return loss, sums
+
+
+def rollout_loss(
+    logps: torch.Tensor,
+    rollout: dict[str, torch.Tensor],
+    rows: slice,
+    cfg: GRPOConfig,
+    normalizer: float | torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`grpo_loss` of a micro-batch of a rollout, with ``cfg``'s clip, KL and aggregation.
+
+    Args:
+        logps: Policy log-probs of the micro-batch's completion tokens, with grad, ``(n, C)``.
+        rollout: The whole rollout's ``advantages`` ``(N,)`` and ``completion_mask``
+            ``(N, C)``, with ``old_logps`` when computed (μ > 1; else ``logps.detach()``, as
+            TRL) and ``ref_logps`` when ``cfg.beta != 0``.
+        rows: The micro-batch's rows.
+        cfg: The settings.
+        normalizer: The whole rollout's loss denominator.
+    """
+    old, ref = rollout.get("old_logps"), rollout.get("ref_logps")
+    return grpo_loss(
+        logps,
+        logps.detach() if old is None else old[rows],
+        rollout["advantages"][rows],
+        rollout["completion_mask"][rows],
+        ref_logps=None if ref is None else ref[rows],
+        beta=cfg.beta,
+        epsilon=cfg.epsilon,
+        epsilon_high=cfg.epsilon_high,
+        loss_type=cfg.loss_type,
+        normalizer=normalizer,
+    )

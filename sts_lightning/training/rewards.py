@@ -197,6 +197,24 @@ def resolve_reward(func: str | RewardFunc) -> RewardFunc:
     return resolved
 
 
+def resolve_rewards(
+    funcs: Sequence[str | RewardFunc], weights: Sequence[float] | None = None
+) -> tuple[list[RewardFunc], list[float]]:
+    """Every reward function (:func:`resolve_reward`) and its weight (1.0 each by default).
+
+    Raises:
+        ValueError: No function, or not one weight per function.
+    """
+    resolved = [resolve_reward(f) for f in funcs]
+    weights = [1.0] * len(resolved) if weights is None else list(weights)
+    if not resolved or len(weights) != len(resolved):
+        raise ValueError(
+            f"`reward_weights` must have one weight per reward function "
+            f"({len(resolved)}, at least one), got {len(weights)}"
+        )
+    return resolved, weights
+
+
 def reward_name(func: Callable[..., Any]) -> str:
     """The name a reward function logs under (TRL: its ``__name__``; partials unwrapped)."""
     while isinstance(func, functools.partial):

@@ -6,26 +6,29 @@ Read top to bottom in the order the data flows through one GRPO step:
    left-pad them, so every completion starts at the same column.
 2. :func:`sample_completions`: ``G`` sampled completions per prompt with HF ``generate``; the
    completion mask keeps tokens up to and including the first EOS (TRL's convention).
-3. :func:`~sts_lightning.training.rewards.score_completions`: each
-   reward function called once on the whole rollout.
+3. :func:`~sts_lightning.training.rewards.score_completions`: each reward function, once.
 4. :func:`completion_logps`: per-token log-probabilities of the completion tokens under a model
    (the policy with grad; the old policy and the reference without).
 
-No Lightning here: :class:`~sts_lightning.training.grpo.GRPOModule` strings these together.
+:func:`rollout` runs 1-3 on a batch. No Lightning here: the GRPO module calls these.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
+
+from sts_lightning.training.grpo_loss import GRPOConfig
+from sts_lightning.training.rewards import RewardFunc, score_completions
 
 __all__ = [
     "completion_logps",
     "encode_prompts",
     "eos_token_ids",
+    "rollout",
     "sample_completions",
     "seeded_sampling",
     "split_batch",
@@ -227,3 +230,71 @@ def completion_logps(
         # gather - logsumexp avoids a second (b, C, V) tensor from log_softmax.
         chunks.append(logits.gather(-1, targets).squeeze(-1) - logits.logsumexp(-1))
     return torch.cat(chunks)
+
+
+@torch.no_grad()
+def rollout(
+    model,
+    tokenizer,
+    batch: Any,
+    reward_funcs: Sequence[RewardFunc],
+    cfg: GRPOConfig,
+    *,
+    seed: int | None,
+    system_prompt: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Sample completions for a batch of prompts and score them with every reward function.
+
+    Args:
+        model: The policy (a causal LM or a peft model), sampled in eval mode.
+        tokenizer: Its tokenizer.
+        batch: A dict of lists with a ``"prompt"`` key; other columns reach the reward functions.
+        reward_funcs: TRL-signature reward functions.
+        cfg: Sampling settings (``num_generations``, ``max_new_tokens``, ``temperature``, ...).
+        seed: Seeds the sampling of ``cfg.num_generations`` completions per prompt (truncated
+            ones masked when ``cfg.mask_truncated_completions``); ``None``: one greedy
+            completion per prompt (validation).
+        system_prompt: An explicit system turn; ``None`` keeps the chat template's default.
+
+    Returns:
+        With ``N = B * G`` rows (groups contiguous), ``P`` prompt and ``C`` completion columns:
+        ``input_ids`` / ``attention_mask`` ``(N, P + C)``, ``completion_mask`` ``(N, C)``,
+        ``rewards_per_func`` ``(N, F)`` (NaN: None) and ``length`` ``(N,)`` (completion tokens).
+    """
+    train, device = seed is not None, next(model.parameters()).device
+    prompts, columns = split_batch(batch)
+    g = cfg.num_generations if train else 1
+    ids, mask = encode_prompts(tokenizer, prompts, system_prompt=system_prompt)
+    ids = ids.repeat_interleave(g, 0).to(device)  # (B * G, P), groups contiguous
+    mask = mask.repeat_interleave(g, 0).to(device)
+    # Eval mode while sampling: with gradient checkpointing, train mode disables the KV cache.
+    training = model.training
+    model.eval()
+    try:
+        with seeded_sampling(seed, device) if train else nullcontext():
+            completion_ids, completion_mask = sample_completions(
+                model, tokenizer, ids, mask, max_new_tokens=cfg.max_new_tokens, do_sample=train,
+                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+            )  # fmt: skip
+    finally:
+        model.train(training)
+    kept = [c[m.bool()].tolist() for c, m in zip(completion_ids, completion_mask, strict=True)]
+    rewards_per_func = score_completions(
+        reward_funcs,
+        [p for p in prompts for _ in range(g)],
+        tokenizer.batch_decode(kept, skip_special_tokens=True),
+        kept,
+        {key: [v for v in values for _ in range(g)] for key, values in columns.items()},
+    )
+    if train and cfg.mask_truncated_completions:
+        # Kept: ended before the budget (mask has a 0) or on an EOS as its last token.
+        eos = torch.tensor(eos_token_ids(model, tokenizer), device=device)
+        ended = (completion_mask[:, -1] == 0) | torch.isin(completion_ids[:, -1], eos)
+        completion_mask = completion_mask * ended[:, None]
+    return {
+        "input_ids": torch.cat([ids, completion_ids], 1),  # (B * G, P + C)
+        "attention_mask": torch.cat([mask, completion_mask], 1),
+        "completion_mask": completion_mask,  # (B * G, C)
+        "rewards_per_func": rewards_per_func.to(device),  # (B * G, F), NaN = None
+        "length": torch.tensor([float(len(k)) for k in kept], device=device),
+    }

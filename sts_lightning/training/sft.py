@@ -16,57 +16,26 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
+from sts_lightning.config import non_negative_int, one_of, positive
 from sts_lightning.model.loading import DEFAULT_MODEL, load_model_and_tokenizer
 from sts_lightning.monitor.evaluation import scored_logits
+from sts_lightning.training import base
+from sts_lightning.training.base import HFModelMixin, Schedule, lr_factor
+from sts_lightning.training.lora import LoraSettings
 
+# LoraSettings and lr_factor: re-exported, their home was here.
 __all__ = ["LoraSettings", "SFTModule", "answer_nll", "lr_factor"]
 
 log = logging.getLogger(__name__)
-
-Schedule = Literal["cosine", "linear", "constant"]
-
-
-@dataclass
-class LoraSettings:
-    """A LoRA adapter (peft) on the frozen base model."""
-
-    r: int = 16
-    """Rank of the update matrices."""
-    alpha: int = 32
-    """Scaling numerator: the update is multiplied by ``alpha / r``."""
-    dropout: float = 0.0
-    """Dropout on the adapter input."""
-    target_modules: str | list[str] = "all-linear"
-    """Module names (or suffixes) to adapt; ``"all-linear"``: every linear layer but the head."""
-
-    def __post_init__(self) -> None:
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"`r` must be a positive int, got {self.r!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout!r}")
-        if not self.target_modules:
-            raise ValueError("`target_modules` must name at least one module, got an empty value")
-
-    def to_peft(self):
-        """The equivalent ``peft.LoraConfig``."""
-        from peft import LoraConfig  # lazy: ~5 s of imports, only for LoRA runs
-
-        return LoraConfig(
-            r=self.r,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            target_modules=self.target_modules,
-            task_type="CAUSAL_LM",
-        )
 
 
 def answer_nll(
@@ -93,28 +62,17 @@ def answer_nll(
     return nll, n_tokens
 
 
-def lr_factor(
-    step: int, *, warmup: int, total: float, schedule: Schedule = "cosine", min_ratio: float = 0.0
-) -> float:
-    """Multiplier of the peak learning rate at optimizer step ``step``.
-
-    Linear warm-up over ``warmup`` steps, then ``schedule`` from 1 down to ``min_ratio`` at
-    ``total`` steps (``total`` may be ``inf``: the rate then stays at the peak).
-
-    Example:
-        >>> [round(lr_factor(s, warmup=2, total=6), 3) for s in range(7)]
-        [0.5, 1.0, 1.0, 0.854, 0.5, 0.146, 0.0]
-    """
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant" or not math.isfinite(total) or total <= warmup:
-        return 1.0
-    progress = min(1.0, (step - warmup) / (total - warmup))
-    decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
-    return min_ratio + (1.0 - min_ratio) * decay
+def _check_warmup(warmup_steps: int | float) -> None:
+    if isinstance(warmup_steps, float):
+        if not 0.0 <= warmup_steps < 1.0:
+            raise ValueError(
+                f"`warmup_steps` must be an int >= 0 or a float in [0, 1), got {warmup_steps!r}"
+            )
+    else:
+        non_negative_int("warmup_steps", warmup_steps)
 
 
-class SFTModule(LightningModule):
+class SFTModule(HFModelMixin, LightningModule):
     """Fine-tune a causal LM on (prompt, answer) pairs, loss on answer tokens only.
 
     Args:
@@ -133,8 +91,8 @@ class SFTModule(LightningModule):
         lr: Peak learning rate (AdamW).
         weight_decay: AdamW decay of matrices (biases and norms are never decayed).
         betas: AdamW betas.
-        warmup_steps: Linear warm-up: an int is a number of optimizer steps, a float in
-            ``[0, 1)`` a fraction of the total.
+        warmup_steps: Linear warm-up, ``(s + 1) / warmup_steps``: an int is a number of
+            optimizer steps, a float in ``[0, 1)`` a fraction of the total.
         lr_schedule: Decay after warm-up (``"cosine"``, ``"linear"``, ``"constant"``), per step.
         min_lr_ratio: Final learning rate as a fraction of ``lr``.
         save_hf_on_fit_end: Write ``<log_dir>/hf_model`` (``save_pretrained``) when ``fit`` ends.
@@ -167,19 +125,11 @@ class SFTModule(LightningModule):
             raise ValueError(
                 f"`model_name_or_path` must be a non-empty string, got {model_name_or_path!r}"
             )
-        if not lr > 0:
-            raise ValueError(f"`lr` must be > 0, got {lr!r}")
-        if lr_schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(
-                f"`lr_schedule` must be 'cosine', 'linear' or 'constant', got {lr_schedule!r}"
-            )
+        positive("lr", lr)
+        one_of("lr_schedule", lr_schedule, ("cosine", "linear", "constant"))
         if not 0.0 <= min_lr_ratio <= 1.0:
             raise ValueError(f"`min_lr_ratio` must be in [0, 1], got {min_lr_ratio!r}")
-        is_ratio = isinstance(warmup_steps, float)
-        if isinstance(warmup_steps, bool) or warmup_steps < 0 or (is_ratio and warmup_steps >= 1):
-            raise ValueError(
-                f"`warmup_steps` must be an int >= 0 or a float in [0, 1), got {warmup_steps!r}"
-            )
+        _check_warmup(warmup_steps)
         if isinstance(lora, dict):  # from a checkpoint's hyperparameters
             lora = LoraSettings(**lora)
         self.save_hyperparameters(ignore=["lora"])
@@ -193,26 +143,15 @@ class SFTModule(LightningModule):
 
     # ----------------------------------------------------------------------------- the model
     @property
-    def model(self):
-        """The HF model (a ``peft`` model with LoRA); loaded on first access."""
-        if "model" not in self._modules:
-            self.configure_model()
-        return self._modules["model"]
-
-    @property
     def tokenizer(self):
         """The tokenizer of ``model_name_or_path`` (always with a pad token)."""
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            from sts_lightning.model.loading import resolve_model
-
             hp = self.hparams
-            path = resolve_model(hp.model_name_or_path, cache_dir=hp.cache_dir)
-            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=hp.trust_remote_code)
-            if tok.pad_token is None:  # same rule as load_model_and_tokenizer
-                tok.pad_token = tok.eos_token
-            self._tokenizer = tok
+            self._tokenizer = base.load_tokenizer(
+                hp.model_name_or_path,
+                cache_dir=hp.cache_dir,
+                trust_remote_code=hp.trust_remote_code,
+            )
         return self._tokenizer
 
     def configure_model(self) -> None:
@@ -226,28 +165,15 @@ class SFTModule(LightningModule):
             trust_remote_code=hp.trust_remote_code,
             cache_dir=hp.cache_dir,
         )
-        if hp.gradient_checkpointing:
-            # Non-reentrant: works with frozen inputs (LoRA) without enable_input_require_grads.
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-        if self.lora is not None:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, self.lora.to_peft())
-        elif hp.freeze_tied_embeddings:
-            head = model.get_output_embeddings()
-            embedding = model.get_input_embeddings()
-            if head is not None and head.weight is embedding.weight:
-                embedding.weight.requires_grad_(False)
-                log.info("tied input/output embedding frozen (freeze_tied_embeddings=True)")
+        model = base.prepare_model(
+            model,
+            gradient_checkpointing=hp.gradient_checkpointing,
+            lora=self.lora,
+            freeze_tied_embeddings=hp.freeze_tied_embeddings,
+        )
         if self._tokenizer is None:
             self._tokenizer = tokenizer
-        # Assigned through _modules: `model` is a read-only property that loads on demand.
-        self._modules["model"] = model.train()
-        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        n_all = sum(p.numel() for p in model.parameters())
-        log.info("trainable parameters: %s of %s (%.2f %%)", n_train, n_all, 100 * n_train / n_all)
+        self._install_model(model)
 
     # ----------------------------------------------------------------------------- steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -280,10 +206,7 @@ class SFTModule(LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self._val_sums:
             return
-        names = list(self._val_sums)  # loaders run in the same order on every rank
-        sums = self.trainer.strategy.reduce(
-            torch.stack([self._val_sums[k] for k in names]), reduce_op="sum"
-        )
+        names, sums = self._reduce_named(self._val_sums)  # (loaders, 2)
         losses = sums[:, 0] / sums[:, 1].clamp_min(1)  # token-weighted mean NLL per loader
         # Equal on every rank already; sync_dist only keeps Lightning's distributed check quiet.
         for name, loss in zip(names, losses, strict=True):
@@ -312,77 +235,16 @@ class SFTModule(LightningModule):
         warmup = hp.warmup_steps
         if isinstance(warmup, float):
             warmup = int(warmup * total) if math.isfinite(total) else 0
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: lr_factor(
-                step, warmup=warmup, total=total, schedule=hp.lr_schedule, min_ratio=hp.min_lr_ratio
-            ),
-        )
+        schedule = dict(schedule=hp.lr_schedule, min_ratio=hp.min_lr_ratio, peak_in_warmup=True)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            "lr_scheduler": base.warmup_scheduler(
+                optimizer, warmup=warmup, total=total, **schedule
+            ),
         }
-
-    # ----------------------------------------------------------------------------- checkpoints
-    def _trainable_keys(self) -> set[str]:
-        # keep_vars: Parameters, so a trainable weight tied under two names is kept under both.
-        weights = self.state_dict(keep_vars=True)
-        return {k for k, v in weights.items() if v.requires_grad} | {"tokens_seen"}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.hparams.checkpoint_frozen_weights:
-            return
-        # The frozen weights equal the base model's: on_load_checkpoint takes them from there.
-        keep = self._trainable_keys()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Called before the state dict is loaded: supply the frozen weights it leaves out from
-        # the base model just loaded, so loading stays strict for everything else.
-        stored = checkpoint["state_dict"]
-        missing = sorted(self._trainable_keys() - set(stored))
-        if missing:
-            raise RuntimeError(
-                f"the checkpoint lacks trainable weights {missing[:5]} (of {len(missing)}): it was "
-                "written with another `lora` or `model_name_or_path`"
-            )
-        for key, value in self.state_dict().items():
-            stored.setdefault(key, value)
 
     # ----------------------------------------------------------------------------- export
     def on_fit_end(self) -> None:
         if self.hparams.save_hf_on_fit_end:
             root = self.trainer.log_dir or self.trainer.default_root_dir
             self.save_hf(Path(root) / "hf_model")
-
-    def save_hf(self, path: str | Path) -> Path:
-        """Write the model (or LoRA adapter) and tokenizer with ``save_pretrained``.
-
-        Under a trainer every rank must call it (a sharded model is gathered first); rank 0
-        writes. ``from_pretrained(path)`` (or ``PeftModel.from_pretrained``) reloads it.
-
-        Args:
-            path: Output directory.
-
-        Returns:
-            ``path`` as a :class:`~pathlib.Path`.
-        """
-        path = Path(path)
-        trainer = self._trainer
-        state_dict = None
-        if trainer is not None:
-            from lightning.pytorch.strategies import FSDPStrategy
-
-            if isinstance(trainer.strategy, FSDPStrategy):  # gather the shards (a collective)
-                full = trainer.strategy.lightning_module_state_dict()
-                state_dict = {
-                    k[len("model.") :]: v for k, v in full.items() if k.startswith("model.")
-                }
-        if trainer is None or trainer.is_global_zero:
-            kwargs = {} if state_dict is None else {"state_dict": state_dict}
-            self.model.save_pretrained(path, **kwargs)
-            self.tokenizer.save_pretrained(path)
-            log.info("saved the HF %s to %s", "adapter" if self.lora else "model", path)
-        if trainer is not None:
-            trainer.strategy.barrier("sts_save_hf")
-        return path

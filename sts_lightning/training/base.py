@@ -1,0 +1,252 @@
+"""What :class:`~sts_lightning.training.sft.SFTModule` and
+:class:`~sts_lightning.training.grpo.GRPOModule` share; each keeps its own training step.
+
+- The learning-rate schedule: :func:`lr_factor` (linear warm-up, then cosine / linear / constant)
+  and :func:`warmup_scheduler`, its Lightning scheduler config.
+- Model preparation: :func:`prepare_model` (gradient checkpointing, then a LoRA adapter or the
+  tied-embedding freeze) and :func:`load_tokenizer`.
+- :class:`HFModelMixin`: the lazily loaded ``model`` (Lightning calls ``configure_model`` inside
+  its device / sharding contexts, as FSDP needs), one checkpoint policy, and ``save_hf``.
+
+The checkpoint policy: a checkpoint stores the trainable parameters and the module's own state
+(buffers outside ``model``, e.g. SFT's ``tokens_seen``), not the frozen weights, which equal the
+base model's and are reloaded from it (a LoRA checkpoint of an 8B model is megabytes, not
+16 GB). The keys come from local parameter names, never from a gathered state dict, so saving
+is no collective under FSDP; sharded checkpoints (every rank writes its shard, and a distributed
+load needs every key back) are left whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from sts_lightning.training.lora import LoraSettings, apply_lora
+
+__all__ = ["HFModelMixin", "load_tokenizer", "lr_factor", "prepare_model", "warmup_scheduler"]
+
+log = logging.getLogger(__name__)
+
+Schedule = Literal["cosine", "linear", "constant"]
+
+# Names FSDP / activation checkpointing / torch.compile insert between a parameter's module names.
+_WRAPPERS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def lr_factor(
+    step: int,
+    *,
+    warmup: int,
+    total: float,
+    schedule: Schedule = "cosine",
+    min_ratio: float = 0.0,
+    peak_in_warmup: bool = True,
+) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step``.
+
+    Linear warm-up over ``warmup`` steps, then ``schedule`` from 1 down to ``min_ratio`` at
+    ``total`` steps (``total`` may be ``inf``, and a run no longer than its warm-up never
+    decays: the rate then stays at the peak).
+
+    The warm-up never runs a step at rate 0 (transformers' ``s / max(1, w)`` does, at step 0).
+    ``peak_in_warmup=True`` (SFTModule) ramps ``(s + 1) / w``: the last warm-up step is at the
+    peak. ``False`` (GRPOModule) ramps ``(s + 1) / (w + 1)``: the peak comes with the first step
+    after warm-up. Both are kept as each module always had them, so runs and resumed
+    checkpoints reproduce; after warm-up the linear decay equals transformers'
+    ``get_linear_schedule_with_warmup`` (TRL's default).
+
+    Example:
+        >>> [round(lr_factor(s, warmup=2, total=6), 3) for s in range(7)]
+        [0.5, 1.0, 1.0, 0.854, 0.5, 0.146, 0.0]
+        >>> [round(lr_factor(s, warmup=2, total=4, schedule="linear", peak_in_warmup=False), 3)
+        ...  for s in range(5)]
+        [0.333, 0.667, 1.0, 0.5, 0.0]
+    """
+    if step < warmup:
+        return (step + 1) / (warmup if peak_in_warmup else warmup + 1)
+    if schedule == "constant" or not math.isfinite(total) or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / (total - warmup))
+    decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+    return min_ratio + (1.0 - min_ratio) * decay
+
+
+def warmup_scheduler(optimizer: torch.optim.Optimizer, **schedule: Any) -> dict[str, Any]:
+    """Lightning's scheduler config stepping :func:`lr_factor` once per optimizer step.
+
+    Args:
+        optimizer: The optimizer whose rates it scales.
+        **schedule: The keyword arguments of :func:`lr_factor` (``warmup``, ``total``, ...).
+    """
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, **schedule))
+    return {"scheduler": scheduler, "interval": "step"}
+
+
+def load_tokenizer(name_or_path: str, *, cache_dir: str | None = None, trust_remote_code=False):
+    """The tokenizer of a checkpoint (or ``embedded:`` alias), always with a pad token (EOS when
+    it has none, as :func:`~sts_lightning.model.loading.load_model_and_tokenizer`)."""
+    from transformers import AutoTokenizer
+
+    from sts_lightning.model.loading import resolve_model
+
+    path = resolve_model(name_or_path, cache_dir=cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def prepare_model(
+    model,
+    *,
+    gradient_checkpointing: bool = False,
+    lora: LoraSettings | None = None,
+    freeze_tied_embeddings: bool = False,
+):
+    """Make a loaded HF causal LM ready to train; returns it (a ``peft`` model with LoRA).
+
+    Args:
+        model: The model.
+        gradient_checkpointing: Recompute activations in the backward pass.
+        lora: Wrap it in this adapter (only the adapter then trains).
+        freeze_tied_embeddings: Without LoRA, freeze the input embedding when the LM head shares
+            it.
+    """
+    if gradient_checkpointing:
+        # Non-reentrant: works with frozen inputs (LoRA) without enable_input_require_grads.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora is not None:
+        return apply_lora(model, lora)
+    if freeze_tied_embeddings:
+        head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+        if head is not None and head.weight is embedding.weight:
+            embedding.weight.requires_grad_(False)
+            log.info("tied input/output embedding frozen (freeze_tied_embeddings=True)")
+    return model
+
+
+def _clean(name: str) -> str:
+    for wrapper in _WRAPPERS:
+        name = name.replace(wrapper, "")
+    return name
+
+
+def trainable_keys(module: torch.nn.Module) -> set[str] | None:
+    """State-dict keys of ``module``'s trainable parameters, under every name a tied one has.
+
+    ``None`` when FSDP flattened the parameters (``use_orig_params=False``): their names are
+    then lost.
+    """
+    names = [n for n, p in module.named_parameters(remove_duplicate=False) if p.requires_grad]
+    if any("_flat_param" in name for name in names):
+        return None
+    return {_clean(name) for name in names}
+
+
+def _is_sharded(state: dict[str, Any]) -> bool:
+    return any(type(v).__name__ in ("DTensor", "ShardedTensor") for v in state.values())
+
+
+class HFModelMixin:
+    """The lazily loaded HF ``model``, the checkpoint policy and ``save_hf`` of a LightningModule.
+
+    Mixed in before ``LightningModule``. The module defines ``configure_model`` (loading the
+    model, then :meth:`_install_model`) and ``tokenizer``; its hyperparameters may hold ``lora``
+    and ``checkpoint_frozen_weights``.
+    """
+
+    @property
+    def model(self):
+        """The HF model (a ``peft`` model with LoRA); loaded on first access."""
+        if "model" not in self._modules:
+            self.configure_model()
+        return self._modules["model"]
+
+    def _install_model(self, model) -> None:
+        # Through _modules: `model` is a read-only property that loads on demand.
+        self._modules["model"] = model.train()
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in model.parameters())
+        log.info("trainable parameters: %s of %s (%.2f %%)", n_train, n_all, 100 * n_train / n_all)
+
+    @property
+    def strict_loading(self) -> bool:
+        """Strict only when checkpoints hold every weight: Lightning's FSDP strategies load a
+        consolidated checkpoint before ``on_load_checkpoint`` could fill in the frozen weights;
+        that hook checks the keys itself."""
+        return bool(self.hparams.get("checkpoint_frozen_weights", False))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        if self.hparams.get("checkpoint_frozen_weights", False) or _is_sharded(state):
+            return
+        keep = trainable_keys(self)
+        if keep is None:
+            return
+        # The frozen weights equal the base model's: on_load_checkpoint takes them from there.
+        checkpoint["state_dict"] = {
+            k: v for k, v in state.items() if k in keep or not k.startswith("model.")
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stored = checkpoint.get("state_dict")
+        if stored is None:  # FSDP strategies have loaded the weights already
+            return
+        self.configure_model()  # a no-op under a trainer, which has called it already
+        live = self.state_dict()
+        required = (trainable_keys(self) or set()) | {k for k in live if not k.startswith("model.")}
+        missing, unexpected = sorted(required - set(stored)), sorted(set(stored) - set(live))
+        if missing or unexpected:
+            raise RuntimeError(
+                f"the checkpoint does not match this module's trainable weights (its LoRA adapter "
+                f"or full model): missing {missing[:5]} (of {len(missing)}), unexpected "
+                f"{unexpected[:5]} (of {len(unexpected)}); check `lora` and the model against the "
+                "run that wrote it"
+            )
+        # Called before the state dict is loaded: the frozen weights it leaves out come from the
+        # base model just loaded, so the load is complete.
+        for key, value in live.items():
+            stored.setdefault(key, value)
+
+    def _reduce_named(self, sums: dict[str, Tensor]) -> tuple[list[str], Tensor]:
+        """``sums`` per validation loader summed over ranks: ``(names, (loaders, ...))``."""
+        names = list(sums)  # loaders run in the same order on every rank
+        stacked = torch.stack([sums[k] for k in names])
+        return names, self.trainer.strategy.reduce(stacked, reduce_op="sum")
+
+    def save_hf(self, path: str | Path) -> Path:
+        """Write the model (or LoRA adapter) and tokenizer with ``save_pretrained``.
+
+        Under a trainer every rank must call it (a sharded model is gathered first); rank 0
+        writes. ``from_pretrained(path)`` (or ``PeftModel.from_pretrained`` on the base model for
+        an adapter) reloads it.
+
+        Args:
+            path: Output directory.
+
+        Returns:
+            ``path`` as a :class:`~pathlib.Path`.
+        """
+        path, trainer, state_dict = Path(path), self._trainer, None
+        if trainer is not None:
+            from lightning.pytorch.strategies import FSDPStrategy
+
+            if isinstance(trainer.strategy, FSDPStrategy):  # gather the shards (a collective)
+                full = trainer.strategy.lightning_module_state_dict()
+                state_dict = {
+                    k[len("model.") :]: v for k, v in full.items() if k.startswith("model.")
+                }
+        if trainer is None or trainer.is_global_zero:
+            kwargs = {} if state_dict is None else {"state_dict": state_dict}
+            self.model.save_pretrained(path, **kwargs)
+            self.tokenizer.save_pretrained(path)
+            kind = "adapter" if self.hparams.get("lora") else "model"
+            log.info("saved the HF %s to %s", kind, path)
+        if trainer is not None:
+            trainer.strategy.barrier("sts_save_hf")
+        return path
