@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from sts_lightning.config import positive, positive_int
+
 __all__ = ["code_reward", "make_code_reward", "run_program"]
 
 _FENCE_RE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.S | re.I)
@@ -147,10 +149,9 @@ def make_code_reward(
         max_workers: Programs run at once (threads, each waiting on one subprocess).
         memory_mb: Address-space limit per program, in MiB.
     """
-    if not timeout > 0:
-        raise ValueError(f"`timeout` must be positive seconds, got {timeout!r}")
-    if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
-        raise ValueError(f"`max_workers` must be a positive int, got {max_workers!r}")
+    positive("timeout", timeout)
+    positive_int("max_workers", max_workers)
+    positive_int("memory_mb", memory_mb)
 
     def code_reward(
         prompts: Sequence[Any],

@@ -146,19 +146,14 @@ def grpo_advantages(
         >>> grpo_advantages(r, 4, scale_rewards=False).tolist()
         [0.75, -0.25, -0.25, -0.25, 0.0, 0.0, 0.0, 0.0]
     """
-    if isinstance(num_generations, bool) or not isinstance(num_generations, int):
-        raise TypeError(f"`num_generations` must be an int, got {num_generations!r}")
-    if num_generations < 2:
-        raise ValueError(f"`num_generations` must be >= 2, got {num_generations}")
+    positive_int("num_generations", num_generations)
+    at_least("num_generations", num_generations, 2)
     if rewards.dim() != 1 or rewards.numel() % num_generations:
         raise ValueError(
             f"`rewards` must be 1-D with a multiple of num_generations={num_generations} "
             f"entries, got shape {tuple(rewards.shape)}"
         )
-    if scale_rewards not in _SCALE:
-        raise ValueError(
-            f"`scale_rewards` must be 'group', 'batch', 'none' or a bool, got {scale_rewards!r}"
-        )
+    one_of("scale_rewards", scale_rewards, _SCALE)
     scale = _SCALE[scale_rewards]
     groups = rewards.view(-1, num_generations)  # (B, G)
     advantages = (groups - torch.nanmean(groups, dim=1, keepdim=True)).flatten()
