@@ -47,9 +47,13 @@ def keep_rows(x: Tensor, max_norm: float) -> Tensor:
     Example:
         >>> keep_rows(torch.tensor([[3.0, 4.0], [300.0, 400.0], [float("nan"), 0.0]]), 100.0)
         tensor([ True, False, False])
+        >>> keep_rows(torch.tensor([[3.0, 4.0], [float("inf"), 0.0]]), math.inf)
+        tensor([ True, False])
     """
     positive("max_norm", max_norm)
-    return row_norms(x) <= max_norm  # NaN compares False: non-finite rows are dropped too
+    norms = row_norms(x)
+    # NaN compares False; an inf row would pass `<= inf`, so finiteness is checked on its own.
+    return (norms <= max_norm) & torch.isfinite(norms)
 
 
 def massive_threshold(x: Tensor, factor: float) -> float | None:
