@@ -19,8 +19,9 @@ from sts_lightning.callbacks import STSCallback
 from sts_lightning.data.prompts import Example
 from sts_lightning.forecast import prediction as prediction_module
 from sts_lightning.forecast.config import PredictConfig
-from sts_lightning.monitor import tracker as tracking_module
-from sts_lightning.monitor.tracker import TrackerConfig, load_tracker_state, save_tracker_state
+from sts_lightning.monitor import state as state_module
+from sts_lightning.monitor.state import load_tracker_state, save_tracker_state
+from sts_lightning.monitor.tracker import TrackerConfig
 from sts_lightning.stats import LatentMoments
 from tests.test_callback import TEXTS, _fit
 
@@ -98,11 +99,11 @@ def test_full_disk_keeps_the_previous_statistics_file(tmp_path, monkeypatch):
 
 def test_full_disk_keeps_the_previous_tracker_state(tmp_path, monkeypatch):
     save_tracker_state({"history": [{"step": 1.0}], "rows": torch.ones(3)}, tmp_path)
-    real_dumps = tracking_module.json.dumps
-    monkeypatch.setattr(tracking_module.json, "dumps", _enospc)
+    real_dumps = state_module.json.dumps
+    monkeypatch.setattr(state_module.json, "dumps", _enospc)
     with pytest.raises(OSError, match="No space left"):
         save_tracker_state({"history": [{"step": 2.0}], "rows": torch.zeros(3)}, tmp_path)
-    monkeypatch.setattr(tracking_module.json, "dumps", real_dumps)
+    monkeypatch.setattr(state_module.json, "dumps", real_dumps)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tracker.json", "tracker.safetensors"]
     state = load_tracker_state(tmp_path)
     assert state["history"] == [{"step": 1.0}] and torch.equal(state["rows"], torch.ones(3))

@@ -105,7 +105,7 @@ def test_whole_experiment_on_gpu(tmp_path, monkeypatch, tiny_llama, tiny_tokeniz
 
     from sts_lightning.experiment.config import EvalSettings, ExperimentJob, FinetuneSettings
     from sts_lightning.experiment.run import run_experiment
-    from sts_lightning.forecast import job as job_module
+    from sts_lightning.model import sae_source
     from tests.test_experiment import DOMAINS as FILES
     from tests.test_experiment import SUMS, WORDS
 
@@ -115,7 +115,7 @@ def test_whole_experiment_on_gpu(tmp_path, monkeypatch, tiny_llama, tiny_tokeniz
     for name, rows in {**FILES, "sums": SUMS, "words": WORDS}.items():
         files[name] = tmp_path / f"{name}.jsonl"
         files[name].write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    monkeypatch.setattr(job_module, "resolve_sae", lambda *args, **kwargs: StubSAE())
+    monkeypatch.setattr(sae_source, "resolve_run_sae", lambda *args, **kwargs: StubSAE())
     job = ExperimentJob(
         model=str(tmp_path / "m"),
         sae="stub",

@@ -1,7 +1,7 @@
 """A tracker's ``state_dict`` on disk: safetensors for the tensors, JSON for the rest.
 
 The HF/TRL callback writes it into each checkpoint folder (HF's ``trainer_state.json`` holds
-JSON only); Lightning checkpoints pickle the ``state_dict`` themselves and do not need it.
+JSON only); Lightning checkpoints serialise the ``state_dict`` themselves and do not need it.
 """
 
 from __future__ import annotations

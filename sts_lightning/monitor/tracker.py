@@ -16,7 +16,6 @@ log what they return. Per measurement:
 
 from __future__ import annotations
 
-import json  # noqa: F401  (tests/test_faults.py patches `json.dumps` through this module)
 import logging
 import random
 import warnings
