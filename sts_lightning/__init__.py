@@ -22,6 +22,7 @@ _LAZY = {
     "STSTrainerCallback": "sts_lightning.hf",
     "STSTracker": "sts_lightning.monitor.tracker",
     "TrackerConfig": "sts_lightning.monitor.tracker",
+    "predict": "sts_lightning.forecast.predict",
     "Prediction": "sts_lightning.forecast.prediction",
     "PredictConfig": "sts_lightning.forecast.config",
     "Example": "sts_lightning.data.prompts",

@@ -109,3 +109,31 @@ def test_contract_catches_a_wrong_import(tmp_path):
 )
 def test_imports_are_read(source, expected):
     assert [m for _, m in imports(source)] == expected
+
+
+def _function_lengths(source: str) -> list[tuple[str, int]]:
+    """``(name, lines)`` of every function, its docstring left out."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = node.body[0]
+            doc = (
+                first.end_lineno - first.lineno + 1
+                if isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+                else 0
+            )
+            out.append((node.name, node.end_lineno - node.lineno + 1 - doc))
+    return out
+
+
+def test_files_and_functions_stay_small():
+    """Files of at most 300 lines, functions of at most 60 (docstrings aside)."""
+    too_long = []
+    for name, path in package_modules().items():
+        source = path.read_text()
+        if len(source.splitlines()) > 300:
+            too_long.append(f"{name}: {len(source.splitlines())} lines")
+        too_long += [f"{name}.{f}: {n} lines" for f, n in _function_lengths(source) if n > 60]
+    assert too_long == []

@@ -133,40 +133,39 @@ def _correlation_rows(results: dict[str, Any], task: str) -> list[list[str]]:
     return rows
 
 
-def _tables(results: dict[str, Any]) -> list[tuple[str, str, str, list[str], list[list]]]:
-    """Every report table as ``(key, title, note, head, rows)``: markdown and W&B share them."""
-    k, tables = results["k"], []
-    acc = results["task_accuracy"]
-    tables.append(
-        (
-            "task_accuracy",
-            "Did fine-tuning learn the task?",
-            "Greedy exact match on held-out problems of each source task.",
-            ["task", "exact match before", "after (mean ± std over seeds)"],
-            [
-                [t, _f(a["before"]), f"{_f(a['after']['mean'])} ± {_f(a['after']['std'], 2)}"]
-                for t, a in acc.items()
-            ],
-        )
-    )
-    head = ["predictor", "kind", "Pearson [95% CI]", "p", "Spearman", "Kendall"]
-    head += ["Pearson per seed", "partial r (base loss)"]
-    for task in results["tasks"]:
-        title = f"Correlation with |realised Δ|: {task}"
-        tables.append((f"correlations/{task}", title, "", head, _correlation_rows(results, task)))
+Table = tuple[str, str, str, list[str], list[list]]
+
+
+def _accuracy_table(results: dict[str, Any]) -> Table:
+    rows = [
+        [t, _f(a["before"]), f"{_f(a['after']['mean'])} ± {_f(a['after']['std'], 2)}"]
+        for t, a in results["task_accuracy"].items()
+    ]
+    head = ["task", "exact match before", "after (mean ± std over seeds)"]
+    note = "Greedy exact match on held-out problems of each source task."
+    return ("task_accuracy", "Did fine-tuning learn the task?", note, head, rows)
+
+
+def _cross_task_tables(results: dict[str, Any]) -> list[Table]:
     note = (
         "log(score_A/score_B) vs log(|Δ_A|/|Δ_B|) per domain: per-domain constants cancel "
         "(a constant predictor such as base loss is undefined here)."
     )
+    head = ["predictor", "Pearson", "p", "Spearman", "n"]
+    tables = []
     for pair, preds in results["cross_task"].items():
         rows = [
             [p, _f(c["pearson"]), _f(c["pearson_p"], 2), _f(c["spearman"]), c["n"]]
             for p, c in preds.items()
         ]
-        key = "cross_task/" + pair.replace(" ", "_")
         tables.append(
-            (key, f"Cross-task: {pair}", note, ["predictor", "Pearson", "p", "Spearman", "n"], rows)
+            ("cross_task/" + pair.replace(" ", "_"), f"Cross-task: {pair}", note, head, rows)
         )
+    return tables
+
+
+def _sign_overlap_table(results: dict[str, Any]) -> Table:
+    k = results["k"]
     head = ["task", "sign accuracy (signed STS)", "majority baseline", "per seed"]
     head += [f"overlap@{k} ICL", f"overlap@{k} contrast", "chance"]
     rows = []
@@ -187,14 +186,15 @@ def _tables(results: dict[str, Any]) -> list[tuple[str, str, str, list[str], lis
         "Sign: a positive signed STS predicts a lower loss. Overlap: shared members of the "
         f"forecast top-{k} and the top-{k} latents really shifted on the training probe."
     )
-    tables.append(("sign_overlap", "Sign and overlap", note, head, rows))
+    return ("sign_overlap", "Sign and overlap", note, head, rows)
+
+
+def _domain_tables(results: dict[str, Any]) -> list[Table]:
+    tables = []
     for task, table in results["tables"].items():
         first = next(iter(table.values()))
-        cols = [
-            c
-            for c in ("act", "icl", "act_contrast", "raw_act", "repsim_sae", "post_shift_sae")
-            if c in first
-        ]
+        columns = ("act", "icl", "act_contrast", "raw_act", "repsim_sae", "post_shift_sae")
+        cols = [c for c in columns if c in first]
         rows = [
             [
                 d,
@@ -208,9 +208,32 @@ def _tables(results: dict[str, Any]) -> list[tuple[str, str, str, list[str], lis
         ]
         head = ["domain", "Δ loss", "SE", "std over seeds", "base loss", *cols]
         tables.append((f"domains/{task}", f"Per-domain table: {task} (seed means)", "", head, rows))
-    rows = [[name, f"{v:.1f}"] for name, v in results["timings"].items()]
-    tables.append(("timings", "Timings (seconds)", "", ["stage", "s"], rows))
     return tables
+
+
+def _tables(results: dict[str, Any]) -> list[Table]:
+    """Every report table as ``(key, title, note, head, rows)``: markdown and W&B share them."""
+    head = ["predictor", "kind", "Pearson [95% CI]", "p", "Spearman", "Kendall"]
+    head += ["Pearson per seed", "partial r (base loss)"]
+    correlations = [
+        (
+            f"correlations/{task}",
+            f"Correlation with |realised Δ|: {task}",
+            "",
+            head,
+            _correlation_rows(results, task),
+        )
+        for task in results["tasks"]
+    ]
+    timings = [[name, f"{v:.1f}"] for name, v in results["timings"].items()]
+    return [
+        _accuracy_table(results),
+        *correlations,
+        *_cross_task_tables(results),
+        _sign_overlap_table(results),
+        *_domain_tables(results),
+        ("timings", "Timings (seconds)", "", ["stage", "s"], timings),
+    ]
 
 
 def _markdown(results: dict[str, Any], figures: dict[str, Path]) -> str:
