@@ -68,10 +68,11 @@ def test_grpo_module_never_asks_for_remote_code(monkeypatch, tiny_llama, tiny_to
         return tiny_llama, tiny_tokenizer
 
     monkeypatch.setattr(grpo, "load_model_and_tokenizer", spy)
-    grpo.GRPOModule(
+    module = grpo.GRPOModule(
         "some/checkpoint", reward_funcs=["sts_lightning.training.rewards.format_reward"]
     )
-    assert not seen.get("trust_remote_code", False)
+    module.configure_model()  # weights load lazily (FSDP-ready): this is where it asks
+    assert seen and not seen.get("trust_remote_code", False)  # the loader's default is off
 
 
 def test_checkpoint_with_custom_code_is_refused(tmp_path, marker):
