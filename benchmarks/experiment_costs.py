@@ -25,7 +25,7 @@ from sts_lightning.data.domains import load_domain, load_training_set
 from sts_lightning.experiment.cli import load_experiment
 from sts_lightning.experiment.forecast import Forecaster
 from sts_lightning.experiment.realised import item_losses
-from sts_lightning.forecast.job import PredictJob, resolve_sae
+from sts_lightning.forecast.job import PredictJobConfig, resolve_sae
 from sts_lightning.model.loading import load_model_and_tokenizer
 from sts_lightning.monitor.evaluation import encode_eval_set
 
@@ -88,7 +88,7 @@ def main() -> None:
     print(f"  plain (full logits + all hidden states) {plain:6.2f} s")
     print(f"  item_losses (scored logits + one hook)  {ours:6.2f} s   ratio {plain / ours:.2f}x")
 
-    predict_job = PredictJob(
+    predict_job = PredictJobConfig(
         predict=job.predict, sae_training=job.sae_training, sae_tokens=job.sae_tokens
     )
     sae = resolve_sae(predict_job, model, tok)

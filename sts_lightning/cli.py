@@ -48,11 +48,11 @@ def _demo(seed: int = 0, d_sae: int = 4096, n_domains: int = 8) -> str:
 
 
 def _predict(argv: list[str]) -> int:
-    from sts_lightning.forecast.job import PredictJob, job_parser, run_predict
+    from sts_lightning.forecast.job import PredictJobConfig, job_parser, run_predict
     from sts_lightning.forecast.recipe import parse_dataclass, save_resolved
 
     parser = job_parser()
-    job, namespace = parse_dataclass(parser, PredictJob, argv)
+    job, namespace = parse_dataclass(parser, PredictJobConfig, argv)
     # The resolved recipe beside the results: the run can be repeated exactly.
     out = save_resolved(parser, namespace, job.output_dir)
     pred = run_predict(job)
@@ -68,12 +68,12 @@ def _predict(argv: list[str]) -> int:
 
 def _experiment(argv: list[str]) -> int:
     from sts_lightning.experiment.cli import experiment_parser
-    from sts_lightning.experiment.config import ExperimentJob
+    from sts_lightning.experiment.config import ExperimentConfig
     from sts_lightning.experiment.run import run_experiment
     from sts_lightning.forecast.recipe import parse_dataclass, save_resolved
 
     parser = experiment_parser()
-    job, namespace = parse_dataclass(parser, ExperimentJob, argv)
+    job, namespace = parse_dataclass(parser, ExperimentConfig, argv)
     out = save_resolved(parser, namespace, job.output_dir)
     results = run_experiment(job)
     sys.stdout.write(

@@ -213,10 +213,10 @@ def test_experiment_rejects_bad_settings(override, message, capsys):
 
 
 def test_unknown_task_is_a_clear_error(tmp_path):
-    from sts_lightning.experiment.config import ExperimentJob
+    from sts_lightning.experiment.config import ExperimentConfig
     from sts_lightning.experiment.run import _task_pool
 
-    job = ExperimentJob(tasks=["arithmetic", "family"])
+    job = ExperimentConfig(tasks=["arithmetic", "family"])
     with pytest.raises(ValueError, match=r"missing\.jsonl' is not a built-in training set"):
         _task_pool(job, str(tmp_path / "missing.jsonl"))
 

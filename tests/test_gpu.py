@@ -76,7 +76,7 @@ def test_forecast_and_heldout_pass_on_gpu_equal_cpu(tiny_llama, tiny_tokenizer):
 
 
 def test_finetune_with_sts_callback_on_gpu(tmp_path, tiny_llama, tiny_tokenizer):
-    from sts_lightning.experiment.config import ExperimentJob, FinetuneSettings
+    from sts_lightning.experiment.config import ExperimentConfig, FinetuneConfig
     from sts_lightning.experiment.finetune import finetune
     from sts_lightning.experiment.forecast import Forecaster, score_domains, to_prediction
 
@@ -86,13 +86,13 @@ def test_finetune_with_sts_callback_on_gpu(tmp_path, tiny_llama, tiny_tokenizer)
     f = Forecaster(tiny_llama, tiny_tokenizer, sae, 1, CFG)
     d, t = f.domains(DOMAINS, 0), f.task(TRAIN, 0)
     pred = to_prediction(d, t, score_domains(d, t, 8, 8), layer=1, k=8, max_norm=1e4, config=CFG)
-    job = ExperimentJob(
+    job = ExperimentConfig(
         model=str(tmp_path / "m"),
         domains=[],
         domain_files=dict.fromkeys(DOMAINS, ""),
         contrast_task=None,
         predict=CFG,
-        finetune=FinetuneSettings(steps=3, batch_size=4, lr=1e-2, track_every=1),
+        finetune=FinetuneConfig(steps=3, batch_size=4, lr=1e-2, track_every=1),
     )
     _, _, tracker = finetune(job, "sums", False, TRAIN, 0, sae, pred, DOMAINS, tmp_path / "r")
     assert [h["step"] for h in tracker.history] == [1.0, 2.0, 3.0]
@@ -103,7 +103,7 @@ def test_finetune_with_sts_callback_on_gpu(tmp_path, tiny_llama, tiny_tokenizer)
 def test_whole_experiment_on_gpu(tmp_path, monkeypatch, tiny_llama, tiny_tokenizer):
     import json
 
-    from sts_lightning.experiment.config import EvalSettings, ExperimentJob, FinetuneSettings
+    from sts_lightning.experiment.config import EvalConfig, ExperimentConfig, FinetuneConfig
     from sts_lightning.experiment.run import run_experiment
     from sts_lightning.model import sae_source
     from tests.test_experiment import DOMAINS as FILES
@@ -116,7 +116,7 @@ def test_whole_experiment_on_gpu(tmp_path, monkeypatch, tiny_llama, tiny_tokeniz
         files[name] = tmp_path / f"{name}.jsonl"
         files[name].write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     monkeypatch.setattr(sae_source, "resolve_run_sae", lambda *args, **kwargs: StubSAE())
-    job = ExperimentJob(
+    job = ExperimentConfig(
         model=str(tmp_path / "m"),
         sae="stub",
         tasks=[str(files["sums"]), str(files["words"])],
@@ -126,8 +126,8 @@ def test_whole_experiment_on_gpu(tmp_path, monkeypatch, tiny_llama, tiny_tokeniz
         seeds=[0, 1],
         predict=CFG,
         raw_k=8,
-        finetune=FinetuneSettings(steps=2, batch_size=4, lr=1e-2, track_every=1),
-        evaluation=EvalSettings(tokens=60),
+        finetune=FinetuneConfig(steps=2, batch_size=4, lr=1e-2, track_every=1),
+        evaluation=EvalConfig(tokens=60),
         n_bootstrap=50,
         output_dir=str(tmp_path / "out"),
         wandb=False,

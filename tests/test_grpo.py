@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sts_lightning.training.grpo import GRPOConfig, GRPOModule
-from sts_lightning.training.lora import LoraSettings
+from sts_lightning.training.lora import LoraConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(4)]
@@ -96,7 +96,7 @@ def test_a_few_steps_raise_the_reward(tiny_llama, tiny_tokenizer):
 
 @pytest.mark.parametrize("lora", [False, True], ids=["frozen-copy", "lora-adapter-off"])
 def test_kl_is_zero_before_the_first_update(tiny_llama, tiny_tokenizer, lora):
-    settings = LoraSettings(r=4, alpha=8) if lora else None
+    settings = LoraConfig(r=4, alpha=8) if lora else None
     module = make_module(tiny_llama, tiny_tokenizer, grpo={"beta": 0.1}, lora=settings)
     assert (module.ref_model is None) == lora  # LoRA: no second copy of the model
     base = {n: p.detach().clone() for n, p in module.model.named_parameters() if "lora" not in n}
@@ -151,19 +151,19 @@ def test_resume_reproduces_the_uninterrupted_curve(tiny_llama, tiny_tokenizer, t
 
 
 def test_lora_checkpoint_holds_the_adapter_and_save_hf(tiny_llama, tiny_tokenizer, tmp_path):
-    module = make_module(tiny_llama, tiny_tokenizer, lora=LoraSettings(r=4))
+    module = make_module(tiny_llama, tiny_tokenizer, lora=LoraConfig(r=4))
     trainer, _ = fit(module, 1)
     trainer.save_checkpoint(tmp_path / "a.ckpt")
     state = torch.load(tmp_path / "a.ckpt", weights_only=False)["state_dict"]
     assert state and all("lora_" in key for key in state)
-    fresh = make_module(tiny_llama, tiny_tokenizer, lora=LoraSettings(r=4))
+    fresh = make_module(tiny_llama, tiny_tokenizer, lora=LoraConfig(r=4))
     fresh.on_load_checkpoint({"state_dict": state})
     fresh.load_state_dict(state, strict=False)
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in state.items())
     out = module.save_hf(tmp_path / "hf")
     assert (out / "adapter_config.json").is_file() and (out / "tokenizer_config.json").is_file()
     with pytest.raises(RuntimeError, match="LoRA adapter"):
-        make_module(tiny_llama, tiny_tokenizer, lora=LoraSettings(r=2)).on_load_checkpoint(
+        make_module(tiny_llama, tiny_tokenizer, lora=LoraConfig(r=2)).on_load_checkpoint(
             {"state_dict": {"model.other": torch.zeros(1)}}
         )
 

@@ -133,16 +133,16 @@ def test_read_examples_names_the_bad_line(tmp_path, text, message):
 
 def test_recipe_loads_like_the_command_line(tmp_path):
     """`load_job` and `sts-lightning predict` read a recipe through the same parser."""
-    from sts_lightning.forecast.job import PredictJob, job_parser, load_job
+    from sts_lightning.forecast.job import PredictJobConfig, job_parser, load_job
     from sts_lightning.forecast.recipe import parse_dataclass, save_resolved
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("domains: [law]\npredict:\n  k: 7\n")
     job = load_job(recipe, "--sae_tokens", "99")
     parser = job_parser()
-    parsed, namespace = parse_dataclass(parser, PredictJob, ["--config", str(recipe)])
-    assert isinstance(job, PredictJob) and job.domains == ["law"] and job.predict.k == 7
-    assert job.sae_tokens == 99 and parsed.sae_tokens == PredictJob().sae_tokens
+    parsed, namespace = parse_dataclass(parser, PredictJobConfig, ["--config", str(recipe)])
+    assert isinstance(job, PredictJobConfig) and job.domains == ["law"] and job.predict.k == 7
+    assert job.sae_tokens == 99 and parsed.sae_tokens == PredictJobConfig().sae_tokens
     out = save_resolved(parser, namespace, tmp_path / "out")
     again = load_job(out / "config.yaml")  # the saved settings repeat the run
     assert again == parsed

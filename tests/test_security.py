@@ -49,13 +49,15 @@ class _Evil:
 
 # ----------------------------------------------------------------------------- remote code
 def test_trust_remote_code_is_off_by_default():
-    from sts_lightning.forecast.job import PredictJob
+    from sts_lightning.forecast.job import PredictJobConfig
     from sts_lightning.model.loading import load_model_and_tokenizer
     from sts_lightning.training.sft import SFTModule
 
     for fn in (load_model_and_tokenizer, SFTModule):
         assert inspect.signature(fn).parameters["trust_remote_code"].default is False
-    assert {f.name: f.default for f in dataclasses.fields(PredictJob)}["trust_remote_code"] is False
+    assert {f.name: f.default for f in dataclasses.fields(PredictJobConfig)}[
+        "trust_remote_code"
+    ] is False
 
 
 def test_grpo_module_never_asks_for_remote_code(monkeypatch, tiny_llama, tiny_tokenizer):

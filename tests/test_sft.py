@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from sts_lightning.data.prompts import Example
 from sts_lightning.training.data import SFTDataModule
-from sts_lightning.training.lora import LoraSettings
+from sts_lightning.training.lora import LoraConfig
 from sts_lightning.training.sft import SFTModule, answer_nll
 
 # Memorisable: 12 distinct short answers the tiny model cannot know in advance.
@@ -142,7 +142,7 @@ def test_fit_learns_logs_and_saves_hf_model(tmp_path, tiny_dir, tiny_tokenizer):
 
 def test_lora_trains_only_the_adapter(tmp_path, tiny_dir):
     seed_everything(0)
-    module = SFTModule(tiny_dir, lr=1e-2, lora=LoraSettings(r=4, alpha=8))
+    module = SFTModule(tiny_dir, lr=1e-2, lora=LoraConfig(r=4, alpha=8))
     before = {k: v.clone() for k, v in module.model.state_dict().items()}
     trainer = _trainer(tmp_path, 6)
     trainer.fit(module, _data())
@@ -162,7 +162,7 @@ def test_lora_trains_only_the_adapter(tmp_path, tiny_dir):
         torch.testing.assert_close(reloaded(ids).logits, module.model.eval()(ids).logits)
 
 
-@pytest.mark.parametrize("lora", [None, LoraSettings(r=4)], ids=["full", "lora"])
+@pytest.mark.parametrize("lora", [None, LoraConfig(r=4)], ids=["full", "lora"])
 def test_resume_mid_epoch_matches_uninterrupted(tmp_path, tiny_dir, lora):
     def run(max_steps: int, ckpt_path=None, callbacks=()):
         seed_everything(0)
@@ -198,7 +198,7 @@ def test_arguments_are_checked():
     with pytest.raises(ValueError, match="`lr_schedule`"):
         SFTModule("x", lr_schedule="step")
     with pytest.raises(ValueError, match="`r`"):
-        LoraSettings(r=0)
+        LoraConfig(r=0)
     assert "model" not in SFTModule("no/such/model")._modules  # nothing loads before it is used
 
 

@@ -8,13 +8,13 @@ from typing import Literal
 from sts_lightning.config import check_fields, non_negative_int, one_of, positive, positive_int
 from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.model.sae_training import SAETrainConfig
-from sts_lightning.training.lora import LoraSettings
+from sts_lightning.training.lora import LoraConfig
 
-__all__ = ["EvalSettings", "ExperimentJob", "FinetuneSettings"]
+__all__ = ["EvalConfig", "ExperimentConfig", "FinetuneConfig"]
 
 
 @dataclass
-class FinetuneSettings:
+class FinetuneConfig:
     """How each (source task, seed) model is fine-tuned (``SFTModule`` or ``GRPOModule``)."""
 
     method: Literal["sft", "grpo"] = "sft"
@@ -37,7 +37,7 @@ class FinetuneSettings:
     """SFT only: recompute activations in the backward pass (long sequences, big models)."""
     warmup_steps: int = 4
     """Linear warm-up steps."""
-    lora: LoraSettings | None = None
+    lora: LoraConfig | None = None
     """A LoRA adapter instead of full fine-tuning; ``None``: full fine-tuning (tied embedding
     frozen)."""
     num_generations: int = 4
@@ -57,7 +57,7 @@ class FinetuneSettings:
 
 
 @dataclass
-class EvalSettings:
+class EvalConfig:
     """How the realised change of each domain is measured (held-out items only)."""
 
     tokens: int = 1024
@@ -79,7 +79,7 @@ class EvalSettings:
 
 
 @dataclass
-class ExperimentJob:
+class ExperimentConfig:
     """Forecast → fine-tune → realised deltas → correlations, for several source tasks and seeds.
 
     Domains and metrics are fixed here, before any outcome is seen: pre-registration.
@@ -128,9 +128,9 @@ class ExperimentJob:
     """Source of *unrelated* demonstrations for the task-specific ICL shift
     (Δ_task − Δ_unrelated on the same query tokens); ``None`` skips it. Must not be a source
     task."""
-    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     """Fine-tuning of each (task, seed)."""
-    evaluation: EvalSettings = field(default_factory=EvalSettings)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
     """Realised-change measurement."""
     n_bootstrap: int = 2000
     """Bootstrap resamples of every Pearson CI."""

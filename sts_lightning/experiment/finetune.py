@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sts_lightning.data.prompts import Example
-from sts_lightning.experiment.config import ExperimentJob
+from sts_lightning.experiment.config import ExperimentConfig
 from sts_lightning.forecast.prediction import Prediction
 
 __all__ = ["finetune", "task_reward"]
@@ -37,12 +37,12 @@ def task_reward(task: str | None):
     return score
 
 
-def _model_kw(job: ExperimentJob) -> dict[str, Any]:
+def _model_kw(job: ExperimentConfig) -> dict[str, Any]:
     """How the experiment's model is loaded, for every fine-tuning method."""
     return dict(dtype=job.dtype, trust_remote_code=job.trust_remote_code, cache_dir=job.cache_dir)
 
 
-def _sft(job: ExperimentJob, examples: Sequence[Example], n: int, seed: int):
+def _sft(job: ExperimentConfig, examples: Sequence[Example], n: int, seed: int):
     """``(module, datamodule)`` for supervised fine-tuning on ``n`` of ``examples``."""
     from sts_lightning.training.data import SFTDataModule
     from sts_lightning.training.sft import SFTModule
@@ -68,7 +68,7 @@ def _sft(job: ExperimentJob, examples: Sequence[Example], n: int, seed: int):
 
 
 def _grpo(
-    job: ExperimentJob, task: str, builtin: bool, examples: Sequence[Example], n: int, seed: int
+    job: ExperimentConfig, task: str, builtin: bool, examples: Sequence[Example], n: int, seed: int
 ):
     """``(module, datamodule)`` for GRPO on ``n`` of ``examples`` (the task's reward checker)."""
     from sts_lightning.model.loading import load_model_and_tokenizer
@@ -98,7 +98,7 @@ def _grpo(
 
 
 def finetune(
-    job: ExperimentJob,
+    job: ExperimentConfig,
     task: str,
     builtin: bool,
     examples: Sequence[Example],

@@ -26,7 +26,7 @@ import torch
 
 from sts_lightning import functional as F
 from sts_lightning.data.prompts import Example
-from sts_lightning.experiment.config import ExperimentJob
+from sts_lightning.experiment.config import ExperimentConfig
 from sts_lightning.experiment.forecast import (
     Forecaster,
     contrast_shift,
@@ -59,7 +59,7 @@ class _Stages:
             print(f"[{self.done}/{self.total} {minutes:02d}:{seconds:02d}] {what}", file=sys.stderr)
 
 
-def _task_pool(job: ExperimentJob, task: str) -> tuple[str, bool, list[Example]]:
+def _task_pool(job: ExperimentConfig, task: str) -> tuple[str, bool, list[Example]]:
     """``(name, is_builtin, examples)`` of a source task: built-in, ``.jsonl`` or HF dataset."""
     from sts_lightning.data.domains import TRAINING_SETS, load_training_set
     from sts_lightning.data.sources import is_hf_source, load_rows
@@ -82,7 +82,7 @@ def _task_pool(job: ExperimentJob, task: str) -> tuple[str, bool, list[Example]]
     return name, False, examples
 
 
-def _domains(job: ExperimentJob) -> tuple[dict, dict]:
+def _domains(job: ExperimentConfig) -> tuple[dict, dict]:
     from sts_lightning.data.domains import load_domain
     from sts_lightning.data.sources import read_examples
 
@@ -96,7 +96,7 @@ def _domains(job: ExperimentJob) -> tuple[dict, dict]:
     return scored, heldout
 
 
-def _load(job: ExperimentJob, device: torch.device, stage: _Stages) -> tuple[Any, Any, Any, int]:
+def _load(job: ExperimentConfig, device: torch.device, stage: _Stages) -> tuple[Any, Any, Any, int]:
     """The model, tokenizer and SAE on ``device``, checked against each other, and the layer."""
     from sts_lightning.model.capture import model_width
     from sts_lightning.model.loading import default_cache_dir, load_model_and_tokenizer
@@ -139,7 +139,7 @@ class _Evaluation:
     """``{task: exact match}`` of the base model."""
 
     @classmethod
-    def measure(cls, model, tokenizer, job: ExperimentJob, layer: int, heldout, task_items):
+    def measure(cls, model, tokenizer, job: ExperimentConfig, layer: int, heldout, task_items):
         """Encode the held-out halves and run the base model over them and the task problems."""
         from sts_lightning.experiment.finetune import task_reward
         from sts_lightning.monitor.evaluation import encode_eval_set
@@ -178,7 +178,7 @@ class _Evaluation:
 class _Shared:
     """What every (task, seed) run reuses: computed once, before the first fine-tune."""
 
-    job: ExperimentJob
+    job: ExperimentConfig
     device: torch.device
     forecaster: Forecaster
     domain_stats: dict
@@ -242,7 +242,7 @@ def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, stage: _St
     return record
 
 
-def run_experiment(job: ExperimentJob) -> dict[str, Any]:
+def run_experiment(job: ExperimentConfig) -> dict[str, Any]:
     """Run the experiment the job describes, write its report, return the results dict."""
     from sts_lightning.data.domains import load_training_set
     from sts_lightning.experiment.report import write_report

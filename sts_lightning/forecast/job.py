@@ -19,11 +19,11 @@ from sts_lightning.forecast.recipe import dataclass_parser, load_recipe
 from sts_lightning.model import sae_source
 from sts_lightning.model.sae_training import SAETrainConfig
 
-__all__ = ["PredictJob", "job_parser", "load_job", "resolve_sae", "run_predict"]
+__all__ = ["PredictJobConfig", "job_parser", "load_job", "resolve_sae", "run_predict"]
 
 
 @dataclass
-class PredictJob:
+class PredictJobConfig:
     """A forecast run: what to load, what to score, where to write."""
 
     model: str = "embedded:smollm2"
@@ -69,19 +69,19 @@ class PredictJob:
 def job_parser():
     """The ``sts-lightning predict`` argument parser (recipes are its ``--config`` files)."""
     return dataclass_parser(
-        PredictJob,
+        PredictJobConfig,
         "sts-lightning predict",
         "Forecast per-domain transferability before fine-tuning (STS).",
         "a recipes/predict_*.yaml",
     )
 
 
-def load_job(recipe: str | Path, *overrides: str) -> PredictJob:
-    """A :class:`PredictJob` from a predict recipe (+ ``--key value`` overrides)."""
-    return load_recipe(job_parser(), PredictJob, recipe, *overrides)
+def load_job(recipe: str | Path, *overrides: str) -> PredictJobConfig:
+    """A :class:`PredictJobConfig` from a predict recipe (+ ``--key value`` overrides)."""
+    return load_recipe(job_parser(), PredictJobConfig, recipe, *overrides)
 
 
-def resolve_sae(job: PredictJob, model, tokenizer, cache: Path | None = None):
+def resolve_sae(job: PredictJobConfig, model, tokenizer, cache: Path | None = None):
     """The job's SAE: loaded from ``job.sae``, or trained on first use and cached.
 
     :func:`sts_lightning.model.sae_source.resolve_run_sae` with ``cache`` defaulting to
@@ -90,7 +90,7 @@ def resolve_sae(job: PredictJob, model, tokenizer, cache: Path | None = None):
     return sae_source.resolve_run_sae(job, model, tokenizer, cache or job.cache_dir)
 
 
-def run_predict(job: PredictJob) -> Prediction:
+def run_predict(job: PredictJobConfig) -> Prediction:
     """Load everything the job names, forecast, and write the outputs; returns the prediction."""
     from sts_lightning.data.domains import load_domain, load_training_set
     from sts_lightning.data.sources import read_examples

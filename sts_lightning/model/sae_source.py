@@ -166,8 +166,8 @@ def resolve_run_sae(run: Any, model, tokenizer, cache_dir: str | Path | None = N
     """The SAE a run's settings name, with the default training mix.
 
     Args:
-        run: The run's settings (``PredictJob``, ``ExperimentJob``): its ``model``, ``sae``,
-            ``sae_training`` and ``sae_tokens`` fields, and ``predict.layer``,
+        run: The run's settings (``PredictJobConfig``, ``ExperimentConfig``): its ``model``,
+            ``sae``, ``sae_training`` and ``sae_tokens`` fields, and ``predict.layer``,
             ``predict.max_norm`` and ``predict.outlier_factor``.
         model: The loaded causal LM.
         tokenizer: Its tokenizer.

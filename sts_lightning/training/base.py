@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from sts_lightning.training.lora import LoraSettings, apply_lora
+from sts_lightning.training.lora import LoraConfig, apply_lora
 
 __all__ = ["HFModelMixin", "load_tokenizer", "lr_factor", "prepare_model", "warmup_scheduler"]
 
@@ -105,7 +105,7 @@ def prepare_model(
     model,
     *,
     gradient_checkpointing: bool = False,
-    lora: LoraSettings | None = None,
+    lora: LoraConfig | None = None,
     freeze_tied_embeddings: bool = False,
 ):
     """Make a loaded HF causal LM ready to train; returns it (a ``peft`` model with LoRA).

@@ -46,12 +46,12 @@ from sts_lightning.training.grpo_loss import (
     grpo_loss,
     rollout_loss,
 )
-from sts_lightning.training.lora import LoraSettings
+from sts_lightning.training.lora import LoraConfig
 from sts_lightning.training.rewards import RewardFunc, resolve_rewards, reward_name
 from sts_lightning.training.rollout import completion_logps, rollout
 
-# LoraSettings: re-exported, older code imports it from here.
-__all__ = ["GRPOConfig", "GRPOModule", "LoraSettings", "grpo_advantages", "grpo_loss"]
+# LoraConfig: re-exported, older code imports it from here.
+__all__ = ["GRPOConfig", "GRPOModule", "LoraConfig", "grpo_advantages", "grpo_loss"]
 
 
 class GRPOModule(base.HFModelMixin, LightningModule):
@@ -68,7 +68,7 @@ class GRPOModule(base.HFModelMixin, LightningModule):
         reward_funcs: TRL-signature reward functions, or dotted paths to them.
         reward_weights: One weight per function (default 1.0 each).
         grpo: Sampling and loss settings (:class:`GRPOConfig`, or a dict of its fields).
-        lora: Train a LoRA adapter instead of every weight (:class:`LoraSettings` or a dict).
+        lora: Train a LoRA adapter instead of every weight (:class:`LoraConfig` or a dict).
         lr: AdamW learning rate (TRL's default 1e-6).
         weight_decay: AdamW weight decay.
         warmup_steps: Linear warm-up, in optimizer steps: ``(s + 1) / (warmup_steps + 1)``.
@@ -90,7 +90,7 @@ class GRPOModule(base.HFModelMixin, LightningModule):
         ),
         reward_weights: Sequence[float] | None = None,
         grpo: GRPOConfig | None = None,
-        lora: LoraSettings | None = None,
+        lora: LoraConfig | None = None,
         lr: float = 1e-6,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
@@ -104,7 +104,7 @@ class GRPOModule(base.HFModelMixin, LightningModule):
         super().__init__()
         # Dicts too: checkpoints store these as dicts, so `torch.load(weights_only=True)` works.
         self.grpo = GRPOConfig(**grpo) if isinstance(grpo, dict) else grpo or GRPOConfig()
-        self.lora = LoraSettings(**lora) if isinstance(lora, dict) else lora
+        self.lora = LoraConfig(**lora) if isinstance(lora, dict) else lora
         self.reward_funcs, weights = resolve_rewards(reward_funcs, reward_weights)
         one_of("lr_schedule", lr_schedule, ("linear", "constant"))
         positive("lr", lr)

@@ -1,11 +1,11 @@
 """LoRA settings and how they are applied, without Lightning (settings dataclasses import this).
 
-:class:`LoraSettings` is what a recipe or :class:`~sts_lightning.experiment.config.FinetuneSettings`
+:class:`LoraConfig` is what a recipe or :class:`~sts_lightning.experiment.config.FinetuneConfig`
 states; :func:`apply_lora` wraps a Hugging Face model in a ``peft`` adapter. ``peft`` is imported
 only when an adapter is built (it costs seconds of imports).
 
 Example:
-    >>> LoraSettings(r=8).alpha / LoraSettings(r=8).r  # the update's scale
+    >>> LoraConfig(r=8).alpha / LoraConfig(r=8).r  # the update's scale
     4.0
 """
 
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from sts_lightning.config import positive, positive_int
 
-__all__ = ["LoraSettings", "apply_lora"]
+__all__ = ["LoraConfig", "apply_lora"]
 
 
 @dataclass
-class LoraSettings:
+class LoraConfig:
     """A LoRA adapter (peft) on the frozen base model."""
 
     r: int = 16
@@ -52,7 +52,7 @@ class LoraSettings:
         )
 
 
-def apply_lora(model, settings: LoraSettings):
+def apply_lora(model, settings: LoraConfig):
     """``model`` wrapped in a fresh LoRA adapter: only the adapter's weights require grad.
 
     Args:

@@ -30,10 +30,10 @@ from sts_lightning.model.loading import DEFAULT_MODEL, load_model_and_tokenizer
 from sts_lightning.monitor.evaluation import scored_logits
 from sts_lightning.training import base
 from sts_lightning.training.base import HFModelMixin, Schedule, lr_factor
-from sts_lightning.training.lora import LoraSettings
+from sts_lightning.training.lora import LoraConfig
 
-# LoraSettings and lr_factor: re-exported, their home was here.
-__all__ = ["LoraSettings", "SFTModule", "answer_nll", "lr_factor"]
+# LoraConfig and lr_factor: re-exported, their home was here.
+__all__ = ["LoraConfig", "SFTModule", "answer_nll", "lr_factor"]
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class SFTModule(HFModelMixin, LightningModule):
         dtype: str = "float32",
         trust_remote_code: bool = False,
         cache_dir: str | None = None,
-        lora: LoraSettings | dict[str, Any] | None = None,
+        lora: LoraConfig | dict[str, Any] | None = None,
         freeze_tied_embeddings: bool = True,
         gradient_checkpointing: bool = False,
         lr: float = 1e-4,
@@ -131,7 +131,7 @@ class SFTModule(HFModelMixin, LightningModule):
             raise ValueError(f"`min_lr_ratio` must be in [0, 1], got {min_lr_ratio!r}")
         _check_warmup(warmup_steps)
         if isinstance(lora, dict):  # from a checkpoint's hyperparameters
-            lora = LoraSettings(**lora)
+            lora = LoraConfig(**lora)
         self.save_hyperparameters(ignore=["lora"])
         # Stored as a dict: checkpoints load with weights_only=True, which refuses custom classes.
         self.hparams["lora"] = None if lora is None else asdict(lora)
