@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from sts_lightning.data.domains import load_domain
-from sts_lightning.data.examples import as_examples, examples_to_json, resolve_domains
+from sts_lightning.data.examples import (
+    as_examples,
+    example_from_row,
+    examples_from_rows,
+    examples_to_json,
+    resolve_domains,
+)
 from sts_lightning.data.prompts import Example
 
 
@@ -76,3 +82,78 @@ def test_examples_to_json_round_trips_through_as_examples():
         "a": domains["a"],
         "b": [Example("text")],
     }
+
+
+def _msg(role, content):
+    return {"role": role, "content": content}
+
+
+def test_rows_in_every_trl_format_become_examples():
+    rows = [
+        {"text": "plain text</s>"},
+        {"messages": [_msg("user", "2 + 2?"), _msg("assistant", "4")]},
+        {"messages": [_msg("user", "only a question")]},
+        {"prompt": "3 + 3?", "completion": " 6</s>", "input_ids": [1, 2]},
+        {"prompt": [_msg("user", "4 + 4?")], "completion": [_msg("assistant", "8")]},
+        {"prompt": [_msg("user", "prompt only")]},
+        {"prompt": "q", "answer": "a"},
+        {"messages": [_msg("user", [{"type": "text", "text": "parts"}]), _msg("assistant", "x")]},
+    ]
+    assert examples_from_rows(rows, eos_token="</s>") == [
+        Example("plain text"),
+        Example("2 + 2?", "4"),
+        Example("only a question"),
+        Example("3 + 3?", " 6"),
+        Example("4 + 4?", "8"),
+        Example("prompt only"),
+        Example("q", "a"),
+        Example("parts", "x"),
+    ]
+
+
+def test_a_conversational_prompt_is_never_stringified():
+    example = example_from_row(
+        {"prompt": [_msg("user", "Who?")], "completion": [_msg("assistant", "Me.")]}
+    )
+    assert example.prompt == "Who?" and example.answer == "Me."
+    assert "role" not in example.prompt and "{" not in example.prompt
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        (
+            {"messages": [_msg("system", "Be nice."), _msg("user", "q"), _msg("assistant", "a")]},
+            "messages",
+        ),
+        (
+            {"messages": [_msg("user", "q1"), _msg("assistant", "a1"), _msg("user", "q2")]},
+            "messages",
+        ),
+        ({"prompt": [_msg("system", "s"), _msg("user", "q")]}, "prompt"),
+    ],
+)
+def test_earlier_turns_raise_naming_the_field(row, field):
+    with pytest.raises(ValueError, match=rf"`train_dataset` row 0.*{field}.*earlier turns"):
+        examples_from_rows([row])
+
+
+@pytest.mark.parametrize(
+    ("rows", "match"),
+    [
+        ([{"chosen": "a", "rejected": "b"}], r"row 0: expected one of .*columns \['chosen'"),
+        ([{"text": 3}], r"row 0 field 'text' must be a string"),
+        ([{"messages": "not a list"}], r"field 'messages': expected a non-empty list"),
+        ([{"messages": [{"role": "user"}]}], r"messages'\[0\]: expected a \{'role', 'content'\}"),
+        ([], r"`train_dataset` has no rows"),
+        (["text"], r"row 0: expected a dict"),
+    ],
+)
+def test_rows_in_no_supported_format_raise_clearly(rows, match):
+    with pytest.raises(ValueError, match=match):
+        examples_from_rows(rows)
+
+
+def test_examples_from_rows_reads_at_most_limit_rows():
+    rows = [{"text": f"t{i}"} for i in range(5)] + [{"bad": 1}]
+    assert [e.prompt for e in examples_from_rows(rows, limit=3)] == ["t0", "t1", "t2"]
