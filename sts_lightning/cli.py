@@ -82,29 +82,107 @@ def _experiment(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def _recipes(argv: list[str]) -> int:
+    from sts_lightning.forecast.recipe import copy_recipe, list_recipes
+
+    parser = argparse.ArgumentParser(prog="sts-lightning recipes", description=_RECIPES_HELP)
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="name and summary of every shipped recipe")
+    copy = sub.add_parser("copy", help="copy a shipped recipe out to edit it")
+    copy.add_argument("name", help="a name from `sts-lightning recipes list`")
+    copy.add_argument("dest", nargs="?", default=".", help="directory or file (default: .)")
+    args = parser.parse_args(argv)
+    if args.action == "list":
+        for name, summary in list_recipes().items():
+            sys.stdout.write(f"{name:32s} {summary}\n")
+    else:
+        sys.stdout.write(f"wrote {copy_recipe(args.name, args.dest)}\n")
+    return 0
+
+
+_RECIPES_HELP = "List the recipes shipped with the package, or copy one out."
+
+# What a user can get wrong at the command line: a bad value, a missing or broken file, an
+# unknown name, a model that cannot be found. Anything else is a bug and keeps its traceback.
+_USER_ERRORS = (ValueError, TypeError, KeyError, OSError)
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv[:1] == ["predict"]:
         return _predict(argv[1:])
     if argv[:1] == ["experiment"]:
         return _experiment(argv[1:])
+    if argv[:1] == ["recipes"]:
+        return _recipes(argv[1:])
     if argv[:1] in (["fit"], ["validate"]):
+        from sts_lightning.forecast.recipe import enable_field_docs
         from sts_lightning.training.cli import run  # lazy: Lightning's CLI imports take seconds
 
+        enable_field_docs()
         return run(argv)
     parser = argparse.ArgumentParser(prog="sts-lightning", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("predict", help="forecast before training (see `predict --help`)")
     sub.add_parser("experiment", help="forecast, fine-tune, measure, report (see --help)")
     sub.add_parser("fit", help="train from a recipe (see `fit --help`)")
     sub.add_parser("validate", help="validate from a recipe (see `validate --help`)")
+    sub.add_parser("recipes", help="list the shipped recipes or copy one out (see --help)")
     demo = sub.add_parser("demo", help="run the STS core on synthetic latents")
     demo.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.command == "demo":
         sys.stdout.write(_demo(seed=args.seed) + "\n")
     return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sts-lightning")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+def _message(err: BaseException) -> str:
+    # KeyError's str() is the repr of its argument; the others read as written.
+    text = err.args[0] if isinstance(err, KeyError) and err.args else err
+    return " ".join(str(text).split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``sts-lightning``; returns the exit status.
+
+    A user error (a bad value, a missing or broken file, an unknown name or model) is one
+    ``error:`` line on stderr and exit status 2; ``--debug`` (anywhere) shows its traceback.
+
+    Raises:
+        SystemExit: Usage errors and ``--help`` / ``--version``, as argparse does (status 2 / 0).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    # One handler, on the package logger only: a root handler would print every line that
+    # Lightning's own `lightning` handler prints a second time.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level, propagate = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        return _dispatch(argv)
+    except _USER_ERRORS as err:
+        if debug:
+            raise
+        sys.stderr.write(f"error: {_message(err)} (--debug shows the traceback)\n")
+        raise SystemExit(2) from None
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
 
 
 if __name__ == "__main__":  # pragma: no cover
