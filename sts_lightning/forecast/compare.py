@@ -1,0 +1,256 @@
+"""Which training set? :func:`predict_many` forecasts several named training sets in one run.
+
+The domain side (each domain's latent moments and, with in-domain demonstrations, its ICL shift)
+does not depend on the training data, so it is computed **once** and shared; only the task side
+(:func:`~sts_lightning.forecast.predict.task_statistics`) runs per set. Every pass goes through
+**one** :class:`~sts_lightning.forecast.engine.Extractor`, hence one massive-activation threshold,
+exactly like :func:`~sts_lightning.forecast.predict.predict`.
+
+**The threshold, and what "equals N single runs" means.** With ``config.max_norm`` given (every
+recipe gives 500), each set's :class:`Prediction` equals ``predict(…, that_set, …)`` exactly: Δ,
+δ, D and every :class:`DomainScore` field. With ``max_norm=None``, ``predict`` fixes the threshold
+from the first batch of *its* training pass, so single runs on different sets would use different
+thresholds and could not share domain statistics. Here the threshold is fixed by the first
+batch of the **first** set (the passes run in the order given, first set before the domains, as
+in ``predict``): the first set equals its single run exactly, and every set equals a single run
+with ``max_norm=comparison.max_norm``.
+
+For the ranking's uncertainty (:mod:`sts_lightning.forecast.ranking`) the task pass also keeps,
+per training query (item), the sums over its kept rows of (icl − base) and (icl − base)² for the
+``n_candidates`` latents of largest Δ: a bootstrap over items then needs no further forward.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sts_lightning.data.prompts import Example
+from sts_lightning.forecast.comparison import Comparison, ItemSums
+from sts_lightning.forecast.config import PredictConfig
+from sts_lightning.forecast.engine import Extractor, Statistics, check_examples
+from sts_lightning.forecast.predict import (
+    _checked,
+    _warn_if_short,
+    assemble_prediction,
+    domain_statistics,
+    task_statistics,
+)
+from sts_lightning.model.sae import encode
+
+__all__ = ["check_train_sets", "predict_many"]
+
+log = logging.getLogger(__name__)
+
+
+def check_train_sets(train_sets: Any, n_demos: int) -> dict[str, list[Example]]:
+    """``train_sets`` as ``{name: examples}`` after checking names and contents.
+
+    Args:
+        train_sets: A mapping ``{name: examples}`` or a sequence of ``(name, examples)`` pairs.
+        n_demos: Demonstrations per query (each set needs ``n_demos + 1`` examples).
+
+    Raises:
+        ValueError: No set, a duplicate or empty name, or a set too small (named).
+        TypeError: A set that is not a sequence of ``Example`` (named).
+    """
+    pairs = list(train_sets.items()) if isinstance(train_sets, Mapping) else train_sets
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence) or not pairs:
+        raise ValueError("`train_sets` must be a non-empty mapping {name: examples}")
+    out: dict[str, list[Example]] = {}
+    for pair in pairs:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise TypeError(f"`train_sets` items must be (name, examples) pairs, got {pair!r}")
+        name, examples = pair
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"`train_sets` names must be non-empty strings, got {name!r}")
+        if name in out:
+            raise ValueError(f"`train_sets` names the set {name!r} twice")
+        if isinstance(examples, Sequence) and not isinstance(examples, str) and not examples:
+            raise ValueError(f"`train_sets[{name!r}]` is empty")
+        out[name] = check_examples(f"train_sets[{name!r}]", examples, n_demos)
+    return out
+
+
+@dataclass
+class _ItemStatistics(Statistics):
+    """The task statistics plus per-item sums over every latent (filled during the pass)."""
+
+    recorder: Any = None
+    """The :class:`_Recorder` that maps the kept rows of a batch to items."""
+    d_sae: int = 0
+    """Latents of the SAE."""
+    item_sq: Tensor | None = None
+    """``(n_items, d_sae)`` float64: Σ (icl − base)² per item."""
+    item_sum: Tensor | None = None
+    """``(n_items, d_sae)`` float64: Σ (icl − base) per item."""
+    item_rows: Tensor | None = None
+    """``(n_items,)``: kept rows per item."""
+
+    def update(self, sae, base: Tensor, icl: Tensor | None) -> None:
+        super().update(sae, base, icl)
+        diff = encode(sae, icl).double() - encode(sae, base).double()  # (n, d_sae)
+        items = self.recorder.kept_items.to(diff.device)
+        if self.item_sq is None:
+            n = self.recorder.n_items
+            self.item_sq = torch.zeros(n, self.d_sae, dtype=torch.float64, device=diff.device)
+            self.item_sum, self.item_rows = torch.zeros_like(self.item_sq), torch.zeros(n)
+        self.item_sq.index_add_(0, items, diff.square())
+        self.item_sum.index_add_(0, items, diff)
+        self.item_rows.index_add_(0, items.cpu(), torch.ones(len(items)))
+
+
+class _Recorder:
+    """Wraps the extractor's row filter: knows which item each kept row of a batch belongs to.
+
+    The engine calls the filter on a batch's base rows, then on its ICL rows, then feeds the rows
+    kept by both; the recorder turns the two masks into the kept rows' item ids.
+    """
+
+    def __init__(self, keep, tokenizer_exclude: set[int], span: str) -> None:
+        self.keep, self.exclude, self.span = keep, tokenizer_exclude, span
+        self.row_items, self.offset, self.base_mask, self.n_items = None, 0, None, 0
+        self.kept_items = torch.zeros(0, dtype=torch.long)
+
+    @property
+    def max_norm(self) -> float | None:
+        return self.keep.max_norm
+
+    def set_pairs(self, pairs) -> None:
+        """Row → item map of the pairs in run order (rows: span tokens not excluded)."""
+        counts = []
+        for base, _ in pairs:
+            start, end = base.span(self.span)
+            counts.append(sum(t not in self.exclude for t in base.input_ids[start:end]))
+        self.n_items = len(counts)
+        self.row_items = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        mask = self.keep(x)
+        if self.base_mask is None:
+            self.base_mask = mask
+            return mask
+        both, n = (self.base_mask & mask).cpu(), len(mask)
+        self.kept_items = self.row_items[self.offset : self.offset + n][both]
+        self.offset, self.base_mask = self.offset + n, None
+        return mask
+
+
+@contextmanager
+def _recording(extractor: Extractor):
+    """Installs a :class:`_Recorder` on ``extractor`` for one task pass; yields the statistics."""
+    cfg, select = extractor.config, extractor.select
+    recorder = _Recorder(extractor.keep, extractor.exclude, cfg.train_span)
+
+    def recording_select(*args, **kwargs):
+        pairs, n = select(*args, **kwargs)
+        recorder.set_pairs(pairs)
+        return pairs, n
+
+    extractor.keep, extractor.select = recorder, recording_select
+    try:
+        yield _ItemStatistics(recorder=recorder, d_sae=extractor.d_sae)
+    finally:
+        extractor.keep = recorder.keep
+        del extractor.select  # back to the class's method
+    if recorder.row_items is not None and recorder.offset != len(recorder.row_items):
+        raise RuntimeError("per-item sums are misaligned with the extracted rows")
+
+
+def _item_sums(stats: _ItemStatistics, n_candidates: int) -> ItemSums:
+    """The candidates' per-item sums of a finished task pass (items without rows dropped)."""
+    delta = stats.shift.feature_shift()
+    candidates = torch.topk(delta.float(), min(n_candidates, delta.numel())).indices
+    has_rows = stats.item_rows > 0
+    return ItemSums(
+        candidates=candidates.cpu(),
+        sum_sq=stats.item_sq[:, candidates].cpu()[has_rows],
+        sum=stats.item_sum[:, candidates].cpu()[has_rows],
+        n_rows=stats.item_rows[has_rows].double(),
+    )
+
+
+def _domain_vectors(stats: Statistics) -> dict[str, Tensor]:
+    moments = stats.moments.compute()
+    out = {"act": moments["mean"].cpu(), "notebook": moments["mean_sq"].cpu()}
+    if stats.shift is not None:
+        out["icl"] = stats.shift.feature_shift().cpu()
+    return out
+
+
+def predict_many(
+    model: torch.nn.Module,
+    tokenizer,
+    sae,
+    train_sets: Mapping[str, Sequence[Example]] | Sequence[tuple[str, Sequence[Example]]],
+    domains: Mapping[str, Sequence[Example]],
+    config: PredictConfig | None = None,
+    *,
+    n_candidates: int = 1000,
+    meta: Mapping[str, Any] | None = None,
+) -> Comparison:
+    """Forecast every training set against the same domains; domain statistics computed once.
+
+    Args:
+        model: A Hugging Face causal LM, as for :func:`~sts_lightning.forecast.predict.predict`.
+        tokenizer: Its tokenizer.
+        sae: The SAE reading the residual stream after the layer.
+        train_sets: ``{name: examples}`` (or ``(name, examples)`` pairs), at least one.
+        domains: ``{name: examples}`` of the downstream domains to score.
+        config: How to compute it (``max_norm`` given: each set equals its single ``predict``
+            run exactly; see the module docstring for ``None``).
+        n_candidates: Latents ``C`` (largest Δ first) whose per-item sums are kept for the
+            bootstrap; at least ``config.k``.
+        meta: Provenance stored in every prediction (``meta["train"]`` is set to the set name).
+
+    Returns:
+        A :class:`Comparison`: ``predictions[name]`` as ``predict`` would return it.
+
+    Raises:
+        ValueError: Duplicate or empty set names, a set too small, ``n_candidates < k``, or any
+            error ``predict`` raises on the shared inputs.
+    """
+    cfg = config or PredictConfig()
+    start = time.perf_counter()
+    sets = check_train_sets(train_sets, cfg.n_demos)
+    if isinstance(n_candidates, bool) or not isinstance(n_candidates, int) or n_candidates < cfg.k:
+        raise ValueError(f"`n_candidates` must be an int >= `config.k`={cfg.k}, got {n_candidates}")
+    first = next(iter(sets.values()))
+    layer, _, domains = _checked(model, sae, first, domains, cfg)
+    extractor = Extractor(model, sae, tokenizer, layer, cfg)
+
+    tasks, items, timings = {}, {}, {}
+    for i, (name, examples) in enumerate(sets.items()):
+        t0 = time.perf_counter()
+        log.info("training set %d/%d: %r (%d examples)", i + 1, len(sets), name, len(examples))
+        with _recording(extractor) as extra:
+            tasks[name] = task_statistics(extractor, examples, extra=extra, desc=name)
+        items[name] = _item_sums(tasks[name], n_candidates)
+        timings[f"set/{name}"] = time.perf_counter() - t0
+        if i == 0:  # the domains after the first set: the threshold is fixed as in predict()
+            t0, domain_stats = time.perf_counter(), {}
+            for dname, dexamples in domains.items():
+                domain_stats[dname] = domain_statistics(extractor, dname, dexamples)
+                _warn_if_short(dname, domain_stats[dname].n_selected, cfg.domain_tokens)
+            timings["domains"] = time.perf_counter() - t0
+    max_norm = float(extractor.max_norm)
+    predictions = {
+        name: assemble_prediction(
+            task,
+            domain_stats,
+            **dict(layer=layer, k=cfg.k, max_norm=max_norm, config=cfg),
+            timings={"train": timings[f"set/{name}"], "domains": timings["domains"]},
+            meta=dict(meta or {}) | {"train": name},
+        )
+        for name, task in tasks.items()
+    }
+    timings["total"] = time.perf_counter() - start
+    vectors = {name: _domain_vectors(stats) for name, stats in domain_stats.items()}
+    return Comparison(predictions, items, vectors, max_norm, timings)
