@@ -158,6 +158,27 @@ def _check_roles(domains: Sequence[str], target: Sequence[str], protected: Seque
         raise ValueError("name at least one `target` or `protected` domain to rank the sets")
 
 
+def _points_and_draws(
+    comparison: Comparison, mode: str, n_bootstrap: int, seed: int
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Per set: point STS ``(n_domains,)`` and bootstrap draws ``(n_bootstrap, n_domains)``."""
+    if any(mode not in v for v in comparison.domain_vectors.values()):
+        raise ValueError(f"`mode`={mode!r} needs in-domain demonstrations (`domain_demos` > 0)")
+    points, draws = {}, {}
+    for i, (name, pred) in enumerate(comparison.predictions.items()):
+        values = [getattr(pred.domains[d], mode) for d in comparison.domains]
+        points[name] = torch.tensor(values, dtype=torch.float64)
+        draws[name] = bootstrap_scores(
+            comparison.items[name],
+            comparison.domain_vectors,
+            k=len(pred.top_latents),
+            mode=mode,
+            n_bootstrap=n_bootstrap,
+            seed=seed + i,
+        )
+    return points, draws
+
+
 def rank_sets(
     comparison: Comparison,
     target: Sequence[str] = (),
@@ -193,35 +214,12 @@ def rank_sets(
     if mode not in RANK_MODES:
         raise ValueError(f"`mode` must be one of {RANK_MODES}, got {mode!r}")
     doms = comparison.domains
-    if any(mode not in v for v in comparison.domain_vectors.values()):
-        raise ValueError(f"`mode`={mode!r} needs in-domain demonstrations (`domain_demos` > 0)")
-    points = {
-        s: torch.tensor([getattr(p.domains[d], mode) for d in doms], dtype=torch.float64)
-        for s, p in comparison.predictions.items()
-    }
-    draws = {
-        s: bootstrap_scores(
-            comparison.items[s],
-            comparison.domain_vectors,
-            k=len(p.top_latents),
-            mode=mode,
-            n_bootstrap=n_bootstrap,
-            seed=seed + i,
-        )
-        for i, (s, p) in enumerate(comparison.predictions.items())
-    }
+    points, draws = _points_and_draws(comparison, mode, n_bootstrap, seed)
     scale = torch.stack(list(points.values())).mean(0)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    weight = (
-        torch.tensor(
-            [
-                (d in target) / max(len(target), 1) - (d in protected) / max(len(protected), 1)
-                for d in doms
-            ],
-            dtype=torch.float64,
-        )
-        / scale
-    )
+    sign = [(d in target) / max(len(target), 1) for d in doms]
+    sign = [w - (d in protected) / max(len(protected), 1) for w, d in zip(sign, doms, strict=True)]
+    weight = torch.tensor(sign, dtype=torch.float64) / scale  # R = STS @ weight
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     r_draws = {s: x @ weight for s, x in draws.items()}
     score = {s: (float(points[s] @ weight), *map(float, r_draws[s].quantile(q))) for s in points}
