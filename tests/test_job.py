@@ -170,9 +170,9 @@ def test_cli_rejects_unknown_recipe_key(tmp_path, capsys):
     assert "kk" in capsys.readouterr().err
 
 
-def test_cli_offline_unknown_model_is_a_clear_error(tmp_path):
+def test_cli_offline_unknown_model_is_a_clear_error(tmp_path, capsys):
     assert os.environ["HF_HUB_OFFLINE"] == "1"
-    with pytest.raises(OSError, match="not available offline"):
+    with pytest.raises(SystemExit) as err:
         main(
             [
                 "predict",
@@ -184,6 +184,9 @@ def test_cli_offline_unknown_model_is_a_clear_error(tmp_path):
                 str(tmp_path / "cache"),
             ]
         )
+    assert err.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()  # one line, no traceback
+    assert line.startswith("error: `model`=") and "not available offline" in line
 
 
 @pytest.mark.slow

@@ -11,8 +11,17 @@ A source is:
   directory, or a ``.json`` / ``.csv`` / ``.parquet`` file;
 - an in-memory list of :class:`~sts_lightning.data.prompts.Example` or of dicts.
 
-``prompt_column`` / ``answer_column`` name the columns of files and datasets; they are renamed to
-``prompt`` / ``answer`` and every other column is kept as is.
+Each row may be in any of TRL's dataset formats (read by
+:func:`~sts_lightning.data.examples.example_from_row`): ``{"prompt", "answer"?}``,
+``{"prompt", "completion"?}`` with plain strings or conversational message lists
+(``[{"role": "user", "content": ...}]``), ``{"messages"}`` (one user turn and the assistant's
+answer) or ``{"text"}`` (a text without answer). ``prompt_column`` / ``answer_column`` name the
+prompt and answer columns of files and datasets (``completion`` is read when there is no
+``answer``); they become ``prompt`` / ``answer`` (the user turn's text, never a stringified
+message list) and every other column is kept as is. A value of the wrong shape (a dict, a
+message list without ``role``/``content``, a conversation with earlier turns) raises a
+``ValueError`` naming the row and the field. Multi-turn conversations (earlier turns as
+demonstrations) are not supported: an :class:`Example` holds one user turn and its answer.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sts_lightning.data.domains import TRAINING_SETS, load_training_set
+from sts_lightning.data.examples import example_from_row
 from sts_lightning.data.prompts import Example
 
 __all__ = ["is_hf_source", "load_rows", "read_examples"]
@@ -47,14 +57,23 @@ def is_hf_source(source: Any) -> bool:
     return source not in TRAINING_SETS and Path(source).suffix != ".jsonl"
 
 
-def _load_hf(source: str, *, split: str, subset: str | None, data_files: Any) -> list[dict]:
+def _load_hf(
+    source: str, *, split: str, subset: str | None, data_files: Any, argument: str
+) -> list[dict]:
     import datasets  # lazy: ~2 s of imports, only for HF sources
 
     builder = _HF_FILE_BUILDERS.get(Path(source).suffix)
     if builder is not None and Path(source).is_file():
         dataset = datasets.load_dataset(builder, data_files=source, split=split)
     else:
-        dataset = datasets.load_dataset(source, name=subset, split=split, data_files=data_files)
+        try:
+            dataset = datasets.load_dataset(source, name=subset, split=split, data_files=data_files)
+        except (FileNotFoundError, ConnectionError) as err:  # DatasetNotFoundError included
+            # Say what a source can be (the cause, "Couldn't reach ... on the Hub", is chained).
+            raise ValueError(
+                f"`{argument}`={source!r} is not a built-in task {sorted(TRAINING_SETS)}, "
+                "an existing file or a reachable dataset (hub name or local directory)"
+            ) from err
     return list(dataset)
 
 
@@ -76,41 +95,90 @@ def _json_objects(path: str | Path) -> list[tuple[int, dict]]:
 
 
 def read_examples(path: str | Path) -> list[Example]:
-    """The examples of a JSON-lines file of ``{"prompt": ..., "answer"?: ...}`` objects.
+    """The examples of a JSON-lines file, one row per line in any format of :func:`load_rows`.
 
     Blank lines are skipped; other keys are ignored.
 
     Raises:
-        ValueError: A line that is not a JSON object or has no ``"prompt"`` (file and line named).
+        ValueError: A line that is not a JSON object, has none of the formats, or holds a value
+            of the wrong shape (file, line and field named).
     """
-    examples = []
-    for i, row in _json_objects(path):
-        if "prompt" not in row:
-            raise ValueError(
-                f"{path}:{i}: expected a JSON object with a 'prompt', got keys {sorted(row)}"
-            )
-        examples.append(Example(row["prompt"], row.get("answer")))
-    return examples
+    return [
+        _example(row, f"{path}:{i}", "prompt", "answer", answer_required=False)
+        for i, row in _json_objects(path)
+    ]
 
 
-def _rename(
-    raw: Sequence[Mapping[str, Any]],
+# TRL's conversational columns; `completion` is also where `answer_column="answer"` falls back.
+_CHAT_COLUMNS = ("messages", "text")
+
+
+def _value(row: Mapping[str, Any], column: str, where: str, arg: str) -> Any:
+    """``row[column]`` when it is a text or a message list (numbers become their decimal text)."""
+    value = row[column]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if value is None or isinstance(value, (str, list)):
+        return value
+    raise ValueError(
+        f"{where}: column {column!r} (`{arg}`) must be a string or a list of "
+        f"{{'role', 'content'}} messages, got {type(value).__name__} {_clip(value)}"
+    )
+
+
+def _example(
+    row: Mapping[str, Any],
     where: str,
     prompt_column: str,
     answer_column: str | None,
-) -> list[dict[str, Any]]:
-    rows = []
-    for i, row in enumerate(raw):
-        for arg, column in (("prompt_column", prompt_column), ("answer_column", answer_column)):
-            if column is not None and column not in row:
+    *,
+    answer_required: bool = True,
+) -> Example:
+    """The :class:`Example` of one row: its named columns, else TRL's ``messages`` / ``text``.
+
+    ``answer_required=False``: a row without ``answer_column`` is a prompt without answer.
+    """
+    if prompt_column in row:
+        answer = None
+        if answer_column is not None:
+            column = answer_column
+            if column not in row and column == "answer" and "completion" in row:
+                column = "completion"  # TRL's prompt/completion format
+            if column not in row and answer_required:
                 raise ValueError(
-                    f"`{arg}`={column!r} is not a column of {where} (row {i} has columns "
-                    f"{sorted(row)}); set `{arg}` to one of them"
+                    f"`answer_column`={answer_column!r} is not a column of {where} (it has "
+                    f"the columns {sorted(row)}); set `answer_column` to one of them"
                 )
-        out = {k: v for k, v in row.items() if k not in (prompt_column, answer_column)}
-        out["prompt"] = str(row[prompt_column])
-        if answer_column is not None and row[answer_column] is not None:
-            out["answer"] = str(row[answer_column])
+            answer = _value(row, column, where, "answer_column") if column in row else None
+        prompt = _value(row, prompt_column, where, "prompt_column")
+        return example_from_row({"prompt": prompt, "completion": answer}, where=where)
+    if any(c in row for c in _CHAT_COLUMNS):
+        return example_from_row(row, where=where)
+    raise ValueError(
+        f"`prompt_column`={prompt_column!r} is not a column of {where}: expected a JSON object "
+        f"with a {prompt_column!r} (plain or conversational), 'messages' or 'text', got the "
+        f"columns {sorted(row)}; set `prompt_column` to one of them"
+    )
+
+
+def _clip(value: Any, n: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _rename(
+    raw: Sequence[tuple[str, Mapping[str, Any]]], prompt_column: str, answer_column: str | None
+) -> list[dict[str, Any]]:
+    """Rows ``{"prompt", "answer"?, **other_columns}`` of ``(where, row)`` pairs; the format's own
+    columns are dropped."""
+    used = {prompt_column, answer_column, "completion", *_CHAT_COLUMNS}
+    rows = []
+    for where, row in raw:
+        example = _example(row, where, prompt_column, answer_column)
+        out = {k: v for k, v in row.items() if k not in used}
+        out["prompt"] = example.prompt
+        if example.answer is not None:
+            out["answer"] = example.answer
         rows.append(out)
     return rows
 
@@ -162,22 +230,24 @@ def load_rows(
         return [{"prompt": e.prompt, "answer": e.answer, "task": source} for e in examples]
     if isinstance(source, str):
         if Path(source).suffix == ".jsonl":
-            raw, where = [row for _, row in _json_objects(source)], f"{source}"
+            raw = [(f"{source}:{i}", row) for i, row in _json_objects(source)]
         else:
-            raw = _load_hf(source, split=split, subset=subset, data_files=data_files)
-            where = f"dataset {source!r} (split {split!r})"
-        rows = _rename(raw, where, prompt_column, answer_column)
+            loaded = _load_hf(
+                source, split=split, subset=subset, data_files=data_files, argument=argument
+            )
+            raw = [
+                (f"dataset {source!r} (split {split!r}) row {i}", r) for i, r in enumerate(loaded)
+            ]
+        rows = _rename(raw, prompt_column, answer_column)
     elif isinstance(source, Sequence):
         rows = []
         for i, item in enumerate(source):
             where = f"`{argument}` item {i}"
             if isinstance(item, Example):
-                answer = None if answer_column is None else "answer"
-                rows += _rename(
-                    [{"prompt": item.prompt, "answer": item.answer}], where, "prompt", answer
-                )
+                keep = item.answer is not None and answer_column is not None
+                rows.append({"prompt": item.prompt, **({"answer": item.answer} if keep else {})})
             elif isinstance(item, Mapping):
-                rows += _rename([item], where, prompt_column, answer_column)
+                rows += _rename([(where, item)], prompt_column, answer_column)
             else:
                 raise TypeError(f"{where} must be an Example or a dict, got {type(item)}")
     else:
