@@ -25,6 +25,7 @@ from sts_lightning.data.examples import DomainSpec, as_examples
 from sts_lightning.data.prompts import Example
 from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.forecast.prediction import Prediction
+from sts_lightning.monitor.guard import MonitorGuard
 from sts_lightning.monitor.settings import build_tracker, tracking_configs
 from sts_lightning.monitor.tracker import Evaluator, STSTracker, TrackerConfig
 
@@ -95,8 +96,9 @@ class STSCallback(Callback):
         self.forecast = Prediction.load(forecast) if isinstance(forecast, (str, Path)) else forecast
         self.tracker: STSTracker | None = None
         self._pending_state: dict | None = None
-        self._failed = False
+        self._guard = MonitorGuard("STSCallback", warn=rank_zero_warn)
         self._failed_loggers: set[int] = set()
+        self._seen_step = 0
 
     @property
     def state_key(self) -> str:
@@ -105,18 +107,24 @@ class STSCallback(Callback):
 
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._guard(trainer, "forecast", self._start, trainer, pl_module)
+        self._seen_step = trainer.global_step
+        self._guard.run("forecast", self._start, trainer, pl_module, starting=True)
+        if self._guard.stopped:
+            self.tracker = None
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
-        step = trainer.global_step
-        if self.tracker is not None and step > 0 and step % self._tracker_config.every_n_steps == 0:
-            self._guard(trainer, "measure", self._measure, trainer, pl_module)
+        # Once per optimizer step: with `accumulate_grad_batches=N` the step advances on every
+        # N-th batch only, and the N-1 batches before it must not measure the same step again.
+        step, stepped = trainer.global_step, trainer.global_step != self._seen_step
+        self._seen_step = step
+        if stepped and self._active() and step % self._tracker_config.every_n_steps == 0:
+            self._guard.run("measure", self._measure, trainer, pl_module, True)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.tracker is not None and not self.tracker.measured_at(trainer.global_step):
-            self._guard(trainer, "measure", self._measure, trainer, pl_module)
-        if self.tracker is not None and self.tracker.prediction is not None:
-            self._guard(trainer, "report", self._report, trainer)
+        if self._active() and not self.tracker.measured_at(trainer.global_step):
+            self._guard.run("measure", self._measure, trainer, pl_module, False)
+        if self._active() and self.tracker.prediction is not None:
+            self._guard.run("report", self._report, trainer)
 
     def state_dict(self) -> dict[str, Any]:
         return self.tracker.state_dict() if self.tracker is not None else {}
@@ -126,18 +134,8 @@ class STSCallback(Callback):
         self._pending_state = dict(state_dict) if state_dict else None
 
     # ------------------------------------------------------------------ work
-    def _guard(self, trainer: Trainer, what: str, fn, *args) -> None:
-        """Run monitoring work; a failure is reported once and never stops training."""
-        try:
-            fn(*args)
-        except Exception as err:  # monitoring must not end a training run...
-            if what == "forecast" and isinstance(err, (ValueError, TypeError)):
-                raise  # ...but a misconfiguration found before step 1 loses nothing: say so now
-            if not self._failed:
-                rank_zero_warn(f"STSCallback: {what} failed and is skipped from now on: {err!r}")
-            self._failed = True
-            if what == "forecast":
-                self.tracker = None
+    def _active(self) -> bool:
+        return self.tracker is not None and not self._guard.stopped
 
     def _hf(self, pl_module: LightningModule) -> tuple[torch.nn.Module, Any]:
         model = getattr(pl_module, self.model_attr, None)
@@ -175,10 +173,17 @@ class STSCallback(Callback):
         if self.tracker.prediction is not None and trainer.is_global_zero:
             self.tracker.prediction.save(directory / "forecast")
 
-    def _measure(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _measure(self, trainer: Trainer, pl_module: LightningModule, in_batch: bool) -> None:
         model, tokenizer = self._hf(pl_module)
         metrics, alarms = self.tracker.measure(model, tokenizer, trainer.global_step)
         self._log(trainer, metrics, step=trainer.global_step)
+        if in_batch:  # `trainer.callback_metrics`, for EarlyStopping / ModelCheckpoint(monitor=)
+            pl_module.log_dict(
+                {k: float(v) for k, v in metrics.items()},
+                on_step=True,
+                on_epoch=False,
+                logger=False,
+            )
         for name in alarms:
             rank_zero_warn(
                 f"STSCallback: held-out loss on {name!r} rose by "

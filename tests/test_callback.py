@@ -301,7 +301,7 @@ def test_wandb_offline_and_disabled_runs_complete(
     callback = _callback(tiny_sae)
     trainer, _ = _fit(tmp_path, tiny_llama, tiny_tokenizer, callback, logger=logger)
     assert trainer.global_step == 8
-    assert not callback._failed  # tables, images and scalars all went through
+    assert not callback._guard.stopped  # tables, images and scalars all went through
     if mode == "offline":  # the run, with the tables and images logged at the end, is on disk
         (run,) = (tmp_path / "wandb").glob("offline-run-*")
         assert any(run.glob("run-*.wandb"))

@@ -40,6 +40,7 @@ from sts_lightning.monitor.evaluation import (
     sequence_losses,
     shift_metrics,
 )
+from sts_lightning.monitor.health import SAEHealth
 from sts_lightning.monitor.state import load_tracker_state, save_tracker_state
 from sts_lightning.stats import PairedShift
 
@@ -72,12 +73,17 @@ class TrackerConfig:
     """Warn when a domain's held-out loss rises by more than this (nats/token); ``None``: off."""
     stop_on_alarm: bool = False
     """Stop training when the alarm fires (off by default: monitoring never ends a run alone)."""
+    sae_max_fvu: float = 0.5
+    """Warn when the SAE's FVU on the model exceeds this (see :mod:`~.health`)."""
+    sae_max_dead: float = 0.9
+    """Warn when more than this fraction of the SAE's latents never fires on the model."""
 
     def __post_init__(self) -> None:
         check_fields(self, positive_int, "every_n_steps", "probe_tokens", "eval_tokens")
         one_of("eval_span", self.eval_span, EVAL_SPANS)
         one_of("mode", self.mode, MODES)
         positive("alarm_threshold", self.alarm_threshold, optional=True)
+        check_fields(self, positive, "sae_max_fvu", "sae_max_dead")
 
 
 class STSTracker:
@@ -132,6 +138,7 @@ class STSTracker:
         self.last_shift: Tensor | None = None
         """Δ_real ``(d_sae,)`` of the latest :meth:`measure` (not checkpointed)."""
         self._eval_sets: dict | None = None
+        self.health = SAEHealth(self.config.sae_max_fvu, self.config.sae_max_dead)
 
     # ---------------------------------------------------------------- start (step 0)
     def start(self, model, tokenizer) -> dict[str, float]:
@@ -151,6 +158,7 @@ class STSTracker:
                 model, tokenizer, self.sae, self.train_examples, self.domains, self.predict_config
             )
         if self.probe is None:
+            self.health.check_start(self.prediction.quality, self.prediction.layer)
             self.probe = self._build_probe(model, tokenizer)
             self.base_scores = self._scores(model, tokenizer)
         pred, out = self.prediction, {}
@@ -233,6 +241,7 @@ class STSTracker:
         pred = self.prediction
         real = self.last_shift = self.realised_shift(model, tokenizer)
         out, realised_sts = shift_metrics(pred, real)
+        out |= self.health.measure(self.sae, self.probe["rows"], self._now_rows)
         deltas = {}
         if self.base_scores:
             now = self._scores(model, tokenizer)
@@ -254,7 +263,8 @@ class STSTracker:
         """Δ_real ``(d_sae,)``: mean squared change of each latent on the probe since step 0."""
         if self.prediction is None or self.probe is None:
             raise RuntimeError("STSTracker.realised_shift called before start()")
-        now_rows = self._probe_rows(model, tokenizer, self.probe)[self.probe["keep"]]
+        rows = self._probe_rows(model, tokenizer, self.probe)
+        now_rows = self._now_rows = rows[self.probe["keep"]]
         # Each rank measures the same probe with the same (DDP-synchronised) weights: no reduction.
         shift = PairedShift(self.prediction.shift.numel(), sync_on_compute=False)
         shift.update(encode(self.sae, self.probe["rows"]), encode(self.sae, now_rows))
@@ -271,9 +281,7 @@ class STSTracker:
         """Forecast, probe (with its base rows), base scores and history; tensors stay tensors."""
         pred = self.prediction
         return {
-            "prediction": None
-            if pred is None
-            else {"data": pred.to_dict(), "tensors": pred.tensors()},
+            "prediction": pred and {"data": pred.to_dict(), "tensors": pred.tensors()},
             "probe": self.probe,
             "base_scores": dict(self.base_scores),
             "history": list(self.history),
