@@ -107,8 +107,9 @@ def test_row_in_no_format_names_the_columns(tmp_path):
 def test_unknown_task_name_says_what_a_source_can_be():
     with pytest.raises(ValueError) as err:
         load_rows("no_such_task", argument="tasks")
-    assert "`tasks`='no_such_task' is not a built-in task" in str(err.value)
-    assert "reachable dataset" in str(err.value) and "Couldn't reach" not in str(err.value)
+    message = str(err.value)
+    assert "`tasks`='no_such_task' is not a built-in task, file or reachable dataset" in message
+    assert "Couldn't reach" not in message
 
 
 def test_data_modules_take_chat_rows(tiny_tokenizer):

@@ -71,8 +71,9 @@ def _load_hf(
         except (FileNotFoundError, ConnectionError) as err:  # DatasetNotFoundError included
             # Say what a source can be (the cause, "Couldn't reach ... on the Hub", is chained).
             raise ValueError(
-                f"`{argument}`={source!r} is not a built-in task {sorted(TRAINING_SETS)}, "
-                "an existing file or a reachable dataset (hub name or local directory)"
+                f"`{argument}`={source!r} is not a built-in task, file or reachable dataset "
+                f"(built-in tasks: {sorted(TRAINING_SETS)}; a dataset: a hub name or a local "
+                "directory)"
             ) from err
     return list(dataset)
 

@@ -145,6 +145,14 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if len(self.tasks) < 1 or len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"`tasks` must name one or more distinct tasks, got {self.tasks!r}")
+        from sts_lightning.data.domains import DOMAINS
+
+        unknown = [d for d in self.domains if d not in DOMAINS]
+        if unknown:
+            raise ValueError(
+                f"`domains` entries {unknown} are not built-in domains; use names from "
+                f"{list(DOMAINS)} (or `domain_files` for your own)"
+            )
         n_domains = len(self.domains) + len(self.domain_files)
         if n_domains < 3:
             raise ValueError(
