@@ -48,13 +48,23 @@ def _demo(seed: int = 0, d_sae: int = 4096, n_domains: int = 8) -> str:
 
 
 def _predict(argv: list[str]) -> int:
+    from sts_lightning.forecast.compare_job import check_set_names, run_compare
     from sts_lightning.forecast.job import PredictJobConfig, job_parser, run_predict
     from sts_lightning.forecast.recipe import parse_dataclass, save_resolved
 
     parser = job_parser()
+    check_set_names(argv)
     job, namespace = parse_dataclass(parser, PredictJobConfig, argv)
     # The resolved recipe beside the results: the run can be repeated exactly.
     out = save_resolved(parser, namespace, job.output_dir)
+    if job.train_sets:  # compare candidate training sets
+        result = run_compare(job)
+        sys.stdout.write(result.table() + "\n")
+        sys.stdout.write(
+            f"wrote {out}/ranking.json, comparison.json, table.txt, chart.png, sets/ "
+            f"(end to end {result.comparison.timings['end_to_end']:.0f} s)\n"
+        )
+        return 0
     pred = run_predict(job)
     sys.stdout.write(pred.table() + "\n")
     t = pred.timings

@@ -11,15 +11,23 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from sts_lightning.config import positive_int
+from sts_lightning.config import at_least, one_of, positive_int
 from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.forecast.prediction import Prediction
 from sts_lightning.forecast.recipe import dataclass_parser, load_recipe
 from sts_lightning.model import sae_source
 from sts_lightning.model.sae_training import SAETrainConfig
 
-__all__ = ["PredictJobConfig", "job_parser", "load_job", "resolve_sae", "run_predict"]
+__all__ = [
+    "PredictJobConfig",
+    "job_parser",
+    "load_inputs",
+    "load_job",
+    "resolve_sae",
+    "run_predict",
+]
 
 
 @dataclass
@@ -59,11 +67,45 @@ class PredictJobConfig:
     ``~/.cache/sts_lightning``)."""
     predict: PredictConfig = field(default_factory=PredictConfig)
     """The forecast itself."""
+    train_sets: dict[str, str] = field(default_factory=dict)
+    """Compare candidate training sets instead of forecasting one: ``{name: source}``, a source
+    being a built-in set (``train_examples`` drawn), a ``.jsonl`` file or a ``datasets`` source.
+    Domain statistics are computed once for all sets (``sts_lightning.predict_many``)."""
+    target: list[str] = field(default_factory=list)
+    """With ``train_sets``: domains whose movement is wanted (they raise a set's rank)."""
+    protected: list[str] = field(default_factory=list)
+    """With ``train_sets``: domains whose movement is not wanted (they lower a set's rank)."""
+    rank_mode: str = "act"
+    """STS mode the sets are ranked on (``act``, ``icl``, ``notebook``)."""
+    n_bootstrap: int = 1000
+    """Bootstrap resamples of each set's training items for the intervals."""
+    ci_level: float = 0.9
+    """Coverage of the bootstrap intervals."""
+    separation: float = 0.95
+    """P(A beats B) below which two neighbouring sets are reported as a tie."""
+    n_candidates: int = 1000
+    """Latents (largest Δ first) whose per-item sums are kept for the bootstrap."""
+    wandb: bool = False
+    """Log the comparison table and chart to an offline W&B run under ``output_dir``."""
 
     def __post_init__(self) -> None:
         if not self.domains and not self.domain_files:
             raise ValueError("`domains` and `domain_files` are both empty: name at least one")
         positive_int("sae_tokens", self.sae_tokens)
+        one_of("rank_mode", self.rank_mode, ("act", "icl", "notebook"))
+        positive_int("n_bootstrap", self.n_bootstrap)
+        positive_int("n_candidates", self.n_candidates)
+        at_least("ci_level", self.ci_level, 0, strict=True)
+        at_least("separation", self.separation, 0.5, strict=True)
+        if self.ci_level >= 1 or self.separation >= 1:
+            raise ValueError("`ci_level` and `separation` must be < 1")
+        known = [*self.domains, *self.domain_files]
+        for role in ("target", "protected"):
+            unknown = [d for d in getattr(self, role) if d not in known]
+            if unknown:
+                raise ValueError(f"`{role}` names {unknown}, not among the domains {known}")
+        if (self.target or self.protected) and not self.train_sets:
+            raise ValueError("`target`/`protected` rank candidate `train_sets`: give them too")
 
 
 def job_parser():
@@ -90,11 +132,11 @@ def resolve_sae(job: PredictJobConfig, model, tokenizer, cache: Path | None = No
     return sae_source.resolve_run_sae(job, model, tokenizer, cache or job.cache_dir)
 
 
-def run_predict(job: PredictJobConfig) -> Prediction:
-    """Load everything the job names, forecast, and write the outputs; returns the prediction."""
-    from sts_lightning.data.domains import load_domain, load_training_set
+def load_inputs(job: PredictJobConfig) -> tuple[Any, Any, Any, dict, dict[str, float]]:
+    """``(model, tokenizer, sae, domains, timings)`` the job names (``timings``: load_model,
+    sae, and ``start``, the ``perf_counter`` when loading began)."""
+    from sts_lightning.data.domains import load_domain
     from sts_lightning.data.sources import read_examples
-    from sts_lightning.forecast.predict import predict
     from sts_lightning.model.loading import default_cache_dir, load_model_and_tokenizer
 
     t0 = time.perf_counter()
@@ -104,13 +146,23 @@ def run_predict(job: PredictJobConfig) -> Prediction:
     )
     t_model = time.perf_counter()
     sae = resolve_sae(job, model, tokenizer, cache)
-    t_sae = time.perf_counter()
+    domains = {name: load_domain(name, split="score") for name in job.domains}
+    domains |= {name: read_examples(path) for name, path in job.domain_files.items()}
+    timings = {"start": t0, "load_model": t_model - t0, "sae": time.perf_counter() - t_model}
+    return model, tokenizer, sae, domains, timings
+
+
+def run_predict(job: PredictJobConfig) -> Prediction:
+    """Load everything the job names, forecast, and write the outputs; returns the prediction."""
+    from sts_lightning.data.domains import load_training_set
+    from sts_lightning.data.sources import read_examples
+    from sts_lightning.forecast.predict import predict
+
+    model, tokenizer, sae, domains, timings = load_inputs(job)
     if job.train_file:
         train = read_examples(job.train_file)
     else:
         train = load_training_set(job.train_set, job.train_examples, seed=job.predict.seed)
-    domains = {name: load_domain(name, split="score") for name in job.domains}
-    domains |= {name: read_examples(path) for name, path in job.domain_files.items()}
     meta = {
         "model": job.model,
         "sae": job.sae or "trained (cached)",
@@ -118,11 +170,8 @@ def run_predict(job: PredictJobConfig) -> Prediction:
         "job": asdict(job),
     }
     pred = predict(model, tokenizer, sae, train, domains, job.predict, meta=meta)
-    pred.timings |= {
-        "load_model": t_model - t0,
-        "sae": t_sae - t_model,
-        "end_to_end": time.perf_counter() - t0,
-    }
+    t0 = timings.pop("start")
+    pred.timings |= timings | {"end_to_end": time.perf_counter() - t0}
     out = pred.save(job.output_dir)
     (out / "table.txt").write_text(pred.table() + "\n")
     pred.save_chart(out / "chart.png")
