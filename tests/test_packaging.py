@@ -14,6 +14,11 @@ _PROBE = (
     "print(c.__file__); print(importlib.util.find_spec('callbacks'))"
 )
 
+_LIST_RECIPES = (
+    "from sts_lightning.forecast.recipe import list_recipes, recipes_dir; "
+    "print(recipes_dir(), *list_recipes())"
+)
+
 
 def _probe(cwd: Path, env: dict | None = None) -> list[str]:
     out = subprocess.run(
@@ -52,6 +57,10 @@ def test_wheel_ships_callbacks_under_package(tmp_path):
     assert "sts_lightning/experiment/run.py" in names  # subpackages must be listed too
     assert not any(n.startswith("callbacks/") for n in names)
     assert "sts_lightning/functional.py" in names
+    # The recipes ship as package data: `sts-lightning recipes list|copy` after `pip install`.
+    shipped = {n.split("/")[-1] for n in names if n.startswith("sts_lightning/recipes/")}
+    assert shipped == {"__init__.py"} | {p.name for p in (ROOT / "recipes").glob("*.yaml")}
+    assert not any(n.startswith("recipes/") for n in names)
     subprocess.run(
         [
             sys.executable,
@@ -73,6 +82,12 @@ def test_wheel_ships_callbacks_under_package(tmp_path):
     assert Path(file) == tmp_path / "site" / "sts_lightning" / "callbacks" / "__init__.py"
     assert top_level == "None"
     assert (tmp_path / "site" / "bin" / "sts-lightning").exists()
+    listed = subprocess.run(
+        [sys.executable, "-c", _LIST_RECIPES], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    where, *names = listed.stdout.split()
+    assert Path(where) == tmp_path / "site" / "sts_lightning" / "recipes", listed.stderr
+    assert "sft_arithmetic_smollm2" in names and "predict_arithmetic_smollm2" in names
 
 
 def test_top_level_names_resolve_and_stay_lazy():
