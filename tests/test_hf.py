@@ -7,10 +7,12 @@ import warnings
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from sts_lightning.data.prompts import Example
 from sts_lightning.forecast import predict as predict_module
 from sts_lightning.hf import STSTrainerCallback
+from sts_lightning.monitor.state import load_tracker_state
 from tests.test_callback import TEXTS
 
 PREDICT = {"domain_demos": 1, "train_tokens": 200, "domain_tokens": 200}
@@ -23,7 +25,7 @@ def sae_dir(tmp_path, tiny_sae):
     return str(tmp_path / "sae")
 
 
-def _trainer(tmp_path, model, tokenizer, max_steps, **extra):
+def _trainer(tmp_path, model, tokenizer, max_steps, data=None, callbacks=None, **extra):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -42,21 +44,46 @@ def _trainer(tmp_path, model, tokenizer, max_steps, **extra):
         dataset_num_proc=None,
         **extra,
     )
-    data = Dataset.from_list([{"text": t} for t in TEXTS["arith"] * 3])
-    return SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
-
-
-def _attach(trainer, sae_dir):
-    return STSTrainerCallback.attach(
-        trainer,
-        sae=sae_dir,
-        domains=TEXTS,
-        train_examples=[Example(t) for t in TEXTS["arith"]],
-        k=8,
-        every_n_steps=3,
-        predict_config=PREDICT,
-        tracker_config=TRACK,
+    data = Dataset.from_list(data or [{"text": t} for t in TEXTS["arith"] * 3])
+    return SFTTrainer(
+        model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=callbacks
     )
+
+
+def _kwargs(sae, **overrides):
+    return {
+        "sae": sae,
+        "domains": TEXTS,
+        "train_examples": [Example(t) for t in TEXTS["arith"]],
+        "k": 8,
+        "every_n_steps": 3,
+        "predict_config": PREDICT,
+        "tracker_config": TRACK,
+        **overrides,
+    }
+
+
+def _attach(trainer, sae_dir, **overrides):
+    return STSTrainerCallback.attach(trainer, **_kwargs(sae_dir, **overrides))
+
+
+class LogSpy(TrainerCallback):
+    """What a ``report_to`` integration receives: the keys of every ``on_log`` call."""
+
+    def __init__(self):
+        self.logs = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append((state.global_step, dict(logs)))
+
+    def steps_with(self, key):
+        return [step for step, logs in self.logs if key in logs]
+
+
+def _train(trainer, resume=None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train(resume_from_checkpoint=resume)
 
 
 def test_sft_trainer_logs_forecast_and_realised_shift(
@@ -76,39 +103,89 @@ def test_sft_trainer_logs_forecast_and_realised_shift(
     assert callback.tracker.history[-1]["step"] == 6
 
 
-def test_resume_restores_tracker_state_without_recomputing(
-    tmp_path, tiny_llama, tiny_tokenizer, sae_dir, monkeypatch
+def test_resume_twice_keeps_forecast_reports_and_state(
+    tmp_path, tiny_llama, tiny_tokenizer, tiny_sae, monkeypatch
+):
+    # The SAE is an object (no id to rebuild it from) and each run is a fresh trainer resumed
+    # from the last checkpoint, as a restarted script does.
+    calls, real = [], predict_module.predict
+    monkeypatch.setattr(predict_module, "predict", lambda *a, **k: calls.append(1) or real(*a, **k))
+    run = tmp_path / "run"
+    callbacks, spies, top = [], [], None
+    for max_steps, resume in ((3, None), (6, run / "checkpoint-3"), (9, run / "checkpoint-6")):
+        spies.append(LogSpy())
+        trainer = _trainer(
+            tmp_path, copy.deepcopy(tiny_llama).train(), tiny_tokenizer, max_steps,
+            callbacks=[spies[-1]], restore_callback_states_from_checkpoint=True,
+        )  # fmt: skip
+        callbacks.append(_attach(trainer, tiny_sae))
+        _train(trainer, None if resume is None else str(resume))
+        live = [c for c in trainer.callback_handler.callbacks if isinstance(c, STSTrainerCallback)]
+        assert live == [callbacks[-1]] and live[0].tracker is not None  # the attached one is back
+        top = top if top is not None else callbacks[0].tracker.prediction.top_latents.clone()
+        assert torch.equal(callbacks[-1].tracker.prediction.top_latents, top)
+        state = load_tracker_state(run / f"checkpoint-{max_steps}" / "sts_tracker")
+        assert [h["step"] for h in state["history"]] == [
+            float(s) for s in range(3, max_steps + 1, 3)
+        ]
+    assert calls == [1]  # forecast once, restored from the checkpoint twice
+    for spy, steps in zip(spies, ([3], [6], [9]), strict=True):
+        assert spy.steps_with("sts/shift/total") == steps  # report_to got each run's metrics
+        assert spy.steps_with("sts/pred/act/law") == [steps[0] - 3]  # and the forecast at begin
+    assert [h["step"] for h in callbacks[-1].tracker.history] == [3.0, 6.0, 9.0]
+
+
+def test_a_restored_callback_without_its_sae_object_is_a_clear_error(
+    tmp_path, tiny_llama, tiny_tokenizer, tiny_sae
 ):
     first = _trainer(tmp_path, copy.deepcopy(tiny_llama).train(), tiny_tokenizer, max_steps=3)
-    cb = _attach(first, sae_dir)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        first.train()
-    saved_top = cb.tracker.prediction.top_latents.clone()
-    calls = []
-    real = predict_module.predict
-    monkeypatch.setattr(predict_module, "predict", lambda *a, **k: calls.append(1) or real(*a, **k))
+    _attach(first, tiny_sae)
+    _train(first)
+    # Passed to the constructor, not attached: HF rebuilds it from JSON, which has no SAE object.
+    callback = STSTrainerCallback(**_kwargs(tiny_sae))
     second = _trainer(
-        tmp_path,
-        copy.deepcopy(tiny_llama).train(),
-        tiny_tokenizer,
-        max_steps=6,
-        restore_callback_states_from_checkpoint=True,
+        tmp_path, copy.deepcopy(tiny_llama).train(), tiny_tokenizer, max_steps=6,
+        callbacks=[callback], restore_callback_states_from_checkpoint=True,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"restored from a checkpoint without its `sae`"):
+        _train(second, str(tmp_path / "run" / "checkpoint-3"))
+
+
+def _msg(role, content):
+    return {"role": role, "content": content}
+
+
+PAIRS = [(f"What is {a} + {b}?", f"The answer is {a + b}.") for a in range(4) for b in range(3)]
+FORMATS = {
+    "messages": lambda q, a: {"messages": [_msg("user", q), _msg("assistant", a)]},
+    "conversational prompt/completion": lambda q, a: {
+        "prompt": [_msg("user", q)],
+        "completion": [_msg("assistant", a)],
+    },
+    "prompt/completion": lambda q, a: {"prompt": q, "completion": " " + a},
+}
+
+
+@pytest.mark.parametrize("form", list(FORMATS))
+def test_train_examples_default_to_the_train_dataset(
+    tmp_path, tiny_llama, tiny_tokenizer, tiny_sae, form
+):
+    rows = [FORMATS[form](q, a) for q, a in PAIRS]
+    trainer = _trainer(
+        tmp_path, copy.deepcopy(tiny_llama).train(), tiny_tokenizer, max_steps=2, data=rows
     )
-    _attach(second, sae_dir)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        second.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-3"))
-    restored = next(
-        c for c in second.callback_handler.callbacks if isinstance(c, STSTrainerCallback)
-    )
-    assert calls == []
-    assert torch.equal(restored.tracker.prediction.top_latents, saved_top)
-    assert [h["step"] for h in restored.tracker.history] == [3.0, 6.0]
+    callback = _attach(trainer, tiny_sae, train_examples=None, every_n_steps=2)
+    _train(trainer)
+    space = " " if form == "prompt/completion" else ""  # the completion's own leading space
+    assert callback.tracker.train_examples == [Example(q, space + a) for q, a in PAIRS]
+    assert not any("role" in e.prompt for e in callback.tracker.train_examples)  # not str(list)
+    assert [h["step"] for h in callback.tracker.history] == [2.0]
 
 
 def test_bad_arguments(sae_dir):
     with pytest.raises(ValueError, match="every_n_steps"):
         STSTrainerCallback(sae=sae_dir, domains=TEXTS, train_examples=["a", "b"], every_n_steps=0)
     with pytest.raises(ValueError, match="train_examples"):
-        STSTrainerCallback(sae=sae_dir, domains=TEXTS)
+        STSTrainerCallback(sae=sae_dir, domains=TEXTS, train_examples=[])
+    with pytest.raises(ValueError, match="sae"):
+        STSTrainerCallback(domains=TEXTS)

@@ -1,7 +1,9 @@
-"""Plots and tables of a tracked run: PNG files, and W&B tables/images through Lightning loggers.
+"""Plots and tables of a tracked run: PNG files, and W&B tables/images.
 
 Nothing here imports ``wandb``: rich objects go through ``WandbLogger.log_table`` /
-``log_image`` when such a logger is present; every other logger gets the scalars only.
+``log_image`` when such a logger is present (Lightning), or through the ``wandb`` module HF's
+``WandbCallback`` imported (HF/TRL ``report_to="wandb"``); every other logger gets the scalars
+only.
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["domain_rows", "log_rich", "save_plots", "top_latent_rows"]
+__all__ = [
+    "domain_rows",
+    "log_rich",
+    "log_rich_hf",
+    "rich_tables",
+    "save_plots",
+    "top_latent_rows",
+]
 
 
 def domain_rows(tracker) -> list[list[Any]]:
@@ -81,6 +90,20 @@ def save_plots(tracker, directory: str | Path) -> dict[str, Path]:
     return paths
 
 
+def rich_tables(tracker, link_template: str | None = None) -> dict[str, tuple[list, list]]:
+    """``{key: (columns, rows)}``: the per-domain and top-latent tables of a tracked run."""
+    return {
+        "sts/domains": (
+            ["domain", "predicted", "realised_sts", "realised_delta"],
+            domain_rows(tracker),
+        ),
+        "sts/top_latents": (
+            ["rank", "latent", "predicted_shift", "link"],
+            top_latent_rows(tracker, link_template),
+        ),
+    }
+
+
 def log_rich(
     loggers: Iterable[Any], tracker, paths: dict[str, Path], link_template: str | None = None
 ) -> None:
@@ -90,15 +113,40 @@ def log_rich(
     for logger in loggers:
         if not isinstance(logger, WandbLogger):
             continue
-        logger.log_table(
-            "sts/domains",
-            columns=["domain", "predicted", "realised_sts", "realised_delta"],
-            data=domain_rows(tracker),
-        )
-        logger.log_table(
-            "sts/top_latents",
-            columns=["rank", "latent", "predicted_shift", "link"],
-            data=top_latent_rows(tracker, link_template),
-        )
+        for key, (columns, rows) in rich_tables(tracker, link_template).items():
+            logger.log_table(key, columns=columns, data=rows)
         if paths:
             logger.log_image("sts/plots", images=[str(p) for p in paths.values()])
+
+
+def log_rich_hf(
+    callbacks: Iterable[Any], tracker, paths: dict[str, Path], link_template: str | None = None
+) -> bool:
+    """The same tables and plots to the W&B run of an HF trainer's ``WandbCallback``.
+
+    Uses the ``wandb`` module that HF's integration imported (``report_to`` includes
+    ``"wandb"``) and its active run; without one, nothing is logged.
+
+    Args:
+        callbacks: The trainer's callbacks (``trainer.callback_handler.callbacks``).
+        tracker: The tracked run.
+        paths: The PNGs of :func:`save_plots`.
+        link_template: Link per latent in the top-latent table.
+
+    Returns:
+        Whether a W&B run received them.
+    """
+    wandb = next(
+        (c._wandb for c in callbacks if type(c).__name__ == "WandbCallback" and c._initialized),
+        None,
+    )
+    if wandb is None or wandb.run is None:
+        return False
+    logs: dict[str, Any] = {
+        key: wandb.Table(columns=columns, data=rows)
+        for key, (columns, rows) in rich_tables(tracker, link_template).items()
+    }
+    if paths:
+        logs["sts/plots"] = [wandb.Image(str(p)) for p in paths.values()]
+    wandb.run.log(logs)
+    return True
