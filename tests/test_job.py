@@ -225,3 +225,72 @@ def test_embedded_default_predict_runs_offline(tmp_path, capsys):
     assert all(s.n_tokens >= 300 and s.icl is not None for s in pred.domains.values())
     assert pred.train["n_tokens"] >= 600
     assert "math" in capsys.readouterr().out
+
+
+# --- where predict runs: the `device` field ----------------------------------------------------
+
+
+def _predict_args(files, *extra: str) -> list[str]:
+    return [
+        "predict",
+        *("--model", files["model"], "--sae", files["sae"], "--train_file", files["train"]),
+        *("--domains", "[]", "--domain_files", json.dumps({"law": files["law"]})),
+        *("--output_dir", str(files["out"]), "--predict.k", "8", "--predict.domain_demos", "1"),
+        *("--predict.train_tokens", "60", "--predict.domain_tokens", "20"),
+        *extra,
+    ]
+
+
+def test_predict_on_cpu_matches_auto_here(files, capsys):
+    from sts_lightning.forecast.job import PredictJobConfig, load_inputs
+
+    model, _, sae, _, _ = load_inputs(PredictJobConfig(model=files["model"], sae=files["sae"]))
+    assert {p.device.type for p in [*model.parameters(), *sae.parameters()]} == {"cpu"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(_predict_args(files, "--device", "cpu")) == 0
+        on_cpu = Prediction.load(files["out"])
+        if not torch.cuda.is_available():  # here `auto` is the CPU: the same forecast
+            assert main(_predict_args(files, "--device", "auto")) == 0
+            auto = Prediction.load(files["out"])
+            assert torch.equal(auto.top_latents, on_cpu.top_latents)
+            assert auto.domains["law"].act == on_cpu.domains["law"].act
+    assert "device: cpu" in (files["out"] / "config.yaml").read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a CPU-only machine")
+def test_cuda_without_cuda_names_device_before_loading(files, capsys):
+    missing_model = {**files, "model": str(files["out"] / "no_such_model")}
+    with pytest.raises(SystemExit) as err:
+        main(_predict_args(missing_model, "--device", "cuda"))
+    assert err.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()  # the device, not the model, first
+    assert line.startswith("error: `device`='cuda' but this machine has 0 CUDA device(s)")
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("gpu0", "`device`='gpu0' is not a device"), ("cuda:7", "`device`='cuda:7' but")],
+)
+def test_bad_device_names_the_field(device, message):
+    from sts_lightning.model.device import resolve_device
+
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    with pytest.raises(ValueError, match=message):
+        resolve_device(device)
+
+
+def test_sae_training_runs_where_asked():
+    from sts_lightning.model.sae_training import SAETrainConfig, train_sae
+
+    rows = torch.randn(1200, 16, generator=torch.Generator().manual_seed(0))
+    kw = dict(d_sae=32, k=4, batch_size=50, training_tokens=500, n_eval_rows=100, eval_every=5)
+    kw |= dict(lr_warm_up_steps=0, lr_decay_steps=0)
+    on_cpu = train_sae(rows, cfg=SAETrainConfig(**kw, device="cpu"), d_in=16)
+    assert on_cpu.W_enc.device.type == "cpu"
+    if not torch.cuda.is_available():
+        auto = train_sae(rows, cfg=SAETrainConfig(**kw, device="auto"), d_in=16)
+        assert torch.equal(auto.W_enc, on_cpu.W_enc)  # `auto` is the CPU here: same seed, same SAE
+        with pytest.raises(ValueError, match=r"`sae_training.device`='cuda' but"):
+            train_sae(rows, cfg=SAETrainConfig(**kw, device="cuda"), d_in=16)

@@ -38,6 +38,10 @@ class PredictJobConfig:
     """HF model id, local checkpoint directory, or ``embedded:smollm2`` (offline default)."""
     dtype: str = "float32"
     """Dtype of the forward pass (``float32``, ``bfloat16``, ``float16``); the SAE runs in fp32."""
+    device: str = "auto"
+    """Where the model and the SAE run, and an SAE is trained (this overrides
+    ``sae_training.device``): ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``,
+    ``cuda:1``, …"""
     trust_remote_code: bool = False
     """Allow a hub model's own code to run. Off unless you trust the checkpoint."""
     sae: str | None = None
@@ -135,17 +139,27 @@ def resolve_sae(job: PredictJobConfig, model, tokenizer, cache: Path | None = No
 def load_inputs(job: PredictJobConfig) -> tuple[Any, Any, Any, dict, dict[str, float]]:
     """``(model, tokenizer, sae, domains, timings)`` the job names (``timings``: load_model,
     sae, and ``start``, the ``perf_counter`` when loading began)."""
+    from dataclasses import replace
+
+    import torch
+
     from sts_lightning.data.domains import load_domain
     from sts_lightning.data.sources import read_examples
+    from sts_lightning.model.device import resolve_device
     from sts_lightning.model.loading import default_cache_dir, load_model_and_tokenizer
 
     t0 = time.perf_counter()
+    device = resolve_device(job.device)  # before any loading: a bad device fails at once
     cache = Path(job.cache_dir) if job.cache_dir else default_cache_dir()
     model, tokenizer = load_model_and_tokenizer(
         job.model, dtype=job.dtype, trust_remote_code=job.trust_remote_code, cache_dir=cache
     )
+    model.to(device)
     t_model = time.perf_counter()
-    sae = resolve_sae(job, model, tokenizer, cache)
+    on_device = replace(job, sae_training=replace(job.sae_training, device=str(device)))
+    sae = resolve_sae(on_device, model, tokenizer, cache)
+    if isinstance(sae, torch.nn.Module):  # a loaded SAE starts on the CPU
+        sae.to(device)
     domains = {name: load_domain(name, split="score") for name in job.domains}
     domains |= {name: read_examples(path) for name, path in job.domain_files.items()}
     timings = {"start": t0, "load_model": t_model - t0, "sae": time.perf_counter() - t_model}

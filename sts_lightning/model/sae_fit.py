@@ -77,6 +77,19 @@ def prepare_rows(
     return train_rows, eval_rows.clone(), scale
 
 
+def _cuda_devices(device: str) -> list[int]:
+    """The CUDA devices whose RNG state a seeded block on ``device`` changes (none on a CPU).
+
+    Example:
+        >>> _cuda_devices("cpu")
+        []
+    """
+    where = torch.device(device)
+    if where.type != "cuda":
+        return []
+    return [torch.cuda.current_device() if where.index is None else where.index]
+
+
 def _batches(rows: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
     """Endless shuffled batches ``(batch_size, d_in)``, a new permutation every pass."""
     generator = torch.Generator().manual_seed(seed + 1)
@@ -97,7 +110,8 @@ def _training_sae(cfg: SAETrainConfig, d_in: int, train_rows: Tensor) -> Any:
         dtype="float32",
         normalize_activations="none",
     )
-    with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
+    # Seed the init without touching the caller's RNG (the CUDA one too when training there).
+    with torch.random.fork_rng(devices=_cuda_devices(cfg.device)):
         torch.manual_seed(cfg.seed)
         if cfg.architecture == "topk":
             sae = sae_lens.TopKTrainingSAE(sae_lens.TopKTrainingSAEConfig(k=cfg.k, **common))
@@ -198,9 +212,9 @@ def fit(
         for step, batch in enumerate(_batches(train_rows, cfg.batch_size, cfg.seed)):
             if step % cfg.eval_every == 0:
                 report(step)
-            yield batch
+            yield batch.to(cfg.device)  # rows wait on the CPU; each batch trains where the SAE is
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=_cuda_devices(cfg.device)):
         torch.manual_seed(cfg.seed)
         sae_lens.SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=data()).fit()
     report(steps)

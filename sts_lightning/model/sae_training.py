@@ -24,6 +24,7 @@ The recipe is :class:`~sts_lightning.model.sae_config.SAETrainConfig`; it and
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Callable, Iterable
@@ -33,6 +34,7 @@ from typing import Any
 from torch import Tensor
 
 from sts_lightning.config import positive_int
+from sts_lightning.model.device import resolve_device
 from sts_lightning.model.sae import resid_post_hook
 from sts_lightning.model.sae_cache import load_cached, publish, sae_cache_path
 from sts_lightning.model.sae_config import SAETrainConfig
@@ -103,9 +105,15 @@ def train_sae(
 
     Returns:
         An inference sae-lens SAE that takes *raw* activations, frozen, in eval mode, on
-        ``cfg.device``.
+        ``cfg.device`` (``"auto"``: CUDA when available).
+
+    Raises:
+        ValueError: ``cfg.device`` names a device this machine does not have.
     """
     _check_args(d_in, cache_dir, cache_key, layer)
+    # The device is no part of the cache key: the same SAE, trained or loaded where asked.
+    device = resolve_device(cfg.device, "sae_training.device")
+    cfg = dataclasses.replace(cfg, device=str(device))
     final = None if cache_dir is None else sae_cache_path(cache_dir, cache_key, cfg, d_in, layer)
     if final is not None:
         cached = load_cached(final, cfg.device)
