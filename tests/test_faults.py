@@ -1,6 +1,8 @@
 """Injected faults: full disks, failing monitoring, interrupted training and cache builds.
 
-Training survives every monitoring fault and the fault is reported once; a write that fails
+Training survives every monitoring fault; the fault is reported once and monitoring stops for
+the rest of the run, in both callbacks (one policy: ``sts_lightning.monitor.guard``), while a
+misconfiguration found before step 1 raises; a write that fails
 leaves the previous file (or nothing), never a partial one; an interrupted run leaves a usable
 checkpoint. A logger that raises in ``log_metrics`` is in tests/test_callback.py
 (test_broken_logger_does_not_stop_training_and_is_reported_once); interrupted embedded-model
@@ -180,8 +182,65 @@ def test_training_survives_a_failing_measurement(
         trainer = _fit_with(tmp_path, tiny_llama, tiny_tokenizer, callback, Diverge())
     reports = [str(w.message) for w in record if "STSCallback: " in str(w.message)]
     assert trainer.global_step == 4  # monitoring never ends training
-    assert len(reports) == 1 and "measure failed" in reports[0]  # reported once, then skipped
-    assert [h["step"] for h in callback.tracker.history] == [2.0]
+    assert len(reports) == 1 and "measure failed" in reports[0]  # reported once...
+    assert "off for the rest of this run" in reports[0]  # ...saying what happens next
+    assert [h["step"] for h in callback.tracker.history] == [2.0]  # no measurement after it
+    assert not list(tmp_path.rglob("realised_shift.png"))  # nor a report at the end
+
+
+@pytest.mark.parametrize("fault", ["sae-raises", "evaluator-raises"])
+def test_hf_training_survives_a_failing_measurement_under_the_same_policy(
+    tmp_path, tiny_llama, tiny_tokenizer, tiny_sae, fault
+):
+    import copy
+
+    from transformers import TrainerCallback
+
+    from tests.test_hf import _attach, _trainer
+
+    sae, kwargs, calls = copy.deepcopy(tiny_sae), {}, []
+
+    class Fault(TrainerCallback):  # runs before the STS callback: strikes at step 4's measure
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3 and fault == "sae-raises":
+                sae.encode = lambda x: (_ for _ in ()).throw(RuntimeError("SAE on a dead GPU"))
+
+    def evaluator(model, tokenizer):  # step 0, step 2, then the server goes down
+        calls.append(1)
+        if len(calls) > 2:
+            raise RuntimeError("benchmark server down")
+        return {"arith": 1.0 + 0.5 * (len(calls) - 1), "law": 2.0, "bio": 3.0}
+
+    if fault == "evaluator-raises":
+        kwargs["evaluator"] = evaluator
+    trainer = _trainer(
+        tmp_path, copy.deepcopy(tiny_llama).train(), tiny_tokenizer, max_steps=6,
+        callbacks=[Fault()],
+    )  # fmt: skip
+    callback = _attach(trainer, sae, every_n_steps=2, **kwargs)
+    with pytest.warns(UserWarning, match="STSTrainerCallback: ") as record:
+        trainer.train()
+    reports = [str(w.message) for w in record if "STSTrainerCallback: " in str(w.message)]
+    assert trainer.state.global_step == 6  # monitoring never ends training
+    assert len(reports) == 1 and "measure failed" in reports[0]
+    assert "off for the rest of this run" in reports[0]
+    logged = [h["step"] for h in trainer.state.log_history if "sts/shift/total" in h]
+    assert logged == [2] and [h["step"] for h in callback.tracker.history] == [2.0]
+    if fault == "evaluator-raises":  # the evaluator's change from step 0 replaced the deltas
+        at_2 = next(h for h in trainer.state.log_history if "sts/delta/arith" in h)
+        assert (at_2["sts/delta/arith"], at_2["sts/delta/law"]) == (0.5, 0.0)
+
+
+def test_hf_misconfiguration_before_step_one_raises(tmp_path, tiny_llama, tiny_tokenizer, tiny_sae):
+    import copy
+
+    from tests.test_hf import _attach, _train, _trainer
+
+    trainer = _trainer(tmp_path, copy.deepcopy(tiny_llama).train(), tiny_tokenizer, max_steps=2)
+    _attach(trainer, tiny_sae, domains=["no-such-domain", "law", "code"])
+    with pytest.raises((ValueError, KeyError), match="no-such-domain"):
+        _train(trainer)
+    assert trainer.state.global_step == 0
 
 
 def _fit_with(tmp_path, tiny_llama, tiny_tokenizer, callback, extra):
