@@ -139,3 +139,24 @@ def test_bad_sets_are_named(sets, error, message, tiny_llama, tiny_tokenizer, ti
 def test_n_candidates_below_k_is_an_error(tiny_llama, tiny_tokenizer, tiny_sae):
     with pytest.raises(ValueError, match=r"`n_candidates` must be an int >= `config.k`=10"):
         predict_many(tiny_llama, tiny_tokenizer, tiny_sae, SETS, DOMAINS, CFG, n_candidates=5)
+
+
+@pytest.mark.slow
+def test_embedded_default_two_sets_equal_single_runs():
+    """SmolLM2 + the cached SAE of the compare recipe, two built-in sets, small budgets."""
+    from sts_lightning.data.domains import load_training_set
+    from sts_lightning.forecast.job import load_inputs, load_job
+
+    job = load_job(
+        "recipes/predict_compare_smollm2.yaml", "--domains", "[math, law]", "--protected", "[law]"
+    )
+    cfg = replace(job.predict, train_tokens=200, domain_tokens=100, progress=False)
+    model, tokenizer, sae, domains, _ = load_inputs(job)
+    sets = {n: load_training_set(n, 64, seed=cfg.seed) for n in ("arithmetic", "family")}
+    many = _quiet(predict_many, model, tokenizer, sae, sets, domains, cfg)
+    assert many.max_norm == 500.0 and many.domains == ["math", "law"]
+    for name, examples in sets.items():
+        assert_same(
+            many.predictions[name], _quiet(predict, model, tokenizer, sae, examples, domains, cfg)
+        )
+    assert not torch.equal(many.predictions["arithmetic"].shift, many.predictions["family"].shift)

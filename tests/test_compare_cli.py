@@ -130,3 +130,24 @@ def test_cli_names_an_unknown_target_or_protected_domain(
 ):
     args = _args(files, tmp_path / "out", {"add": files["add"]}, role, value)
     assert re.search(message, _error(args, capsys))
+
+
+@pytest.mark.slow
+def test_embedded_compare_recipe_runs_offline(tmp_path, capsys):
+    """The compare recipe on the real SmolLM2 and its cached SAE, two sets, CPU-sized."""
+    out = tmp_path / "compare"
+    args = ["predict", "--config", "recipes/predict_compare_smollm2.yaml"]
+    args += ["--output_dir", str(out), "--train_sets", '{"arith": "arithmetic", "kin": "family"}']
+    args += ["--domains", "[math, law, code]", "--target", "[math]", "--protected", "[law, code]"]
+    args += ["--n_bootstrap", "200", "--train_examples", "64", "--wandb", "false"]
+    args += ["--predict.train_tokens", "200", "--predict.domain_tokens", "100"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*args, "--predict.progress", "false"]) == 0
+    printed = capsys.readouterr().out
+    assert "arith" in printed and "kin" in printed and "+math" in printed
+    ranking = json.loads((out / "ranking.json").read_text())["ranking"]
+    assert sorted(ranking["order"]) == ["arith", "kin"]
+    assert all(low <= high for _, low, high in ranking["score"].values())
+    assert 0 <= ranking["p_beats"]["arith"]["kin"] == 1 - ranking["p_beats"]["kin"]["arith"] <= 1
+    assert (out / "chart.png").stat().st_size > 0 and (out / "sets" / "1").is_dir()
