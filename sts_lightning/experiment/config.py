@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from sts_lightning.config import check_fields, non_negative_int, one_of, positive, positive_int
 from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.model.sae_training import SAETrainConfig
 from sts_lightning.training.lora import LoraConfig
 
-__all__ = ["EvalConfig", "ExperimentConfig", "FinetuneConfig"]
+__all__ = ["EvalConfig", "ExperimentConfig", "FinetuneConfig", "wandb_logger_kwargs"]
 
 
 @dataclass
@@ -139,8 +141,19 @@ class ExperimentConfig:
     cache_dir: str | None = None
     """Cache of the rebuilt embedded model and trained SAEs."""
     wandb: bool = True
-    """Also write an offline W&B run (``wandb sync`` it later) with the report's tables and
-    plots."""
+    """Log to W&B: every fine-tuning run (its losses and the STS callback's metrics) and the
+    report (its tables and figures) are runs of one group; ``false``: no W&B at all."""
+    wandb_project: str = "sts-lightning"
+    """W&B project of the runs."""
+    wandb_entity: str | None = None
+    """W&B entity (user or team); ``None``: your default entity."""
+    wandb_mode: Literal["offline", "online"] = "offline"
+    """``offline``: runs are written under ``output_dir`` (``wandb sync`` them later; no network,
+    no API key); ``online``: streamed to W&B as they run."""
+    wandb_group: str | None = None
+    """W&B group of this experiment's runs; ``None``: the name of ``output_dir``."""
+    wandb_tags: list[str] = field(default_factory=list)
+    """W&B tags of every run of the experiment."""
 
     def __post_init__(self) -> None:
         if len(self.tasks) < 1 or len(set(self.tasks)) != len(self.tasks):
@@ -167,3 +180,32 @@ class ExperimentConfig:
                 "demonstrations unrelated to every source task"
             )
         check_fields(self, positive_int, "sae_tokens", "task_examples", "raw_k", "n_bootstrap")
+        one_of("wandb_mode", self.wandb_mode, ("offline", "online"))
+        if not isinstance(self.wandb_project, str) or not self.wandb_project.strip():
+            raise ValueError(
+                f"`wandb_project` must be a non-empty name, got {self.wandb_project!r}"
+            )
+
+
+def wandb_logger_kwargs(settings: Mapping[str, Any], name: str, save_dir: str) -> dict[str, Any]:
+    """``WandbLogger`` keyword arguments for one run of an experiment.
+
+    Args:
+        settings: The experiment's fields (``vars(config)``, or ``asdict`` as saved in results).
+        name: The run's name (``"arithmetic-seed0"``, ``"report"``).
+        save_dir: Where the run's files go.
+
+    Example:
+        >>> kw = wandb_logger_kwargs(vars(ExperimentConfig(output_dir="runs/a")), "report", ".")
+        >>> kw["project"], kw["group"], kw["offline"], kw["tags"]
+        ('sts-lightning', 'a', True, [])
+    """
+    return dict(
+        project=settings["wandb_project"],
+        entity=settings["wandb_entity"],
+        group=settings["wandb_group"] or Path(settings["output_dir"]).name,
+        tags=list(settings["wandb_tags"]),
+        name=name,
+        save_dir=save_dir,
+        offline=settings["wandb_mode"] == "offline",
+    )

@@ -97,6 +97,18 @@ def _grpo(
     return module, PromptDataModule(rows, train_size=n, batch_size=ft.batch_size, seed=seed)
 
 
+def _loggers(job: ExperimentConfig, name: str, log_dir: Path) -> list[Any]:
+    """A CSV logger in ``log_dir``, and with ``job.wandb`` a W&B run ``name`` of the group."""
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    from sts_lightning.experiment.config import wandb_logger_kwargs
+
+    loggers: list[Any] = [CSVLogger(str(log_dir), name="", version="")]
+    if job.wandb:
+        loggers.append(WandbLogger(**wandb_logger_kwargs(vars(job), name, str(log_dir))))
+    return loggers
+
+
 def finetune(
     job: ExperimentConfig,
     task: str,
@@ -116,7 +128,6 @@ def finetune(
         steps, ``last_shift`` the latest one).
     """
     from lightning.pytorch import Trainer, seed_everything
-    from lightning.pytorch.loggers import CSVLogger
 
     from sts_lightning.callbacks import STSCallback
 
@@ -139,13 +150,14 @@ def finetune(
     module, data = (
         _sft(job, examples, n, seed) if sft else _grpo(job, task, builtin, examples, n, seed)
     )
+    loggers = _loggers(job, f"{task}-seed{seed}", log_dir)
     trainer = Trainer(
         accelerator="auto",
         devices=1,
         max_steps=ft.steps,
         precision=ft.precision,
         accumulate_grad_batches=ft.accumulate if sft else 1,
-        logger=CSVLogger(str(log_dir), name="", version=""),
+        logger=loggers,
         enable_checkpointing=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -154,7 +166,11 @@ def finetune(
         gradient_clip_val=1.0 if sft else None,  # GRPO clips inside its manual optimisation
         callbacks=[callback],
     )
-    trainer.fit(module, datamodule=data)
+    try:
+        trainer.fit(module, datamodule=data)
+    finally:
+        for logger in loggers[1:]:  # end this W&B run: the next fine-tune starts its own
+            logger.experiment.finish()
     if callback.tracker is None:
         raise RuntimeError(f"the STS callback failed for task {task!r}, seed {seed}: see warnings")
     return module.model, module.tokenizer, callback.tracker

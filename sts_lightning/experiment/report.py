@@ -276,12 +276,13 @@ def write_report(results: dict[str, Any], out: str | os.PathLike, *, wandb: bool
 
 
 def _log_wandb(results: dict[str, Any], figures: dict[str, Path], out: Path) -> None:
-    """The report's tables and figures as one offline W&B run (through Lightning's logger)."""
+    """The report's tables and figures as one W&B run of the experiment's group (through
+    Lightning's logger; project, entity, mode, group and tags from the experiment's settings)."""
     from lightning.pytorch.loggers import WandbLogger
 
-    logger = WandbLogger(
-        project="sts-lightning", name="experiment", save_dir=str(out), offline=True
-    )
+    from sts_lightning.experiment.config import wandb_logger_kwargs
+
+    logger = WandbLogger(**wandb_logger_kwargs(results["config"], "report", str(out)))
     for key, _, _, head, rows in _tables(results):
         logger.log_table(key, columns=head, data=[[str(c) for c in row] for row in rows])
     logger.log_image("figures", images=[str(p) for p in figures.values()])
