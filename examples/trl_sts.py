@@ -63,11 +63,12 @@ def main(argv=None) -> None:
         from lightning_sts import embedded_sae
 
         sae = embedded_sae(model, tokenizer)
-    STSTrainerCallback.attach(  # <- the one line
+    # The one line; its train examples are read from `trainer.train_dataset` (conversational
+    # prompt/completion here: the user turn is the prompt, the assistant turn the answer).
+    STSTrainerCallback.attach(
         trainer,
         sae=sae,
         domains=args.domains,
-        train_examples=train,
         k=args.k,
         every_n_steps=args.every,
         predict_config={

@@ -4,7 +4,7 @@ Already proven elsewhere, not repeated: SFT loss curves after a mid-epoch resume
 (tests/test_sft.py::test_resume_mid_epoch_matches_uninterrupted, full and LoRA), GRPO curves
 (tests/test_grpo.py::test_resume_reproduces_the_uninterrupted_curve), the STS callback restoring
 its forecast without recomputing it (tests/test_callback.py), the HF/TRL twin
-(tests/test_hf.py::test_resume_restores_tracker_state_without_recomputing) and SFT weights after
+(tests/test_hf.py::test_resume_twice_keeps_forecast_reports_and_state) and SFT weights after
 a Ctrl-C (tests/test_faults.py). Here: final weights, the STS callback's whole history against
 an uninterrupted run, and metric states saved mid-stream.
 """
