@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sts_lightning.experiment.analysis import fit_line
+from sts_lightning.experiment.rank_agreement import rank_agreement_table
 
 __all__ = ["write_report"]
 
@@ -230,6 +231,7 @@ def _tables(results: dict[str, Any]) -> list[Table]:
         _accuracy_table(results),
         *correlations,
         *_cross_task_tables(results),
+        *([rank_agreement_table(results)] if results.get("rank_agreement") else []),
         _sign_overlap_table(results),
         *_domain_tables(results),
         ("timings", "Timings (seconds)", "", ["stage", "s"], timings),

@@ -21,6 +21,7 @@ from sts_lightning.experiment.analysis import (
     sign_accuracy,
     summarise,
 )
+from sts_lightning.experiment.rank_agreement import rank_agreement
 
 __all__ = ["GROUPS", "PREDICTORS", "summarise_runs"]
 
@@ -152,6 +153,22 @@ def _cross_task(tasks: list[str], tables: dict[str, dict[str, dict[str, float]]]
     return pairs
 
 
+def _rank_agreement(tasks: list[str], tables: dict, n_bootstrap: int) -> dict[str, Any]:
+    """:func:`rank_agreement` of every predictor all tasks have (empty with one task)."""
+    if len(tasks) < 2:
+        return {}
+    realised = {t: {d: abs(v["delta"]) for d, v in tables[t].items()} for t in tasks}
+    shared = [p for p in PREDICTORS if all(p in next(iter(tables[t].values())) for t in tasks)]
+    return {
+        p: rank_agreement(
+            {t: {d: v[p] for d, v in tables[t].items()} for t in tasks},
+            realised,
+            n_bootstrap=n_bootstrap,
+        )
+        for p in shared
+    }
+
+
 def summarise_runs(
     runs: list[dict[str, Any]], *, k: int, d_sae: int, n_bootstrap: int = 2000
 ) -> dict[str, Any]:
@@ -159,7 +176,8 @@ def summarise_runs(
 
     Returns:
         ``{"runs", "tasks", "tables", "correlations", "partial", "cross_task", "sign",
-        "overlap", "task_accuracy", "predictors"}``; see ``docs/results.md`` for how to read them.
+        "overlap", "task_accuracy", "predictors", "rank_agreement"}``; see ``docs/results.md``
+        for how to read them.
     """
     tasks = list(dict.fromkeys(r["task"] for r in runs))
     by_task = {t: [r for r in runs if r["task"] == t] for t in tasks}
@@ -185,6 +203,7 @@ def summarise_runs(
         "correlations": corr,
         "partial": partial,
         "cross_task": _cross_task(tasks, tables),
+        "rank_agreement": _rank_agreement(tasks, tables, n_bootstrap),
         "sign": sign,
         "overlap": overlap,
         "task_accuracy": accuracy,
