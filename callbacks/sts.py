@@ -6,7 +6,9 @@ One line in a Lightning script::
 
 The LightningModule must expose its Hugging Face model (``.model`` by default) and tokenizer
 (``.tokenizer``, or pass one). All the work is in :class:`sts_lightning.monitor.tracker.STSTracker`;
-the hooks below only dispatch to it, log, and keep a failure in monitoring from ending training.
+the hooks below only dispatch to it and log. Failures follow the one policy of both callbacks
+(:mod:`sts_lightning.monitor.guard`): a misconfiguration found before step 1 raises; any later
+failure is reported once and monitoring stops for the rest of the run; training goes on.
 """
 
 from __future__ import annotations
@@ -46,7 +48,10 @@ class STSCallback(Callback):
             "answer", or Examples).
         layer: Decoder layer; ``None`` reads it from the SAE's metadata.
         k: Size of the shifted-latent set.
-        every_n_steps: Measure the realised shift every this many optimizer steps.
+        every_n_steps: Measure the realised shift every this many optimizer steps (once per
+            optimizer step whatever ``accumulate_grad_batches``). Measured metrics are also
+            logged through the module, so ``EarlyStopping`` / ``ModelCheckpoint`` can
+            ``monitor`` any ``sts/...`` key.
         predict_config: Further forecast settings (budgets, demonstrations, spans).
         tracker_config: Further tracking settings (probe size, alarm, correlated mode).
         evaluator: ``(model, tokenizer) -> {domain: score}`` replacing held-out loss deltas.
@@ -115,9 +120,11 @@ class STSCallback(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
         # Once per optimizer step: with `accumulate_grad_batches=N` the step advances on every
         # N-th batch only, and the N-1 batches before it must not measure the same step again.
-        step, stepped = trainer.global_step, trainer.global_step != self._seen_step
+        # A step that jumps past a multiple of `every_n_steps` (several optimizer steps in one
+        # batch, manual optimisation) measures too.
+        every, step, seen = self._tracker_config.every_n_steps, trainer.global_step, self._seen_step
         self._seen_step = step
-        if stepped and self._active() and step % self._tracker_config.every_n_steps == 0:
+        if self._active() and step // every > seen // every:
             self._guard.run("measure", self._measure, trainer, pl_module, True)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -92,3 +92,35 @@ def test_model_checkpoint_monitors_a_tracked_metric(tmp_path, tiny_llama, tiny_t
     assert float(best.best_model_score) == pytest.approx(totals[step])
     assert f"step={int(step)}" in best.best_model_path
     assert torch.load(best.best_model_path, weights_only=False)["global_step"] == step
+
+
+class TwoStepsPerBatch(UserModule):
+    """Manual optimisation with two optimizer steps per batch: global_step jumps by 2."""
+
+    def __init__(self, model, tokenizer):
+        super().__init__(model, tokenizer)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        for _ in range(2):
+            loss = self.model(**batch).loss
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+
+
+def test_a_step_that_jumps_past_a_multiple_still_measures(
+    tmp_path, tiny_llama, tiny_tokenizer, tiny_sae
+):
+    callback = _callback(tiny_sae, every=3)
+    trainer = Trainer(
+        callbacks=[callback], logger=False, enable_progress_bar=False, enable_checkpointing=False,
+        enable_model_summary=False, accelerator="cpu", max_steps=6,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = TwoStepsPerBatch(copy.deepcopy(tiny_llama).train(), tiny_tokenizer)
+        trainer.fit(module, _loader(tiny_tokenizer, TEXTS["arith"]))
+    assert trainer.global_step == 6
+    assert [h["step"] for h in callback.tracker.history] == [4.0, 6.0]  # 3 was passed over at 4
