@@ -203,12 +203,15 @@ class STSTrainerCallback(TrainerCallback, ExportableState):
         dataset = dataset if dataset is not None else getattr(loader, "dataset", None)
         if dataset is None:
             raise ValueError("STSTrainerCallback found no `train_dataset`: pass `train_examples=`")
-        return examples_from_rows(
-            dataset,
-            argument="train_dataset",
-            eos_token=getattr(tokenizer, "eos_token", None),
-            limit=self.max_train_examples,
-        )
+        try:
+            return examples_from_rows(
+                dataset,
+                argument="train_dataset",
+                eos_token=getattr(tokenizer, "eos_token", None),
+                limit=self.max_train_examples,
+            )
+        except ValueError as err:
+            raise ValueError(f"{err}; or pass `train_examples=` to STSTrainerCallback") from err
 
     def _measure(self, state, control, model, tokenizer) -> None:
         metrics, alarms = self.tracker.measure(model, tokenizer, state.global_step)

@@ -231,3 +231,15 @@ def test_report_to_wandb_gets_tables_and_plots(
     assert doc["columns"] == ["domain", "predicted", "realised_sts", "realised_delta"]
     assert sorted(r[0] for r in doc["data"]) == sorted(TEXTS)
     assert list(run.glob("files/media/images/sts/plots*.png"))
+
+
+def test_a_tokenized_only_train_dataset_asks_for_train_examples(
+    tmp_path, tiny_llama, tiny_tokenizer, tiny_sae
+):
+    rows = [{"input_ids": tiny_tokenizer(t)["input_ids"]} for t in TEXTS["arith"]]
+    trainer = _trainer(
+        tmp_path, copy.deepcopy(tiny_llama).train(), tiny_tokenizer, max_steps=2, data=rows
+    )
+    _attach(trainer, tiny_sae, train_examples=None)
+    with pytest.raises(ValueError, match=r"`train_dataset` row 0.*pass `train_examples=`"):
+        _train(trainer)

@@ -157,8 +157,8 @@ class STSTracker:
             self.prediction = predict(
                 model, tokenizer, self.sae, self.train_examples, self.domains, self.predict_config
             )
+        self.health.check_start(self.prediction.quality, self.prediction.layer)
         if self.probe is None:
-            self.health.check_start(self.prediction.quality, self.prediction.layer)
             self.probe = self._build_probe(model, tokenizer)
             self.base_scores = self._scores(model, tokenizer)
         pred, out = self.prediction, {}
