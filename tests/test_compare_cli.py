@@ -132,6 +132,31 @@ def test_cli_names_an_unknown_target_or_protected_domain(
     assert re.search(message, _error(args, capsys))
 
 
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"target": ["math"]}, "rank candidate `train_sets`"),
+        ({"train_sets": {"a": "arithmetic"}, "train_file": "x.jsonl"}, "both given"),
+        ({"train_sets": {"a": "arithmetic"}, "rank_mode": "signed"}, "`rank_mode` must be one of"),
+        ({"train_sets": {"a": "arithmetic"}, "n_bootstrap": 0}, "`n_bootstrap` must be a positive"),
+        ({"train_sets": {"a": "arithmetic"}, "ci_level": 1.0}, "`ci_level` and `separation`"),
+    ],
+)
+def test_job_rejects_bad_compare_settings(fields, message):
+    from sts_lightning.forecast.job import PredictJobConfig
+
+    with pytest.raises(ValueError, match=message):
+        PredictJobConfig(**fields)
+
+
+def test_job_rejects_icl_ranking_without_domain_demos():
+    from sts_lightning.forecast.job import PredictJobConfig
+
+    cfg = PredictConfig(domain_demos=0)
+    with pytest.raises(ValueError, match=r"needs `predict\.domain_demos` > 0"):
+        PredictJobConfig(train_sets={"a": "arithmetic"}, rank_mode="icl", predict=cfg)
+
+
 @pytest.mark.slow
 def test_embedded_compare_recipe_runs_offline(tmp_path, capsys):
     """The compare recipe on the real SmolLM2 and its cached SAE, two sets, CPU-sized."""

@@ -18,6 +18,8 @@ with ``max_norm=comparison.max_norm``.
 For the ranking's uncertainty (:mod:`sts_lightning.forecast.ranking`) the task pass also keeps,
 per training query (item), the sums over its kept rows of (icl − base) and (icl − base)² for the
 ``n_candidates`` latents of largest Δ: a bootstrap over items then needs no further forward.
+During the pass these sums cover every latent, float64: memory 16 × n_items × d_sae bytes per
+set (12 MB for 170 queries at d_sae 4,608; lower ``train_tokens`` for very wide SAEs).
 """
 
 from __future__ import annotations

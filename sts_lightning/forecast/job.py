@@ -110,6 +110,12 @@ class PredictJobConfig:
                 raise ValueError(f"`{role}` names {unknown}, not among the domains {known}")
         if (self.target or self.protected) and not self.train_sets:
             raise ValueError("`target`/`protected` rank candidate `train_sets`: give them too")
+        if self.train_sets and self.train_file:
+            raise ValueError(
+                "`train_file` and `train_sets` are both given: put the file in the sets"
+            )
+        if self.rank_mode == "icl" and self.predict.domain_demos == 0:
+            raise ValueError("`rank_mode`='icl' needs `predict.domain_demos` > 0")
 
 
 def job_parser():
