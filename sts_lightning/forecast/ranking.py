@@ -125,15 +125,18 @@ class Ranking:
         """Sets side by side: rank, R [interval], per-domain STS [interval], P(beats next)."""
         doms = list(next(iter(self.domains.values())))
         role = {d: "+" if d in self.target else "-" if d in self.protected else "" for d in doms}
-        head = f"{'rank':<5}{'set':<16}{'R [' + f'{self.level:.0%}' + ' CI]':<24}"
-        head += "".join(f"{role[d] + d:<26}" for d in doms) + "P(beats next)"
-        lines = [head, "-" * len(head)]
+        rows = [["rank", "set", f"R [{self.level:.0%} CI]", *(role[d] + d for d in doms)]]
+        rows[0].append("P(beats next)")
         for i, name in enumerate(self.order):
-            nxt = self.order[i + 1] if i + 1 < len(self.order) else None
-            p = "" if nxt is None else f"{self.p_beats[name][nxt]:.2f}"
-            p += " (tie)" if nxt is not None and self.p_beats[name][nxt] < self.separation else ""
-            cells = "".join(f"{_interval(*self.domains[name][d]):<26}" for d in doms)
-            lines.append(f"{i + 1:<5}{name:<16}{_interval(*self.score[name]):<24}{cells}{p}")
+            p = ""
+            if i + 1 < len(self.order):
+                p_next = self.p_beats[name][self.order[i + 1]]
+                p = f"{p_next:.2f}" + (" (tie)" if p_next < self.separation else "")
+            cells = [_interval(*self.domains[name][d]) for d in doms]
+            rows.append([str(i + 1), name, _interval(*self.score[name]), *cells, p])
+        widths = [max(len(r[j]) for r in rows) + 2 for j in range(len(rows[0]))]
+        lines = ["".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        lines.insert(1, "-" * sum(widths))
         lines.append(
             f"R = mean(+target STS / m_d) - mean(-protected STS / m_d), mode {self.mode}, "
             f"{self.n_bootstrap} bootstrap resamples of the training items (seed {self.seed}); "
