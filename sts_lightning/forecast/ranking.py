@@ -15,7 +15,8 @@ with replacement, recompute Δ and δ from their per-item sums (:class:`ItemSums
 from its shared domain vectors — no forward pass. Each set's per-domain STS and R get a
 percentile interval at ``level``; P(A beats B) is the fraction of paired draws (independent
 streams per set) with R*_A > R*_B. Two neighbours in the ranking **cannot be told apart** when
-that probability is below ``separation`` (default 0.95).
+that probability is below ``separation`` (default 0.95). D is a top-k selection, so a resample
+seldom scores above the full set: the point estimate often sits at an end of its interval.
 """
 
 from __future__ import annotations
