@@ -116,7 +116,7 @@ def test_a_step_that_jumps_past_a_multiple_still_measures(
     callback = _callback(tiny_sae, every=3)
     trainer = Trainer(
         callbacks=[callback], logger=False, enable_progress_bar=False, enable_checkpointing=False,
-        enable_model_summary=False, accelerator="cpu", max_steps=6,
+        enable_model_summary=False, accelerator="cpu", max_steps=6, default_root_dir=tmp_path,
     )  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
