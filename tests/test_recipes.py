@@ -97,3 +97,58 @@ def test_arithmetic_recipe_runs_offline(tmp_path):
     assert len(losses) == 3
     assert (run / "config.yaml").is_file() and (run / "hf_model" / "config.json").is_file()
     assert list((tmp_path / "runs" / "sft_arithmetic_smollm2" / "wandb").glob("offline-run-*"))
+
+
+def test_sft_recipes_enable_the_sts_callback():
+    from sts_lightning.callbacks import STSCallback
+    from sts_lightning.forecast.recipe_sae import RecipeSAE
+
+    for recipe in (p for p in RECIPES if p.name.startswith("sft_")):
+        config = parse_config(["--config", str(recipe)])
+        (sts,) = [c for c in config.trainer.callbacks if c.class_path.endswith("STSCallback")]
+        assert sts.class_path == "sts_lightning.callbacks.STSCallback", recipe.name
+        sae = sts.init_args.sae  # a sae-lens id, or the SAE a predict recipe trains (cached)
+        assert isinstance(sae, str) or sae.class_path == f"{RecipeSAE.__module__}.RecipeSAE"
+        assert sts.init_args.domains and STSCallback
+
+
+def test_sts_callback_from_yaml_runs(tmp_path, monkeypatch, tiny_dir, tiny_sae):
+    """The SFT recipe's callback block as written, on the tiny model and SAE, for 2 steps."""
+    import yaml
+
+    tiny_sae.save_model(tmp_path / "sae")
+    (tmp_path / "predict.yaml").write_text(
+        f"model: {tiny_dir}\nsae: {tmp_path / 'sae'}\ndevice: cpu\ndomains: [math]\n"
+    )
+    recipe = yaml.safe_load((ROOT / "recipes" / "sft_arithmetic_smollm2.yaml").read_text())
+    trainer = recipe["trainer"]
+    (sts,) = [c for c in trainer["callbacks"] if c["class_path"].endswith("STSCallback")]
+    sts["init_args"]["sae"]["init_args"]["recipe"] = str(tmp_path / "predict.yaml")
+    sts["init_args"] |= {"layer": 1, "k": 8, "every_n_steps": 1, "domains": ["math"]}
+    sts["init_args"]["predict_config"] |= {"train_tokens": 40, "domain_tokens": 20}
+    sts["init_args"]["heldout_items"] = 2
+    trainer |= {"max_steps": 2, "val_check_interval": None, "limit_val_batches": 0}
+    trainer["logger"] = trainer["logger"][:1]  # CSV only: W&B is covered by the slow run
+    recipe["data"]["init_args"] |= {"train_size": 8, "batch_size": 4, "val_domains": []}
+    recipe["data"]["init_args"] |= {"val_from_train": 0, "max_length": 128}
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(recipe))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(embedded, "resolve_model", lambda name, cache_dir=None: tiny_dir)
+    cli = build_cli(["fit", "--config", str(tmp_path / "sft.yaml"), *ON_ONE_CPU])
+    (callback,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "STSCallback"]
+    assert callback.tracker is not None, "the STS callback failed: see its warning"
+    assert callback.tracker.measured_at(2)  # the realised shift at the last step
+    (metrics,) = (tmp_path / "runs" / "sft_arithmetic_smollm2" / "csv").glob("*/metrics.csv")
+    with metrics.open() as f:
+        columns = next(csv.reader(f))
+    assert any(c.startswith("sts/pred/") and c.endswith("/math") for c in columns), columns
+    assert "sts/shift/total" in columns, columns
+
+
+def test_recipe_sae_names_a_missing_recipe_and_loads_lazily():
+    from sts_lightning.forecast.recipe_sae import RecipeSAE
+
+    with pytest.raises(ValueError, match="`recipe`='nope' is neither a shipped recipe"):
+        RecipeSAE("nope")
+    sae = RecipeSAE("predict_arithmetic_smollm2")
+    assert sae._sae is None and repr(sae) == "RecipeSAE('predict_arithmetic_smollm2')"
