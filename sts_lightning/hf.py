@@ -16,7 +16,9 @@ attached. At train begin the rebuilt callback finds the attached one again (:met
 registers it with its trainer), hands it the checkpoint's tracker state and puts it back in its
 place: the trainer, an SAE or evaluator passed as an object and the W&B run all survive any
 number of resumes. The tracker state (forecast, probe, history) is written into every
-checkpoint folder (``sts_tracker/``) by :meth:`~STSTrainerCallback.on_save`.
+checkpoint folder (``sts_tracker/``) by :meth:`~STSTrainerCallback.on_save`; without
+``restore_callback_states_from_checkpoint`` the attached callback reads it from the resumed
+checkpoint in ``output_dir`` itself.
 """
 
 from __future__ import annotations
@@ -130,6 +132,9 @@ class STSTrainerCallback(TrainerCallback, ExportableState):
                 args, state, control, model=model, processing_class=processing_class, **kwargs
             )
         self._step, self._output_dir = state.global_step, args.output_dir
+        if not self._state_dir and state.global_step > 0:  # resumed, callback states not restored
+            found = _state_path(args.output_dir, state.global_step)
+            self._state_dir = str(found) if found.exists() else None
         tokenizer = processing_class or kwargs.get("tokenizer")
         loader = kwargs.get("train_dataloader")
         self._guard.run("forecast", self._start, state, model, tokenizer, loader, starting=True)

@@ -243,3 +243,17 @@ def test_a_tokenized_only_train_dataset_asks_for_train_examples(
     _attach(trainer, tiny_sae, train_examples=None)
     with pytest.raises(ValueError, match=r"`train_dataset` row 0.*pass `train_examples=`"):
         _train(trainer)
+
+
+def test_resume_without_restoring_callback_states_still_reads_the_tracker_state(
+    tmp_path, tiny_llama, tiny_tokenizer, sae_dir, monkeypatch
+):
+    first = _trainer(tmp_path, copy.deepcopy(tiny_llama).train(), tiny_tokenizer, max_steps=3)
+    _attach(first, sae_dir)
+    _train(first)
+    calls, real = [], predict_module.predict
+    monkeypatch.setattr(predict_module, "predict", lambda *a, **k: calls.append(1) or real(*a, **k))
+    second = _trainer(tmp_path, copy.deepcopy(tiny_llama).train(), tiny_tokenizer, max_steps=6)
+    callback = _attach(second, sae_dir)
+    _train(second, str(tmp_path / "run" / "checkpoint-3"))
+    assert calls == [] and [h["step"] for h in callback.tracker.history] == [3.0, 6.0]
