@@ -1,6 +1,7 @@
 """LightningDataModules: chat-templated SFT batches and GRPO prompt batches.
 
-Data flows source → rows (:mod:`sts_lightning.data.sources`) → tokens → batches:
+Data flows source (any TRL dataset format) → rows (:mod:`sts_lightning.data.sources`) → tokens →
+batches:
 
 - :class:`SFTDataModule` tokenizes each (prompt, answer) pair with the chat template and labels
   the answer tokens only (:func:`~sts_lightning.data.batching.tokenize_sft`). Validation
@@ -166,8 +167,8 @@ class SFTDataModule(_SourceDataModule):
         train_split: ``datasets`` split of ``train``.
         train_subset: ``datasets`` configuration name of ``train``.
         data_files: ``datasets`` ``data_files`` of ``train``.
-        prompt_column: Column of the prompt in files and datasets.
-        answer_column: Column of the answer in files and datasets.
+        prompt_column: Column of the prompt (text or TRL's conversational message list).
+        answer_column: Column of the answer (default ``answer``, else TRL's ``completion``).
         val_domains: Built-in domains (their ``"heldout"`` half), one validation loader each.
         val_files: ``{name: .jsonl file}``, one validation loader each.
         val_size: Rows per validation loader (at most).
@@ -274,8 +275,9 @@ class PromptDataModule(_SourceDataModule):
         train_split: ``datasets`` split of ``train``.
         train_subset: ``datasets`` configuration name of ``train``.
         data_files: ``datasets`` ``data_files`` of ``train``.
-        prompt_column: Column of the prompt in files and datasets.
-        answer_column: Column of the reference answer; ``None`` for prompts without one.
+        prompt_column: Column of the prompt (text or TRL's conversational message list).
+        answer_column: Column of the reference answer (default ``answer``, else TRL's
+            ``completion``); ``None`` for prompts without one.
         val_domains: Built-in domains (their ``"heldout"`` half), one validation loader each.
         val_files: ``{name: .jsonl file}``, one validation loader each.
         val_size: Rows per validation loader (at most).
