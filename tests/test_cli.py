@@ -79,7 +79,7 @@ def _predict(root, *extra: str) -> list[str]:
         (["--predict.k", "0"], "`k` must be a positive int, got 0"),  # out of range
         (["--config", "{root}/nope.yaml"], "File does not exist"),  # missing recipe
         (["--config", "{root}/broken.yaml"], "config"),  # broken recipe
-        (["--train_file", "{root}/nope.jsonl"], "nope.jsonl"),  # missing data file
+        (["--train_file", "{root}/nope.jsonl"], "nope.jsonl: no such file"),  # missing data
         (["--train_file", "{root}/broken.jsonl"], "broken.jsonl:2: not a JSON object"),
         (["--domains", "[nope]"], "got 'nope'"),  # unknown domain
         (["--model", "{root}/no_model"], "`model`="),  # unknown model

@@ -81,6 +81,8 @@ def _load_hf(
 def _json_objects(path: str | Path) -> list[tuple[int, dict]]:
     """``(line number, object)`` of each non-blank line of a JSON-lines file."""
     rows = []
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such file (a JSON-lines file of examples expected)")
     with Path(path).open(encoding="utf-8") as f:
         for i, line in enumerate(f, start=1):
             if not line.strip():
