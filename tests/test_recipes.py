@@ -143,6 +143,11 @@ def test_sts_callback_from_yaml_runs(tmp_path, monkeypatch, tiny_dir, tiny_sae):
         columns = next(csv.reader(f))
     assert any(c.startswith("sts/pred/") and c.endswith("/math") for c in columns), columns
     assert "sts/shift/total" in columns, columns
+    # The resolved recipe beside the run names the SAE as written, not a loaded object.
+    assert (
+        "class_path: sts_lightning.forecast.recipe_sae.RecipeSAE"
+        in (metrics.parent / "config.yaml").read_text()
+    )
 
 
 def test_recipe_sae_names_a_missing_recipe_and_loads_lazily():
