@@ -1,5 +1,6 @@
 """The ``sts-lightning`` command line: ``predict`` (forecast before training), ``experiment``
-(forecast → fine-tune → realised deltas → report), ``fit``/``validate`` and ``demo``."""
+(forecast → fine-tune → realised deltas → report), ``fit``/``validate``, ``recipes`` (list the
+shipped recipes, copy one out) and ``demo``."""
 
 from __future__ import annotations
 
@@ -95,7 +96,10 @@ def _experiment(argv: list[str]) -> int:
 def _recipes(argv: list[str]) -> int:
     from sts_lightning.forecast.recipe import copy_recipe, list_recipes
 
-    parser = argparse.ArgumentParser(prog="sts-lightning recipes", description=_RECIPES_HELP)
+    parser = argparse.ArgumentParser(
+        prog="sts-lightning recipes",
+        description="List the recipes shipped with the package, or copy one out to edit it.",
+    )
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="name and summary of every shipped recipe")
     copy = sub.add_parser("copy", help="copy a shipped recipe out to edit it")
@@ -109,8 +113,6 @@ def _recipes(argv: list[str]) -> int:
         sys.stdout.write(f"wrote {copy_recipe(args.name, args.dest)}\n")
     return 0
 
-
-_RECIPES_HELP = "List the recipes shipped with the package, or copy one out."
 
 # What a user can get wrong at the command line: a bad value, a missing or broken file, an
 # unknown name, a model that cannot be found. Anything else is a bug and keeps its traceback.
