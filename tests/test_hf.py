@@ -257,3 +257,17 @@ def test_resume_without_restoring_callback_states_still_reads_the_tracker_state(
     callback = _attach(second, sae_dir)
     _train(second, str(tmp_path / "run" / "checkpoint-3"))
     assert calls == [] and [h["step"] for h in callback.tracker.history] == [3.0, 6.0]
+
+
+def test_hf_measures_once_per_optimizer_step_with_accumulation(
+    tmp_path, tiny_llama, tiny_tokenizer, sae_dir
+):
+    spy = LogSpy()
+    trainer = _trainer(
+        tmp_path, copy.deepcopy(tiny_llama).train(), tiny_tokenizer, max_steps=4,
+        callbacks=[spy], gradient_accumulation_steps=2,
+    )  # fmt: skip
+    callback = _attach(trainer, sae_dir, every_n_steps=2)
+    _train(trainer)
+    assert [h["step"] for h in callback.tracker.history] == [2.0, 4.0]
+    assert spy.steps_with("sts/shift/total") == [2, 4]
