@@ -18,7 +18,7 @@ import gc
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from sts_lightning.experiment.forecast import (
     to_prediction,
 )
 from sts_lightning.experiment.realised import compare, exact_match, item_losses
+from sts_lightning.model.device import resolve_device
 
 __all__ = ["run_experiment"]
 
@@ -109,7 +110,9 @@ def _load(job: ExperimentConfig, device: torch.device, stage: _Stages) -> tuple[
     )
     model.to(device)
     stage(f"model {job.model} loaded", "load_model")
-    sae = resolve_run_sae(job, model, tokenizer, cache)  # trained and cached on first use
+    # The SAE trains where the model runs (its rows are collected there).
+    on_device = replace(job, sae_training=replace(job.sae_training, device=str(device)))
+    sae = resolve_run_sae(on_device, model, tokenizer, cache)  # trained and cached on first use
     if isinstance(sae, torch.nn.Module):
         sae.to(device)
     layer = resolve_layer(sae, job.predict.layer)
@@ -249,8 +252,7 @@ def run_experiment(job: ExperimentConfig) -> dict[str, Any]:
     from sts_lightning.experiment.summary import summarise_runs
 
     stage = _Stages(5 + 3 * len(job.tasks) * len(job.seeds))
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(auto if job.device == "auto" else job.device)
+    device = resolve_device(job.device)  # a bad device fails before anything loads
     model, tokenizer, sae, layer = _load(job, device, stage)
 
     scored, heldout = _domains(job)
