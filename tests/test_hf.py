@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -219,12 +220,14 @@ def test_report_to_wandb_gets_tables_and_plots(
         tmp_path, copy.deepcopy(tiny_llama).train(), tiny_tokenizer, 3, report_to=["wandb"]
     )
     _attach(trainer, sae_dir)
+    # The run HF's integration started, through its own module, as the callback does. Its
+    # folder: W&B keeps the settings of an earlier run in this process, WANDB_DIR included.
+    wandb = next(c for c in trainer.callback_handler.callbacks if hasattr(c, "_wandb"))._wandb
     try:
         _train(trainer)
-    finally:  # the run HF's integration started: through its own module, as the callback does
-        wandb_callback = next(c for c in trainer.callback_handler.callbacks if hasattr(c, "_wandb"))
-        wandb_callback._wandb.finish()
-    (run,) = tmp_path.glob("wandb/offline-run-*")
+        run = Path(wandb.run.dir).parent
+    finally:
+        wandb.finish()
     tables = {p.name.split("_")[0]: p for p in run.glob("files/media/table/sts/*.table.json")}
     assert set(tables) == {"domains", "top"}
     doc = json.loads(tables["domains"].read_text())
