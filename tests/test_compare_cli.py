@@ -176,3 +176,18 @@ def test_embedded_compare_recipe_runs_offline(tmp_path, capsys):
     assert all(low <= high for _, low, high in ranking["score"].values())
     assert 0 <= ranking["p_beats"]["arith"]["kin"] == 1 - ranking["p_beats"]["kin"]["arith"] <= 1
     assert (out / "chart.png").stat().st_size > 0 and (out / "sets" / "1").is_dir()
+
+
+def test_chart_accepts_a_point_outside_its_interval(tmp_path):
+    """A top-k point estimate can fall outside its bootstrap interval: the bar is clipped."""
+    from sts_lightning.forecast.compare_job import save_compare_chart
+    from sts_lightning.forecast.ranking import rank_sets
+    from tests.test_ranking import _comparison
+
+    comparison = _comparison(strength=0.3)
+    ranking = rank_sets(comparison, ["math"], ["law"], n_bootstrap=50)
+    name, domain = comparison.names[0], comparison.domains[0]
+    point = ranking.domains[name][domain][0]
+    ranking.domains[name][domain] = (point, point + 1.0, point + 2.0)
+    path = save_compare_chart(comparison, ranking, tmp_path / "chart.png")
+    assert path.stat().st_size > 0

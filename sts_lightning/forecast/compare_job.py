@@ -166,7 +166,7 @@ def save_compare_chart(
     import matplotlib.pyplot as plt
 
     names, doms = comparison.names, comparison.domains
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(doms) * len(names) + 2), 4))
+    fig, ax = plt.subplots(figsize=(min(20, max(6, 0.3 * len(doms) * len(names) + 2)), 4.5))
     width = 0.8 / len(names)
     rows = _rows(comparison, ranking, mode)
     for i, name in enumerate(names):
@@ -174,7 +174,8 @@ def save_compare_chart(
         values = [r[2] for r in mine]
         err = None
         if ranking is not None:  # asymmetric: (point - low, high - point)
-            err = [[r[2] - r[3] for r in mine], [r[4] - r[2] for r in mine]]
+            # A top-k point can sit just outside its percentile interval: no negative bar.
+            err = [[max(r[2] - r[3], 0) for r in mine], [max(r[4] - r[2], 0) for r in mine]]
         xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(doms))]
         ax.bar(xs, values, width, yerr=err, capsize=3, label=name)
     ax.set_xticks(range(len(doms)), doms, rotation=30, ha="right")
