@@ -23,6 +23,7 @@ _LAZY = {
     "STSTracker": "sts_lightning.monitor.tracker",
     "TrackerConfig": "sts_lightning.monitor.tracker",
     "predict": "sts_lightning.forecast.predict",
+    "predict_many": "sts_lightning.forecast.compare",
     "Prediction": "sts_lightning.forecast.prediction",
     "PredictConfig": "sts_lightning.forecast.config",
     "Example": "sts_lightning.data.prompts",

@@ -39,11 +39,11 @@ from sts_lightning.forecast.comparison import Comparison, ItemSums
 from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.forecast.engine import Extractor, Statistics, check_examples
 from sts_lightning.forecast.predict import (
-    _checked,
-    _warn_if_short,
     assemble_prediction,
+    checked_inputs,
     domain_statistics,
     task_statistics,
+    warn_if_short,
 )
 from sts_lightning.model.sae import encode
 
@@ -225,7 +225,7 @@ def predict_many(
     if isinstance(n_candidates, bool) or not isinstance(n_candidates, int) or n_candidates < cfg.k:
         raise ValueError(f"`n_candidates` must be an int >= `config.k`={cfg.k}, got {n_candidates}")
     first = next(iter(sets.values()))
-    layer, _, domains = _checked(model, sae, first, domains, cfg)
+    layer, _, domains = checked_inputs(model, sae, first, domains, cfg)
     extractor = Extractor(model, sae, tokenizer, layer, cfg)
 
     tasks, items, timings = {}, {}, {}
@@ -240,7 +240,7 @@ def predict_many(
             t0, domain_stats = time.perf_counter(), {}
             for dname, dexamples in domains.items():
                 domain_stats[dname] = domain_statistics(extractor, dname, dexamples)
-                _warn_if_short(dname, domain_stats[dname].n_selected, cfg.domain_tokens)
+                warn_if_short(dname, domain_stats[dname].n_selected, cfg.domain_tokens)
             timings["domains"] = time.perf_counter() - t0
     max_norm = float(extractor.max_norm)
     predictions = {

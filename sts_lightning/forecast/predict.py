@@ -43,10 +43,12 @@ from sts_lightning.stats import LatentMoments, PairedShift
 
 __all__ = [
     "assemble_prediction",
+    "checked_inputs",
     "domain_statistics",
     "paper_scores",
     "predict",
     "task_statistics",
+    "warn_if_short",
 ]
 
 
@@ -209,7 +211,7 @@ def predict(
     """
     cfg = config or PredictConfig()
     start = time.perf_counter()
-    layer, train_examples, domains = _checked(model, sae, train_examples, domains, cfg)
+    layer, train_examples, domains = checked_inputs(model, sae, train_examples, domains, cfg)
     extractor = Extractor(model, sae, tokenizer, layer, cfg)
 
     task = task_statistics(extractor, train_examples)
@@ -217,7 +219,7 @@ def predict(
     for name, examples in domains.items():
         t0 = time.perf_counter()
         stats[name] = domain_statistics(extractor, name, examples)
-        _warn_if_short(name, stats[name].n_selected, cfg.domain_tokens)
+        warn_if_short(name, stats[name].n_selected, cfg.domain_tokens)
         timings[f"domain/{name}"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - start
     max_norm = float(extractor.max_norm)
@@ -225,7 +227,7 @@ def predict(
     return assemble_prediction(task, stats, **kw)
 
 
-def _checked(
+def checked_inputs(
     model, sae, train_examples, domains, cfg: PredictConfig
 ) -> tuple[int, list[Example], dict[str, list[Example]]]:
     """``(layer, train_examples, domains)`` once every input is checked, before any forward."""
@@ -247,7 +249,7 @@ def _checked(
     return layer, train_examples, domains
 
 
-def _warn_if_short(name: str, n_tokens: int, budget: int) -> None:
+def warn_if_short(name: str, n_tokens: int, budget: int) -> None:
     if n_tokens < budget:
         warnings.warn(
             f"domain {name!r} has {n_tokens} tokens, fewer than `domain_tokens`={budget}; "
