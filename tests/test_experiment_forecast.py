@@ -54,7 +54,7 @@ def test_paper_modes_equal_predict(forecast, tiny_llama, tiny_tokenizer, tiny_sa
     for name, score in reference.domains.items():
         for mode in ("act", "icl", "notebook", "signed"):
             assert scores[name][mode] == pytest.approx(getattr(score, mode), rel=1e-5), mode
-    pred = to_prediction(domains, task, scores, layer=1, k=CFG.k, max_norm=1e4, config=CFG)
+    pred = to_prediction(domains, task, layer=1, k=CFG.k, max_norm=1e4, config=CFG)
     assert torch.equal(pred.top_latents, reference.top_latents)
     assert torch.allclose(pred.domain_means["law"], reference.domain_means["law"], atol=1e-6)
     got, want = pred.to_dict(), reference.to_dict()

@@ -78,14 +78,14 @@ def test_forecast_and_heldout_pass_on_gpu_equal_cpu(tiny_llama, tiny_tokenizer):
 def test_finetune_with_sts_callback_on_gpu(tmp_path, tiny_llama, tiny_tokenizer):
     from sts_lightning.experiment.config import ExperimentConfig, FinetuneConfig
     from sts_lightning.experiment.finetune import finetune
-    from sts_lightning.experiment.forecast import Forecaster, score_domains, to_prediction
+    from sts_lightning.experiment.forecast import Forecaster, to_prediction
 
     tiny_llama.save_pretrained(tmp_path / "m")
     tiny_tokenizer.save_pretrained(tmp_path / "m")
     sae = StubSAE()
     f = Forecaster(tiny_llama, tiny_tokenizer, sae, 1, CFG)
     d, t = f.domains(DOMAINS, 0), f.task(TRAIN, 0)
-    pred = to_prediction(d, t, score_domains(d, t, 8, 8), layer=1, k=8, max_norm=1e4, config=CFG)
+    pred = to_prediction(d, t, layer=1, k=8, max_norm=1e4, config=CFG)
     job = ExperimentConfig(
         model=str(tmp_path / "m"),
         domains=[],

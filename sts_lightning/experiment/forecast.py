@@ -188,7 +188,6 @@ def score_domains(
 def to_prediction(
     domains: Mapping[str, DomainStats],
     task: TaskForecast,
-    scores: Mapping[str, Mapping[str, float]] | None = None,
     *,
     layer: int,
     k: int,
@@ -197,9 +196,8 @@ def to_prediction(
 ) -> Prediction:
     """The paper's forecast as a :class:`Prediction` (what the STS callback tracks against).
 
-    :func:`~sts_lightning.forecast.predict.assemble_prediction` on the task pass; ``scores``
-    (from :func:`score_domains`) is not needed: the paper's modes are recomputed from the same
-    statistics, to the same numbers.
+    :func:`~sts_lightning.forecast.predict.assemble_prediction` on the task pass: the paper's
+    modes come from the same statistics as :func:`score_domains`, to the same numbers.
     """
     return assemble_prediction(
         task.stats, domains, layer=layer, k=k, max_norm=max_norm, config=config
