@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sts_lightning.model.embedded import default_cache_dir, smollm2_dir
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MODEL",
     "EMBEDDED_MODELS",
+    "check_model_init_kwargs",
     "default_cache_dir",
     "load_model_and_tokenizer",
     "resolve_model",
@@ -36,6 +37,8 @@ DEFAULT_MODEL = "embedded:smollm2"
 """The alias of the embedded default model (SmolLM2-135M-Instruct, 30 layers, d_model 576)."""
 
 _PREFIX = "embedded:"
+# from_pretrained arguments with a setting of their own (a second place would conflict).
+_OWN_SETTINGS = {"dtype", "torch_dtype", "trust_remote_code", "cache_dir"}
 
 _DTYPES = {
     "float32": "float32",
@@ -57,6 +60,9 @@ def resolve_model(name_or_path: str | Path, *, cache_dir: str | Path | None = No
         name_or_path: ``"embedded:smollm2"``, a local checkpoint directory or a hub id.
         cache_dir: Cache root for embedded models (see
             :func:`~sts_lightning.model.embedded.smollm2_dir`).
+        model_init_kwargs: Further ``from_pretrained`` arguments (``attn_implementation``,
+            ``quantization_config``, ``device_map``, ...), checked by
+            :func:`check_model_init_kwargs`.
 
     Returns:
         Something ``from_pretrained`` accepts.
@@ -109,12 +115,33 @@ def _not_found(name_or_path: str | Path) -> OSError:
     )
 
 
+def check_model_init_kwargs(kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``kwargs`` for ``from_pretrained`` as a dict, refusing what has its own setting.
+
+    Example:
+        >>> check_model_init_kwargs({"attn_implementation": "eager"})
+        {'attn_implementation': 'eager'}
+        >>> check_model_init_kwargs({"dtype": "bfloat16"})
+        Traceback (most recent call last):
+        ...
+        ValueError: `model_init_kwargs` must not set 'dtype': use the `dtype` setting
+    """
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise ValueError(f"`model_init_kwargs` must be a dict of keyword arguments, got {kwargs!r}")
+    for key in _OWN_SETTINGS.intersection(kwargs):
+        raise ValueError(f"`model_init_kwargs` must not set {key!r}: use the `{key}` setting")
+    return dict(kwargs)
+
+
 def load_model_and_tokenizer(
     name_or_path: str | Path,
     *,
     dtype: str | torch.dtype = "float32",
     trust_remote_code: bool = False,
     cache_dir: str | Path | None = None,
+    model_init_kwargs: Mapping[str, Any] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, in eval mode, resolving embedded aliases.
 
@@ -127,6 +154,9 @@ def load_model_and_tokenizer(
             it executes arbitrary code from the checkpoint.
         cache_dir: Cache root for embedded models (see
             :func:`~sts_lightning.model.embedded.smollm2_dir`).
+        model_init_kwargs: Further ``from_pretrained`` arguments (``attn_implementation``,
+            ``quantization_config``, ``device_map``, ...), checked by
+            :func:`check_model_init_kwargs`.
 
     Returns:
         ``(model, tokenizer)``; the tokenizer always has a pad token (EOS if it had none).
@@ -142,7 +172,10 @@ def load_model_and_tokenizer(
     t0 = time.perf_counter()
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            path,
+            dtype=torch_dtype,
+            trust_remote_code=trust_remote_code,
+            **check_model_init_kwargs(model_init_kwargs),
         )
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as err:
