@@ -1,7 +1,8 @@
 """The package's import contract: stages depend on earlier stages only.
 
-``functional``/``stats``/``metric``/``config`` (the core) ← ``data`` ← ``model`` ← ``forecast`` ←
-``monitor`` ← ``training`` ← the integrations (``callbacks``, ``hf``) ← ``experiment`` ← ``cli``.
+``functional``/``stats``/``metric``/``config``/``reliability``/``paired`` (the core) ← ``data``
+← ``model`` ← ``forecast`` ← ``monitor`` ← ``training`` ← the integrations (``callbacks``,
+``hf``) ← ``experiment`` ← ``cli``.
 Every import counts, lazy ones inside functions too: a lazy import that points the wrong way is
 still a dependency, only a hidden one.
 """
@@ -20,6 +21,8 @@ LAYERS = {
     "sts_lightning.stats": 0,
     "sts_lightning.metric": 0,
     "sts_lightning.config": 0,
+    "sts_lightning.reliability": 0,
+    "sts_lightning.paired": 0,
     "sts_lightning.data": 1,
     "sts_lightning.model": 2,
     "sts_lightning.forecast": 3,

@@ -15,6 +15,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats as sps
 
+from sts_lightning.reliability import sign_accuracy as same_sign_fraction
+
 __all__ = ["correlations", "cross_task", "fit_line", "paired_delta", "partial_correlation"]
 __all__ += ["sign_accuracy", "summarise"]
 
@@ -233,9 +235,8 @@ def sign_accuracy(
         realised: Per-domain realised loss deltas ``(n,)``, or a mapping with the same domains.
 
     Returns:
-        ``accuracy`` (fraction with sign(score) == sign(−delta)), ``majority`` (fraction of the
-        most common realised sign: the trivial baseline), both NaN when no domain is left, and
-        ``n`` (int, domains counted).
+        ``accuracy`` (share with sign(score) == sign(−delta); NaN if all scores share a sign),
+        ``majority`` (share of the commonest realised sign: the baseline), ``n``; NaN if n = 0.
 
     Example:
         >>> sign_accuracy([1.0, -2.0, 0.5, 3.0], [-0.1, 0.2, 0.3, -0.4])
@@ -249,9 +250,8 @@ def sign_accuracy(
     s, d = s[keep], d[keep]
     if (n := len(s)) == 0:
         return {"accuracy": _NAN, "majority": _NAN, "n": 0}
-    accuracy = float(np.mean(np.sign(s) == np.sign(-d)))
-    n_neg = int((d < 0).sum())
-    return {"accuracy": accuracy, "majority": max(n_neg, n - n_neg) / n, "n": n}
+    n_neg = int((d < 0).sum())  # a one-sign score is undefined: it only scores the base rate
+    return {"accuracy": same_sign_fraction(s, -d), "majority": max(n_neg, n - n_neg) / n, "n": n}
 
 
 def summarise(values: Sequence[float]) -> dict[str, Any]:
