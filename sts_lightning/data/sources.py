@@ -197,6 +197,7 @@ def load_rows(
     prompt_column: str = "prompt",
     answer_column: str | None = "answer",
     argument: str = "train",
+    keep_format: bool = False,
 ) -> list[dict[str, Any]]:
     """Rows ``{"prompt", "answer", **other_columns}`` of a source (see the module docstring).
 
@@ -212,6 +213,9 @@ def load_rows(
         prompt_column: Column holding the user prompt.
         answer_column: Column holding the answer; ``None`` for prompts without answers.
         argument: The caller's argument name, for error messages.
+        keep_format: Return file, dataset and dict rows as they are (any SFT format, multi-turn
+            conversations too; :mod:`~sts_lightning.data.sft_format` reads them); built-in sets
+            and :class:`Example` items still become ``{"prompt", "answer"}``.
 
     Returns:
         The rows; built-in sets also carry ``"task"`` (the set name, for reward functions).
@@ -241,7 +245,9 @@ def load_rows(
             raw = [
                 (f"dataset {source!r} (split {split!r}) row {i}", r) for i, r in enumerate(loaded)
             ]
-        rows = _rename(raw, prompt_column, answer_column)
+        rows = (
+            [dict(r) for _, r in raw] if keep_format else _rename(raw, prompt_column, answer_column)
+        )
     elif isinstance(source, Sequence):
         rows = []
         for i, item in enumerate(source):
@@ -250,7 +256,11 @@ def load_rows(
                 keep = item.answer is not None and answer_column is not None
                 rows.append({"prompt": item.prompt, **({"answer": item.answer} if keep else {})})
             elif isinstance(item, Mapping):
-                rows += _rename([(where, item)], prompt_column, answer_column)
+                rows += (
+                    [dict(item)]
+                    if keep_format
+                    else _rename([(where, item)], prompt_column, answer_column)
+                )
             else:
                 raise TypeError(f"{where} must be an Example or a dict, got {type(item)}")
     else:
