@@ -118,7 +118,8 @@ def test_data_modules_take_chat_rows(tiny_tokenizer):
     ]
     sft = SFTDataModule(rows, train_size=None, tokenizer=tiny_tokenizer, batch_size=2)
     sft.setup("fit")
-    assert sorted((r["prompt"], r["answer"]) for r in sft.train_rows) == [
+    assert sft.train_rows == rows  # kept in their format: the SFT module tokenizes each format
+    assert sorted((r["prompt"], r["answer"]) for r in sft.train_dataset) == [
         ("0 + 1?", "1"),
         ("1 + 1?", "2"),
         ("2 + 1?", "3"),

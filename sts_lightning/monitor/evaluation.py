@@ -70,22 +70,34 @@ def encode_eval_set(
     return out
 
 
-def scored_logits(model, input_ids: Tensor, attention_mask: Tensor, positions: Tensor) -> Tensor:
+def scored_logits(
+    model,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    positions: Tensor,
+    position_ids: Tensor | None = None,
+) -> Tensor:
     """Logits ``(N, V)`` at the ``N`` True ``positions`` ``(B, T)`` only.
 
     Uses the model's own ``logits_to_keep`` with a boolean mask, so the vocabulary projection
     runs only where a next token is scored; a model without it (or one whose ``logits_to_keep``
     takes no mask, as in older transformers) falls back to full logits, selected here.
+    ``position_ids`` ``(B, T)`` of packed rows (``attention_mask`` ``None``) keep their examples
+    apart (:mod:`sts_lightning.data.packing`).
     """
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+    if position_ids is not None:
+        config = getattr(model, "config", None)
+        if "flash" in str(getattr(config, "_attn_implementation", None)):
+            # Flash attention finds packed examples in one row only: (B, T) -> (1, B * T).
+            input_ids, positions, position_ids = (
+                x.reshape(1, -1) for x in (input_ids, positions, position_ids)
+            )
+        inputs |= {"input_ids": input_ids, "position_ids": position_ids}
     try:
-        logits = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            logits_to_keep=positions,
-            use_cache=False,
-        ).logits
+        logits = model(**inputs, logits_to_keep=positions).logits
     except (TypeError, IndexError):  # no `logits_to_keep`, or one that takes no mask
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        logits = model(**inputs).logits
     return logits[positions] if logits.dim() == 3 else logits
 
 
