@@ -40,11 +40,11 @@ WORDS = [
 ODD = [{"prompt": f"Is {n} odd?", "answer": "Yes" if n % 2 else "No"} for n in range(20)]
 DOMAINS = {
     "law": [
-        {"prompt": f"The court held that contract {i} was void.", "answer": "Void."}
+        {"prompt": f"The court held that contract {i} was void.", "answer": f"Void, {i}."}
         for i in range(8)
     ],
     "code": [{"prompt": f"def f{i}(x):", "answer": f"    return x * {i}"} for i in range(8)],
-    "bio": [{"prompt": f"Plants convert light {i}.", "answer": "Energy."} for i in range(8)],
+    "bio": [{"prompt": f"Plants convert light {i}.", "answer": f"Energy {i}."} for i in range(8)],
     "maths": [{"prompt": f"Compute {i} * 3.", "answer": str(3 * i)} for i in range(8)],
 }
 
@@ -105,8 +105,8 @@ def recipe(tmp_path, tiny_llama, tiny_tokenizer, tiny_sae):
         "0",
         "--finetune.track_every",
         "2",
-        "--evaluation.tokens",
-        "60",
+        "--evaluation.items_per_domain",
+        "3",
         "--n_bootstrap",
         "50",
         "--output_dir",
@@ -173,6 +173,25 @@ def test_experiment_writes_every_artefact_and_its_numbers_match_the_json(recipe,
     # Training curves from the STS callback: step 0 and the end, per run.
     for run in results["runs"]:
         assert [h["step"] for h in run["history"]][-1] == 3
+    # Answer-level realised change: per-item values that give the delta, secondary metrics.
+    for run in results["runs"]:
+        for row in run["realised"].values():
+            assert row["metric"] == "choice_margin" and row["n_items"] == 3
+            items = row["items"]
+            change = sum(a - b for b, a in zip(items["base"], items["tuned"], strict=True))
+            delta = change / sum(items["weight"])
+            assert math.isclose(row["delta"], delta, rel_tol=1e-9, abs_tol=1e-12)
+            margins = row["per_item"]["margin"]
+            assert [-m for m in margins["base"]] == items["base"]
+            for key in ("accuracy_base", "accuracy", "answer_nll_delta", "item_nll_delta"):
+                assert math.isfinite(row[key]), key
+            assert row["n_tokens"] == sum(row["per_item"]["item_tokens"]) > 0
+    # Seeds draw their own held-out items: the two seeds of a task differ in some domain.
+    first, second = (r for r in results["runs"] if r["task"] == "sums")
+    assert any(
+        first["realised"][d]["items"]["base"] != second["realised"][d]["items"]["base"]
+        for d in DOMAINS
+    )
 
 
 EXPERIMENT_RECIPES = sorted(ROOT.glob("recipes/experiment_*.yaml"))
@@ -202,7 +221,10 @@ def test_there_are_three_experiment_scales():
         (["--raw_k", "0"], "`raw_k` must be a positive int"),
         (["--finetune.steps", "0"], "`steps` must be a positive int"),
         (["--finetune.method", "ppo"], "finetune.method"),
-        (["--evaluation.tokens", "-5"], "`tokens` must be a positive int"),
+        (["--evaluation.items_per_domain", "0"], "`items_per_domain` must be a positive int"),
+        (["--evaluation.metric", "accuracy"], "evaluation.metric"),
+        (["--evaluation.format", "markdown"], "evaluation.format"),
+        (["--evaluation.max_length", "8"], "`evaluation.max_length` must be >= 16"),
     ],
 )
 def test_experiment_rejects_bad_settings(override, message, capsys):

@@ -1,4 +1,5 @@
-"""Held-out losses per item and layer-L rows equal an HF full forward; paired comparisons."""
+"""Held-out losses per item and layer-L rows equal an HF full forward; paired comparisons of
+answer-level scores."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
+from sts_lightning.data.choice_format import encode_choices
+from sts_lightning.data.choices import ChoiceItem
 from sts_lightning.data.prompts import Example
-from sts_lightning.experiment.realised import compare, exact_match, item_losses
+from sts_lightning.experiment.realised import compare, exact_match, item_losses, score_choices
 from sts_lightning.monitor.evaluation import encode_eval_set
 
 ITEMS = {
@@ -48,36 +51,71 @@ def test_item_losses_equal_a_full_forward(tiny_llama, tiny_tokenizer, span):
         assert torch.allclose(got[name].rows, torch.cat(rows), atol=1e-4)
 
 
+CHOICES = {
+    "law": [
+        ChoiceItem(
+            f"The court held contract {i} void for lack of what?", ("ink", "law", "fee"), i % 3
+        )
+        for i in range(5)
+    ],
+    "code": [
+        ChoiceItem(f"def f{i}(x):\n", (f"    return x * {i}\n", f"    return x + {i}\n"), 0, False)
+        for i in range(3)
+    ],
+}
+
+
+def _choices(tokenizer, text_format="plain"):
+    return {
+        n: encode_choices(tokenizer, its, text_format=text_format) for n, its in CHOICES.items()
+    }
+
+
 def test_compare_same_model_is_zero_and_a_change_is_seen(tiny_llama, tiny_tokenizer, tiny_sae):
-    encoded = _encoded(tiny_tokenizer)
+    encoded = _choices(tiny_tokenizer)
     kw = dict(layer=1, pad_token_id=0, exclude_token_ids=tiny_tokenizer.all_special_ids)
-    base = item_losses(tiny_llama, encoded, **kw)
-    same = compare(base, item_losses(tiny_llama, encoded, **kw), tiny_sae, max_norm=1e4)
+    base = score_choices(tiny_llama, encoded, **kw)
+    same = compare(base, score_choices(tiny_llama, encoded, **kw), tiny_sae, max_norm=1e4)
     for row in same.values():
-        assert row["delta"] == pytest.approx(0.0, abs=1e-9)
+        for key in ("delta", "answer_nll_delta", "item_nll_delta"):
+            assert row[key] == pytest.approx(0.0, abs=1e-9)
         assert row["post_shift_sae"] == pytest.approx(0.0, abs=1e-8)
         assert row["post_shift_resid"] == pytest.approx(0.0, abs=1e-10)
     moved = copy.deepcopy(tiny_llama)
     with torch.no_grad():
         for p in moved.model.layers[0].parameters():
             p.add_(0.05 * torch.randn_like(p))
-    now = item_losses(moved, encoded, **kw)
-    out = compare(base, now, tiny_sae, max_norm=1e4)
-    for name, row in out.items():
-        expected = float((now[name].nll.sum() - base[name].nll.sum()) / base[name].counts.sum())
-        assert row["delta"] == pytest.approx(expected, rel=1e-9)
-        assert row["loss"] - row["base_loss"] == pytest.approx(expected, rel=1e-6)
-        assert row["se"] > 0 and row["post_shift_sae"] > 0 and row["post_shift_resid"] > 0
-        diff = (now[name].rows - base[name].rows).double().square().sum(-1).mean()
-        norm = base[name].rows.double().square().sum(-1).mean()
-        assert row["post_shift_resid"] == pytest.approx(float(diff / norm), rel=1e-6)
+    now = score_choices(moved, encoded, **kw)
+    for metric in ("choice_margin", "answer_nll", "item_nll"):
+        out = compare(base, now, tiny_sae, max_norm=1e4, metric=metric)
+        for name, row in out.items():
+            b, a = base[name], now[name]
+            want = {  # the metric's definition, from the two passes' scores
+                "choice_margin": float((b.margin - a.margin).mean()),
+                "answer_nll": float((a.answer_nll - b.answer_nll).sum() / b.answer_tokens.sum()),
+                "item_nll": float((a.item_nll - b.item_nll).sum() / b.item_tokens.sum()),
+            }[metric]
+            assert row["metric"] == metric and row["delta"] == pytest.approx(want, rel=1e-9)
+            items = row["items"]
+            again = sum(y - x for x, y in zip(items["base"], items["tuned"], strict=True))
+            assert again / sum(items["weight"]) == pytest.approx(want, rel=1e-9)
+            assert row["loss"] - row["base_loss"] == pytest.approx(row["item_nll_delta"], rel=1e-6)
+            assert row["accuracy"] == pytest.approx(float(a.accurate.double().mean()))
+            assert row["n_items"] == len(CHOICES[name]) and row["n_tokens"] == int(
+                b.item_tokens.sum()
+            )
+            assert row["se"] > 0 and row["post_shift_sae"] > 0 and row["post_shift_resid"] > 0
+            diff = (a.rows - b.rows).double().square().sum(-1).mean()
+            norm = b.rows.double().square().sum(-1).mean()
+            assert row["post_shift_resid"] == pytest.approx(float(diff / norm), rel=1e-6)
 
 
 def test_compare_refuses_different_items(tiny_llama, tiny_tokenizer, tiny_sae):
     kw = dict(layer=1, pad_token_id=0)
-    a = item_losses(tiny_llama, _encoded(tiny_tokenizer), **kw)
-    b = item_losses(tiny_llama, _encoded(tiny_tokenizer, "answer"), **kw)
-    with pytest.raises(ValueError, match="did not score the same tokens"):
+    encoded = _choices(tiny_tokenizer)
+    a = score_choices(tiny_llama, encoded, **kw)
+    b = score_choices(tiny_llama, {n: e[::-1] for n, e in encoded.items()}, **kw)
+    with pytest.raises(ValueError, match="did not score the same items"):
         compare(a, b, tiny_sae, max_norm=1e4)
 
 

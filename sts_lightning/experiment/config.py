@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sts_lightning.config import check_fields, non_negative_int, one_of, positive, positive_int
+from sts_lightning.config import (
+    at_least,
+    check_fields,
+    non_negative_int,
+    one_of,
+    positive,
+    positive_int,
+)
 from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.model.sae_training import SAETrainConfig
 from sts_lightning.training.lora import LoraConfig
@@ -62,12 +69,26 @@ class FinetuneConfig:
 class EvalConfig:
     """How the realised change of each domain is measured (held-out items only)."""
 
-    tokens: int = 1024
-    """Held-out tokens per domain whose loss is compared before and after fine-tuning (paired
-    by item: the standard error comes from the item-level differences)."""
-    span: Literal["all", "answer", "prompt"] = "all"
-    """Scored tokens of each held-out item: ``all`` (the domain's text), ``answer`` or
-    ``prompt``."""
+    metric: Literal["choice_margin", "answer_nll", "item_nll"] = "choice_margin"
+    """The pre-registered primary realised change of a domain, paired by item (> 0: worse).
+    ``choice_margin``: drop of the mean log-odds of the correct option against the others,
+    ``logp(correct) − logsumexp(logp(others))`` (a uniform shift of every option's likelihood
+    cancels; MMLU options scored by letter, code's canonical solution against a mutated one);
+    ``answer_nll``: change of the correct answer's NLL per answer token; ``item_nll``: change of
+    the whole item's NLL per content token (with ``format: chat``: the former whole-item chat
+    loss, now without template tokens and with the letter as the answer).
+    Every run reports all three (:mod:`sts_lightning.monitor.answer_scores`)."""
+    format: Literal["plain", "chat"] = "plain"
+    """How held-out items are shown: ``plain`` (question, options and answer as raw text after
+    BOS) or ``chat`` (a user turn and the assistant's answer through the chat template, with
+    its default system prompt). Template tokens are never scored."""
+    items_per_domain: int = 40
+    """Held-out items per domain (fewer when a domain's held-out half is smaller)."""
+    vary_items: bool = True
+    """Each seed draws its own held-out items (seeded by the run's seed; one base-model pass
+    per seed); ``false``: every run is measured on the items of seed 0 (one base pass)."""
+    max_length: int = 512
+    """Longer held-out sequences are cut from the left (the answer is kept)."""
     task_items: int = 64
     """Held-out problems of each source task for exact match before/after (a check that
     fine-tuning learned the task); 0 skips it."""
@@ -75,9 +96,12 @@ class EvalConfig:
     """Sequences per forward pass."""
 
     def __post_init__(self) -> None:
-        check_fields(self, positive_int, "tokens", "batch_size")
+        check_fields(self, positive_int, "items_per_domain", "batch_size")
         non_negative_int("evaluation.task_items", self.task_items)
-        one_of("evaluation.span", self.span, ("all", "answer", "prompt"))
+        one_of("evaluation.metric", self.metric, ("choice_margin", "answer_nll", "item_nll"))
+        one_of("evaluation.format", self.format, ("plain", "chat"))
+        positive_int("evaluation.max_length", self.max_length)
+        at_least("evaluation.max_length", self.max_length, 16)
 
 
 @dataclass

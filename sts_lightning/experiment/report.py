@@ -66,14 +66,14 @@ def _figures(results: dict[str, Any], out: Path) -> dict[str, Path]:
             r = results["correlations"][task][p]["pooled"]["pearson"]
             ax.set_title(f"{p}  r = {_f(r, 2)}", fontsize=9)
             ax.set_xlabel(p, fontsize=8)
-        axes[0].set_ylabel("|realised Δ loss| (nats/token)")
+        axes[0].set_ylabel(f"|realised Δ| ({results['config']['evaluation']['metric']})")
         fig.suptitle(f"forecast vs realised, {task} (seed means, ±SE)", fontsize=10)
         fig.tight_layout()
         paths[f"scatter_{task}"] = _save(fig, out / f"scatter_{task}.png")
 
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 0.35 * len(domains) + 1.8))
         a1.barh(domains, [table[d]["delta"] for d in domains], xerr=err, color="tab:gray")
-        a1.set_title(f"realised Δ loss, {task}")
+        a1.set_title(f"realised Δ ({results['config']['evaluation']['metric']}), {task}")
         a2.barh(domains, [table[d]["act"] for d in domains], color="tab:blue")
         a2.set_title("forecast STS_act")
         for ax in (a1, a2):
@@ -135,6 +135,13 @@ def _correlation_rows(results: dict[str, Any], task: str) -> list[list[str]]:
 
 
 Table = tuple[str, str, str, list[str], list[list]]
+
+_METRIC_TEXT = {
+    "choice_margin": "the drop of the correct option's log-odds against the other options, "
+    "mean over items (nats)",
+    "answer_nll": "the correct answer's NLL per answer token after − before fine-tuning",
+    "item_nll": "the whole item's NLL per content token after − before fine-tuning",
+}
 
 
 def _accuracy_table(results: dict[str, Any]) -> Table:
@@ -207,7 +214,7 @@ def _domain_tables(results: dict[str, Any]) -> list[Table]:
             ]
             for d, r in table.items()
         ]
-        head = ["domain", "Δ loss", "SE", "std over seeds", "base loss", *cols]
+        head = ["domain", "Δ", "SE", "std over seeds", "base loss", *cols]
         tables.append((f"domains/{task}", f"Per-domain table: {task} (seed means)", "", head, rows))
     return tables
 
@@ -249,10 +256,11 @@ def _markdown(results: dict[str, Any], figures: dict[str, Path]) -> str:
         f"Source tasks: {', '.join(results['tasks'])}; seeds {cfg['seeds']}; "
         f"{len(next(iter(results['tables'].values())))} pre-registered domains. Fine-tuning: "
         f"{ft['method']}, {ft['steps']} steps × {ft['batch_size']}, lr {ft['lr']}"
-        f"{', LoRA' if ft['lora'] else ', full'}. Realised change: held-out loss on "
-        f"~{ev['tokens']} tokens per domain ({ev['span']} tokens), paired by item.",
+        f"{', LoRA' if ft['lora'] else ', full'}. Realised change: `{ev['metric']}` on "
+        f"{ev['items_per_domain']} held-out items per domain ({ev['format']} text), paired "
+        "by item.",
         "",
-        "Realised Δ = mean NLL per token after − before fine-tuning (> 0: worse); correlations "
+        f"Realised Δ = {_METRIC_TEXT[ev['metric']]} (> 0: worse); correlations "
         'are with |Δ| (the paper predicts magnitude), over domains, on seed means ("pooled", '
         "95 % bootstrap CI of Pearson) and per seed (mean ± std). Partial r controls for each "
         "domain's base-model loss.",

@@ -4,8 +4,9 @@ In order (each stage printed with the elapsed time):
 
 1. load the model and the SAE (trained and cached on first use);
 2. domain statistics on each domain's "score" half (once: they do not depend on the task);
-3. the base model's pass over each domain's "heldout" half (losses per item, layer-L rows) and
-   its exact match on held-out problems of each source task;
+3. the base model's pass over held-out choice items of each domain's "heldout" half (option
+   log-probs, item NLL and layer-L rows per item; :mod:`~sts_lightning.experiment.heldout`)
+   and its exact match on held-out problems of each source task;
 4. per (task, seed): the forecast (every STS mode, contrast, raw baseline, similarity
    controls), fine-tuning with the STS callback tracking the realised shift, and the fine-tuned
    model's pass over the same held-out items;
@@ -33,7 +34,7 @@ from sts_lightning.experiment.forecast import (
     score_domains,
     to_prediction,
 )
-from sts_lightning.experiment.realised import compare, exact_match, item_losses
+from sts_lightning.experiment.heldout import Evaluation
 from sts_lightning.model.device import resolve_device
 
 __all__ = ["run_experiment"]
@@ -127,57 +128,6 @@ def _load(job: ExperimentConfig, device: torch.device, stage: _Stages) -> tuple[
 
 
 @dataclass
-class _Evaluation:
-    """What fine-tuning is judged on, with the base model's results: computed once."""
-
-    encoded: dict
-    """``{domain: encoded items}`` of each domain's "heldout" half."""
-    eval_kw: dict
-    """Settings of the held-out pass (:func:`item_losses`)."""
-    base: dict
-    """``{domain: ItemLosses}`` of the base model."""
-    task_items: dict
-    """``{task: examples}``: held-out problems of the built-in source tasks."""
-    base_accuracy: dict
-    """``{task: exact match}`` of the base model."""
-
-    @classmethod
-    def measure(cls, model, tokenizer, job: ExperimentConfig, layer: int, heldout, task_items):
-        """Encode the held-out halves and run the base model over them and the task problems."""
-        from sts_lightning.experiment.finetune import task_reward
-        from sts_lightning.monitor.evaluation import encode_eval_set
-
-        encoded = {
-            n: encode_eval_set(tokenizer, ex, job.evaluation.tokens, span=job.evaluation.span)
-            for n, ex in heldout.items()
-        }
-        eval_kw = dict(
-            layer=layer,
-            pad_token_id=tokenizer.pad_token_id,
-            exclude_token_ids=sorted(set(tokenizer.all_special_ids)),
-            batch_size=job.evaluation.batch_size,
-        )
-        base = item_losses(model, encoded, **eval_kw)
-        accuracy = {
-            n: exact_match(model, tokenizer, ex, task_reward(n)) for n, ex in task_items.items()
-        }
-        return cls(encoded, eval_kw, base, task_items, accuracy)
-
-    def realised(self, model, sae, max_norm: float) -> dict[str, dict[str, float]]:
-        """:func:`compare` of ``model``'s pass with the base model's, per domain."""
-        return compare(self.base, item_losses(model, self.encoded, **self.eval_kw), sae, max_norm)
-
-    def task_accuracy(self, model, tokenizer, task: str) -> dict[str, float]:
-        """Exact match on ``task``'s held-out problems before and after (NaN without any)."""
-        from sts_lightning.experiment.finetune import task_reward
-
-        after = float("nan")
-        if task in self.task_items:
-            after = exact_match(model, tokenizer, self.task_items[task], task_reward(task))
-        return {"before": self.base_accuracy.get(task, float("nan")), "after": after}
-
-
-@dataclass
 class _Shared:
     """What every (task, seed) run reuses: computed once, before the first fine-tune."""
 
@@ -186,7 +136,7 @@ class _Shared:
     forecaster: Forecaster
     domain_stats: dict
     scored: dict
-    evaluation: _Evaluation
+    evaluation: Evaluation
     contrast: list[Example] | None
 
 
@@ -221,7 +171,7 @@ def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, stage: _St
     stage(f"fine-tuned {tag} ({job.finetune.method}, {job.finetune.steps} steps)", "finetune")
 
     model.to(ctx.device)  # Lightning hands the module back on the CPU after fit
-    realised = ctx.evaluation.realised(model, sae, max_norm)
+    realised = ctx.evaluation.realised(model, sae, max_norm, seed)
     real_top = F.top_shifted(_final_shift(tracker, model, tokenizer, job.finetune.steps), k)
     for domain, row in realised.items():  # the paper's "actual shifted dimensions" variant
         row["realised_sts"] = float(prediction.domain_means[domain][real_top].sum())
@@ -266,8 +216,8 @@ def run_experiment(job: ExperimentConfig) -> dict[str, Any]:
     forecaster = Forecaster(model, tokenizer, sae, layer, job.predict)
     domain_stats = forecaster.domains(scored, seed=job.predict.seed)  # once: task-independent
     stage(f"domain statistics ({len(scored)} domains)", "domain_statistics")
-    evaluation = _Evaluation.measure(model, tokenizer, job, layer, heldout, task_items)
-    stage("base model evaluated on the held-out halves", "evaluation")
+    evaluation = Evaluation.measure(model, tokenizer, job, layer, heldout, task_items)
+    stage("base model evaluated on the held-out items", "evaluation")
 
     ctx = _Shared(job, device, forecaster, domain_stats, scored, evaluation, contrast)
     runs = [

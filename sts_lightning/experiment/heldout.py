@@ -1,0 +1,119 @@
+"""What fine-tuning is judged on: each domain's held-out choice items and the base model's scores.
+
+Held-out items come from each domain's "heldout" half (never scored by STS): MMLU questions with
+their options, HumanEval's canonical solution against a mutated one
+(:func:`~sts_lightning.data.choices.load_choice_domain`), or, for ``domain_files``, each answer
+among other answers of the same file (:func:`~sts_lightning.data.choices.pair_choices`). With
+``evaluation.vary_items`` each seed draws its own ``items_per_domain`` items, so the seed mean
+covers more items and the spread over seeds includes item sampling; the base model is scored
+once per seed and reused by every task at that seed (tasks stay paired on the same items).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from sts_lightning.data.choice_format import encode_choices
+from sts_lightning.data.choices import ChoiceItem, load_choice_domain, pair_choices
+from sts_lightning.data.prompts import Example
+from sts_lightning.experiment.config import ExperimentConfig
+from sts_lightning.experiment.realised import compare, exact_match, score_choices
+
+__all__ = ["Evaluation", "choice_sets"]
+
+log = logging.getLogger(__name__)
+
+
+def choice_sets(
+    job: ExperimentConfig, heldout: Mapping[str, Sequence[Example]], seed: int
+) -> dict[str, list[ChoiceItem]]:
+    """``{domain: items}``: ``items_per_domain`` held-out choice items per domain, by ``seed``.
+
+    Args:
+        job: The experiment (its built-in ``domains``, ``domain_files`` and ``evaluation``).
+        heldout: ``{domain: examples}`` of each domain's held-out half; built-in domains are
+            re-read as choice items, file domains become :func:`pair_choices` of these.
+        seed: Picks and orders the items.
+    """
+    from sts_lightning.data.domains import domain_sizes
+
+    want = job.evaluation.items_per_domain
+    out = {}
+    for name, examples in heldout.items():
+        if name in job.domain_files:
+            pool = pair_choices(list(examples))  # the whole half: distractors do not depend on n
+            random.Random(seed).shuffle(pool)
+            available = len(pool)
+        else:
+            available = domain_sizes([name])[name]["heldout"]
+            pool = load_choice_domain(name, n=min(want, available), seed=seed)
+        if available < want:
+            log.info("domain %r: %d held-out items (< items_per_domain=%d)", name, available, want)
+        out[name] = pool[:want]
+    return out
+
+
+@dataclass
+class Evaluation:
+    """The held-out items of every seed with the base model's scores, and the task problems."""
+
+    encoded: dict
+    """``{item seed: {domain: encoded items}}``."""
+    base: dict
+    """``{item seed: {domain: ChoiceScores}}`` of the base model."""
+    score_kw: dict
+    """Settings of the held-out pass (:func:`score_choices`)."""
+    metric: str
+    """The primary metric (``evaluation.metric``)."""
+    vary_items: bool
+    """Whether each run's seed picks its items (else seed 0's items for every run)."""
+    task_items: dict
+    """``{task: examples}``: held-out problems of the built-in source tasks."""
+    base_accuracy: dict
+    """``{task: exact match}`` of the base model."""
+
+    @classmethod
+    def measure(cls, model, tokenizer, job: ExperimentConfig, layer: int, heldout, task_items):
+        """Encode each seed's held-out items; score them and the task problems (base model)."""
+        from sts_lightning.experiment.finetune import task_reward
+
+        settings = job.evaluation
+        score_kw = dict(
+            layer=layer,
+            pad_token_id=tokenizer.pad_token_id,
+            exclude_token_ids=sorted(set(tokenizer.all_special_ids)),
+            batch_size=settings.batch_size,
+        )
+        encoded, base = {}, {}
+        for seed in job.seeds if settings.vary_items else [0]:
+            encoded[seed] = {
+                name: encode_choices(
+                    tokenizer, items, text_format=settings.format, max_length=settings.max_length
+                )
+                for name, items in choice_sets(job, heldout, seed).items()
+            }
+            base[seed] = score_choices(model, encoded[seed], **score_kw)
+        accuracy = {
+            n: exact_match(model, tokenizer, ex, task_reward(n)) for n, ex in task_items.items()
+        }
+        return cls(
+            encoded, base, score_kw, settings.metric, settings.vary_items, task_items, accuracy
+        )
+
+    def realised(self, model, sae, max_norm: float, seed: int) -> dict[str, dict]:
+        """:func:`compare` of ``model``'s pass over ``seed``'s items with the base model's."""
+        key = seed if self.vary_items else 0
+        now = score_choices(model, self.encoded[key], **self.score_kw)
+        return compare(self.base[key], now, sae, max_norm, metric=self.metric)
+
+    def task_accuracy(self, model, tokenizer, task: str) -> dict[str, float]:
+        """Exact match on ``task``'s held-out problems before and after (NaN without any)."""
+        from sts_lightning.experiment.finetune import task_reward
+
+        after = float("nan")
+        if task in self.task_items:
+            after = exact_match(model, tokenizer, self.task_items[task], task_reward(task))
+        return {"before": self.base_accuracy.get(task, float("nan")), "after": after}
