@@ -6,9 +6,9 @@ teacher-forced. The **choice margin** of an item is
 
     margin = logp(correct) − log Σ_{k ≠ correct} exp(logp(k))
 
-the log-odds of the correct option against the others put together: with four options it is
-``logit`` of the correct option's probability normalised over the options,
-``p̂ = softmax(logp)[correct]``, since ``margin = log p̂ − log(1 − p̂)``. Adding one constant
+the log-odds of the correct option against the others put together: the ``logit`` of the
+correct option's probability normalised over the options, ``p̂ = softmax(logp)[correct]``,
+since ``margin = log p̂ − log(1 − p̂)``. Adding one constant
 to every option's log-probability leaves it unchanged, so the generic damage of a fine-tune
 that moves the likelihood of any answer alike cancels; what remains is whether the model
 prefers the right answer. Unlike ``p̂`` (bounded, flat near 0 and 1) the margin is linear in
