@@ -52,6 +52,9 @@ def _score(problem, completions, prompt=None, reward=code_reward):
         ("3 + 4 = 7, so 7", "7"),
         ("Natalia sold 48/2 = 24 clips.\n#### 72", "72"),
         (r"First 2, then \boxed{1,234}", "1234"),
+        (r"so \boxed{\frac{1}{2}}", "0.5"),
+        (r"\boxed{\dfrac{-3}{4}} at last", "-0.75"),
+        (r"\boxed{x = \sqrt{16} = 4}", "4"),
         ("0.50", "0.5"),
         ("12.0", "12"),
         ("no number here", None),
@@ -88,6 +91,22 @@ def test_accuracy_reward_uses_reasoning_gym_checker_for_built_in_tasks():
     assert yes_no == [1.0, 1.0, 0.0]
 
 
+def test_accuracy_reward_checks_latex_answers_with_math_verify():
+    completions = [r"\boxed{\frac{1}{2}}", r"so \boxed{\frac{1}{3}}", "It is 0.5.", r"\boxed{1/2}"]
+    assert accuracy_reward(["q"] * 4, completions, answer=[r"\frac{1}{2}"] * 4) == [
+        1.0,
+        0.0,
+        1.0,
+        1.0,
+    ]
+    # TRL's datasets name the reference `solution`; TRL's own reward agrees on these.
+    from trl.rewards import accuracy_reward as trl_accuracy
+
+    chat = [[{"role": "assistant", "content": c}] for c in completions[:2]]
+    ours = accuracy_reward([[{"role": "user", "content": "q"}]] * 2, chat, solution=["0.5"] * 2)
+    assert ours == trl_accuracy(chat, [r"$\frac{1}{2}$"] * 2) == [1.0, 0.0]
+
+
 def test_format_reward():
     completions = ["19", " -3.5. ", "$1,200", "The answer is 19", "19\n20", ""]
     assert format_reward(["q"] * 6, completions) == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
@@ -112,6 +131,22 @@ def test_code_reward_accepts_chat_answers_after_an_instruction(humaneval):
         1.0,
         0.0,
     ]
+
+
+def test_code_reward_reads_conversational_prompts_and_completions(humaneval):
+    problem = humaneval["HumanEval/2"]
+    prompt = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": problem["prompt"]},
+    ]
+    chat = [
+        [{"role": "assistant", "content": c}]
+        for c in (problem["canonical_solution"], "    return 0\n")
+    ]
+    rewards = code_reward(
+        [prompt] * 2, chat, test=[problem["test"]] * 2, entry_point=[problem["entry_point"]] * 2
+    )
+    assert rewards == [1.0, 0.0]
 
 
 def test_code_reward_times_out_an_infinite_loop(humaneval):

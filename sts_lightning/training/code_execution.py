@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sts_lightning.config import positive, positive_int
+from sts_lightning.training.reward_calls import completion_text, prompt_text
 
 __all__ = ["code_reward", "make_code_reward", "run_program"]
 
@@ -155,7 +156,7 @@ def make_code_reward(
 
     def code_reward(
         prompts: Sequence[Any],
-        completions: Sequence[str],
+        completions: Sequence[Any],
         test: Sequence[str] | None = None,
         entry_point: Sequence[str] | None = None,
         **kwargs: Any,
@@ -165,8 +166,9 @@ def make_code_reward(
 
         Args:
             prompts: The user turns holding the code prompt (an instruction before it is
-                skipped: code starts at a fenced block or the first ``def``/``import`` line).
-            completions: The completions' text.
+                skipped: code starts at a fenced block or the first ``def``/``import`` line);
+                strings, or message lists (their last user turn).
+            completions: The completions: strings or ``[{"role": "assistant", ...}]``.
             test: HumanEval's ``test`` column (defines ``check(candidate)``).
             entry_point: The function under test.
             **kwargs: Other columns, ignored.
@@ -177,7 +179,8 @@ def make_code_reward(
         def score(i: int) -> float | None:
             if not test[i] or not entry_point[i]:
                 return None
-            program = build_program(str(prompts[i]), completions[i], test[i], entry_point[i])
+            prompt, completion = prompt_text(prompts[i]), completion_text(completions[i])
+            program = build_program(prompt, completion, test[i], entry_point[i])
             passed = run_program(program, timeout=timeout, memory_mb=memory_mb)
             return None if passed is None else float(passed)
 
