@@ -126,7 +126,12 @@ PURE = [
     ("zero-sae-budget", lambda: SAETrainConfig(training_tokens=0), ValueError, "training_tokens"),
     ("zero-d_sae", lambda: SAETrainConfig(d_sae=0), ValueError, "`d_sae` must be a positive"),
     ("zero-temperature", lambda: GRPOConfig(temperature=0), ValueError, "`temperature`"),
-    ("zero-new-tokens", lambda: GRPOConfig(max_new_tokens=0), ValueError, "`max_new_tokens`"),
+    (
+        "zero-completion-length",
+        lambda: GRPOConfig(max_completion_length=0),
+        ValueError,
+        "`max_completion_length`",
+    ),
     ("zero-code-timeout", lambda: make_code_reward(timeout=0), ValueError, "`timeout`"),
     ("zero-code-workers", lambda: make_code_reward(max_workers=0), ValueError, "`max_workers`"),
 ]

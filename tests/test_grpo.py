@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import os
@@ -41,7 +42,9 @@ class Recorder(pl.Callback):
 
 
 def make_module(model, tokenizer, **kwargs) -> GRPOModule:
-    grpo = GRPOConfig(**{"num_generations": 4, "max_new_tokens": 4, **kwargs.pop("grpo", {})})
+    grpo = GRPOConfig(
+        **{"num_generations": 4, "max_completion_length": 4, **kwargs.pop("grpo", {})}
+    )
     defaults = dict(reward_funcs=[even_token_reward], lr=0.1, lr_schedule="constant")
     return GRPOModule(copy.deepcopy(model), tokenizer, grpo=grpo, **{**defaults, **kwargs})
 
@@ -80,17 +83,29 @@ def test_reward_function_errors_name_the_function(tiny_llama, tiny_tokenizer):
     with pytest.raises(ValueError, match="`short_reward` returned 1 rewards for 4 completions"):
         module._rollout(batch)
     with pytest.raises(ValueError, match="`reward_weights`"):
-        make_module(tiny_llama, tiny_tokenizer, reward_weights=[1.0, 2.0])
+        make_module(tiny_llama, tiny_tokenizer, grpo={"reward_weights": [1.0, 2.0]})
 
 
 def test_a_few_steps_raise_the_reward(tiny_llama, tiny_tokenizer):
     module = make_module(tiny_llama, tiny_tokenizer)
     _, rec = fit(module, 6)
-    curve = rec.curve("grpo/reward_mean")
+    curve = rec.curve("train/reward")
     assert len(curve) == 6
     assert sum(curve[-2:]) / 2 > sum(curve[:2]) / 2 + 0.2, curve
-    keys = {"grpo/reward_std", "grpo/rewards/even_token_reward", "grpo/completion_length"}
-    assert keys | {"grpo/clip_ratio", "train/loss", "lr"} <= set(rec.steps[-1])
+    trl_keys = {  # TRL 1.16's GRPOTrainer._metrics keys, under train/
+        "reward", "reward_std", "frac_reward_zero_std", "num_tokens", "entropy",
+        "rewards/even_token_reward/mean", "rewards/even_token_reward/std",
+        "completions/mean_length", "completions/min_length", "completions/max_length",
+        "completions/clipped_ratio", "completions/mean_terminated_length",
+        "completions/min_terminated_length", "completions/max_terminated_length",
+        "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "loss",
+    }  # fmt: skip
+    assert {f"train/{k}" for k in trl_keys} | {"lr"} <= set(rec.steps[-1])
+    assert "train/kl" not in rec.steps[-1]  # beta = 0, as TRL
+    # 4 prompts x 4 completions per step: the token count grows by at least 16 per step.
+    tokens = rec.curve("train/num_tokens")
+    assert all(b - a >= 16 for a, b in itertools.pairwise(tokens))
+    assert int(module.tokens_seen) == tokens[-1]
     assert rec.steps[-1]["lr"] == pytest.approx(0.1)
 
 
@@ -101,7 +116,7 @@ def test_kl_is_zero_before_the_first_update(tiny_llama, tiny_tokenizer, lora):
     assert (module.ref_model is None) == lora  # LoRA: no second copy of the model
     base = {n: p.detach().clone() for n, p in module.model.named_parameters() if "lora" not in n}
     _, rec = fit(module, 3)
-    kl = rec.curve("grpo/kl")
+    kl = rec.curve("train/kl")
     assert kl[0] == 0.0 and kl[-1] > 0.0, kl
     if lora:  # only the adapter moved
         for name, param in module.model.named_parameters():
@@ -126,7 +141,10 @@ def test_validation_logs_the_mean_reward(tiny_llama, tiny_tokenizer):
     (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
     assert 0.0 <= metrics["val/reward"] <= 1.0
     assert metrics["val/reward/train_heldout"] == metrics["val/reward"]
-    assert "val/rewards/even_token_reward" in metrics
+    keys = {"reward_std", "rewards/even_token_reward/mean", "rewards/even_token_reward/std"}
+    keys |= {"completions/mean_length", "completions/clipped_ratio"}
+    assert {f"val/{k}" for k in keys} <= set(metrics)
+    assert 1.0 <= metrics["val/completions/mean_length"] <= 4.0
 
 
 def test_resume_reproduces_the_uninterrupted_curve(tiny_llama, tiny_tokenizer, tmp_path):
@@ -146,8 +164,10 @@ def test_resume_reproduces_the_uninterrupted_curve(tiny_llama, tiny_tokenizer, t
     trainer, first = fit(module(), 5, data=data(), callbacks=[StopAt()])
     trainer.save_checkpoint(tmp_path / "step3.ckpt")
     _, rest = fit(module(), 5, data=data(), ckpt_path=tmp_path / "step3.ckpt")
-    for key in ("grpo/reward_mean", "train/loss", "lr"):
+    for key in ("train/reward", "train/loss", "lr"):
         assert first.curve(key) + rest.curve(key) == pytest.approx(full.curve(key), rel=1e-5)
+    # The token count is checkpointed: it continues (it would restart from 0 otherwise).
+    assert rest.curve("train/num_tokens")[0] > first.curve("train/num_tokens")[-1]
 
 
 def test_lora_checkpoint_holds_the_adapter_and_save_hf(tiny_llama, tiny_tokenizer, tmp_path):
@@ -155,7 +175,7 @@ def test_lora_checkpoint_holds_the_adapter_and_save_hf(tiny_llama, tiny_tokenize
     trainer, _ = fit(module, 1)
     trainer.save_checkpoint(tmp_path / "a.ckpt")
     state = torch.load(tmp_path / "a.ckpt", weights_only=False)["state_dict"]
-    assert state and all("lora_" in key for key in state)
+    assert state and all("lora_" in key for key in state if key != "tokens_seen")
     fresh = make_module(tiny_llama, tiny_tokenizer, lora=LoraConfig(r=4))
     fresh.on_load_checkpoint({"state_dict": state})
     fresh.load_state_dict(state, strict=False)
@@ -181,11 +201,11 @@ def even_token_reward(prompts, completions, completion_ids, **kwargs):
 class Record(pl.Callback):
     rewards = []
     def on_train_batch_end(self, trainer, *args):
-        self.rewards.append(float(trainer.callback_metrics["grpo/reward_mean"]))
+        self.rewards.append(float(trainer.callback_metrics["train/reward"]))
 
 model_dir, out = sys.argv[1], sys.argv[2]
 module = GRPOModule(model_dir, reward_funcs=[even_token_reward], lr=0.05,
-                    grpo=GRPOConfig(num_generations=4, max_new_tokens=4, beta=0.05))
+                    grpo=GRPOConfig(num_generations=4, max_completion_length=4, beta=0.05))
 prompts = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(8)]
 trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=2, logger=False,
                      enable_checkpointing=False, enable_progress_bar=False,
@@ -233,7 +253,7 @@ def test_smollm2_recipe_runs_two_steps(tmp_path, monkeypatch):
     metrics = list(tmp_path.rglob("metrics.csv"))
     assert metrics, list(tmp_path.rglob("*"))
     header = metrics[0].read_text().splitlines()[0].split(",")
-    assert {"grpo/reward_mean", "grpo/rewards/accuracy_reward", "train/loss"} <= set(header)
+    assert {"train/reward", "train/rewards/accuracy_reward/mean", "train/loss"} <= set(header)
 
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("grpo_*.yaml")), ids=str)
@@ -258,7 +278,7 @@ def test_gpu_recipe_runs_on_cpu_with_the_tiny_model(
     overrides = {
         "model.init_args.model": str(tmp_path / "model"),
         "model.init_args.dtype": "float32",
-        "model.init_args.grpo.max_new_tokens": "4",
+        "model.init_args.grpo.max_completion_length": "4",
         "trainer.accelerator": "cpu",
         "trainer.max_steps": "2",
         "trainer.val_check_interval": "2",
@@ -275,4 +295,4 @@ def test_gpu_recipe_runs_on_cpu_with_the_tiny_model(
     assert run(["fit", "--config", str(recipe), *args]) == 0
     (metrics,) = (tmp_path / "runs").rglob("metrics.csv")
     header = metrics.read_text().splitlines()[0].split(",")
-    assert {"grpo/kl", "grpo/rewards/accuracy_reward", "val/reward"} <= set(header), header
+    assert {"train/kl", "train/rewards/accuracy_reward/mean", "val/reward"} <= set(header), header

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sts_lightning.training.logps import completion_logps
 from sts_lightning.training.rollout import (
-    completion_logps,
     encode_prompts,
     sample_completions,
     seeded_sampling,

@@ -82,7 +82,7 @@ def _grpo(
         model,
         tokenizer,
         grpo=GRPOConfig(
-            num_generations=ft.num_generations, max_new_tokens=ft.max_completion_length
+            num_generations=ft.num_generations, max_completion_length=ft.max_completion_length
         ),
         lora=ft.lora,
         lr=ft.lr,

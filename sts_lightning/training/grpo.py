@@ -4,7 +4,8 @@ One training step on a batch of ``B`` prompts:
 
 1. **Rollout** (no grad, :mod:`sts_lightning.training.rollout`): ``G = num_generations`` sampled
    completions per prompt, seeded by ``(seed, global_step, rank)``, so a resumed run samples
-   what an uninterrupted one does; every reward function scores them (TRL signature).
+   what an uninterrupted one does; every reward function scores them, called with TRL's
+   keywords (:mod:`~sts_lightning.training.reward_calls`; message-list prompts included).
 2. **Advantages** (:func:`grpo_advantages`): weighted reward minus its group's mean, over the
    group's std (``scale_rewards``). Rewards are gathered over DDP ranks first (a group never
    straddles ranks; the gather serves ``"batch"`` scaling and the logged statistics).
@@ -19,6 +20,9 @@ module tree (not checkpointed: rebuilt from the base model). The model loads laz
 ``configure_model``, as :class:`~sts_lightning.training.sft.SFTModule`'s. Optimisation is manual,
 so ``Trainer(max_steps=...)`` counts optimizer steps (μ per batch, as TRL's ``global_step``) and
 ``max_grad_norm`` replaces the Trainer's ``gradient_clip_val``.
+
+Logged (:mod:`~sts_lightning.training.grpo_logging`): TRL's metric names under ``train/``
+(``train/reward``, ``train/rewards/<func>/mean``, ``train/kl``, …) and ``val/``.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from lightning.pytorch import LightningModule
 
 from sts_lightning.config import non_negative_int, one_of, positive
 from sts_lightning.model.loading import DEFAULT_MODEL, load_model_and_tokenizer
-from sts_lightning.training import base
+from sts_lightning.training import base, grpo_logging
 from sts_lightning.training import grpo_metrics as metrics
 from sts_lightning.training.grpo_loss import (
     GRPOConfig,
@@ -46,9 +50,11 @@ from sts_lightning.training.grpo_loss import (
     grpo_loss,
     rollout_loss,
 )
+from sts_lightning.training.logps import completion_logps
 from sts_lightning.training.lora import LoraConfig
+from sts_lightning.training.reward_calls import RewardLog, trainer_state
 from sts_lightning.training.rewards import RewardFunc, resolve_rewards, reward_name
-from sts_lightning.training.rollout import completion_logps, rollout
+from sts_lightning.training.rollout import rollout
 
 # LoraConfig: re-exported, older code imports it from here.
 __all__ = ["GRPOConfig", "GRPOModule", "LoraConfig", "grpo_advantages", "grpo_loss"]
@@ -66,8 +72,8 @@ class GRPOModule(base.HFModelMixin, LightningModule):
             causal LM, which is then trained in place.
         tokenizer: Its tokenizer (or a path); required when ``model`` is an object.
         reward_funcs: TRL-signature reward functions, or dotted paths to them.
-        reward_weights: One weight per function (default 1.0 each).
-        grpo: Sampling and loss settings (:class:`GRPOConfig`, or a dict of its fields).
+        grpo: Sampling, loss and logging settings, ``reward_weights`` among them
+            (:class:`GRPOConfig`, or a dict of its fields).
         lora: Train a LoRA adapter instead of every weight (:class:`LoraConfig` or a dict).
         lr: AdamW learning rate (TRL's default 1e-6).
         weight_decay: AdamW weight decay.
@@ -88,7 +94,6 @@ class GRPOModule(base.HFModelMixin, LightningModule):
         reward_funcs: Sequence[str | RewardFunc] = (
             "sts_lightning.training.rewards.accuracy_reward",
         ),
-        reward_weights: Sequence[float] | None = None,
         grpo: GRPOConfig | None = None,
         lora: LoraConfig | None = None,
         lr: float = 1e-6,
@@ -105,7 +110,7 @@ class GRPOModule(base.HFModelMixin, LightningModule):
         # Dicts too: checkpoints store these as dicts, so `torch.load(weights_only=True)` works.
         self.grpo = GRPOConfig(**grpo) if isinstance(grpo, dict) else grpo or GRPOConfig()
         self.lora = LoraConfig(**lora) if isinstance(lora, dict) else lora
-        self.reward_funcs, weights = resolve_rewards(reward_funcs, reward_weights)
+        self.reward_funcs, weights = resolve_rewards(reward_funcs, self.grpo.reward_weights)
         one_of("lr_schedule", lr_schedule, ("linear", "constant"))
         positive("lr", lr)
         non_negative_int("warmup_steps", warmup_steps)
@@ -124,6 +129,8 @@ class GRPOModule(base.HFModelMixin, LightningModule):
         self.reward_names = [reward_name(f) for f in self.reward_funcs]
         self.register_buffer("reward_weights", torch.tensor(weights), persistent=False)
         self._val_sums: dict[str, torch.Tensor] = {}
+        # Prompt + completion tokens so far, all ranks (TRL's num_tokens); checkpointed.
+        self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long))
 
     # ----------------------------------------------------------------------------- the model
     def _keep_sources(self, model: Any, tokenizer: Any) -> None:
@@ -175,15 +182,17 @@ class GRPOModule(base.HFModelMixin, LightningModule):
         self._install_model(model)
 
     # ----------------------------------------------------------------------------- rollout
-    def _rollout(self, batch: Any, *, train: bool = True) -> dict[str, torch.Tensor]:
+    def _rollout(self, batch: Any, *, train=True, batch_idx=0, log=None) -> dict[str, Any]:
         """Sample (greedy, 1 per prompt, when not ``train``) and score completions."""
+        cfg, tokens = self.grpo, int(self.tokens_seen)  # TRL's state: see reward_calls
         seed = (self.hparams.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank
         return rollout(
-            self.model, self.tokenizer, batch, self.reward_funcs, self.grpo,
-            seed=seed if train else None, system_prompt=self.hparams.system_prompt,
+            self.model, self.tokenizer, batch, self.reward_funcs, cfg,
+            seed=seed if train else None, system_prompt=self.hparams.system_prompt, log=log,
+            state=trainer_state(self._trainer, batch_idx, tokens, cfg.num_iterations),
         )  # fmt: skip
 
-    def _logps(self, model, rollout: dict[str, torch.Tensor], rows=slice(None)) -> torch.Tensor:
+    def _logps(self, model, rollout: dict[str, Any], rows=slice(None), **kwargs: Any):
         return completion_logps(
             model,
             rollout["input_ids"][rows],
@@ -191,6 +200,7 @@ class GRPOModule(base.HFModelMixin, LightningModule):
             rollout["completion_mask"].size(1),
             temperature=self.grpo.temperature,
             batch_size=self.grpo.micro_batch_size,
+            **kwargs,
         )
 
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
@@ -201,8 +211,8 @@ class GRPOModule(base.HFModelMixin, LightningModule):
     # ----------------------------------------------------------------------------- training
     def training_step(self, batch: Any, batch_idx: int) -> None:
         """One rollout, then ``num_iterations`` optimizer steps on it."""
-        cfg = self.grpo
-        rollout = self._rollout(batch)
+        cfg, log = self.grpo, RewardLog()
+        rollout = self._rollout(batch, batch_idx=batch_idx, log=log)
         n = rollout["completion_mask"].size(0)
         rewards_per_func = self._gather(rollout["rewards_per_func"])  # (world * B * G, F)
         rewards = combine_rewards(rewards_per_func, self.reward_weights)
@@ -219,7 +229,7 @@ class GRPOModule(base.HFModelMixin, LightningModule):
                 with self.model.disable_adapter() if ref is None else nullcontext():
                     rollout["ref_logps"] = self._logps(self.model if ref is None else ref, rollout)
         sums = [self._optimizer_step(rollout) for _ in range(cfg.num_iterations)]
-        self._log_step(rollout, rewards, rewards_per_func, sums)
+        grpo_logging.log_train_step(self, rollout, rewards, rewards_per_func, advantages, sums, log)
 
     def _normalizer(self, mask: torch.Tensor) -> torch.Tensor | int:
         """The whole rollout's loss denominator (every micro-batch divides by it)."""
@@ -230,52 +240,43 @@ class GRPOModule(base.HFModelMixin, LightningModule):
             return self._gather(mask.sum().float().reshape(1)).sum().clamp(min=1) / world
         if self.grpo.loss_type == "bnpo":
             return mask.sum().clamp(min=1)
-        return mask.size(0) * (self.grpo.max_new_tokens if self.grpo.loss_type == "dr_grpo" else 1)
+        dr_grpo = self.grpo.loss_type == "dr_grpo"
+        return mask.size(0) * (self.grpo.max_completion_length if dr_grpo else 1)
 
     def _optimizer_step(self, rollout: dict[str, torch.Tensor]) -> dict[str, float]:
         cfg, opt = self.grpo, self.optimizers()
         mask, n = rollout["completion_mask"], rollout["completion_mask"].size(0)
         normalizer, step = self._normalizer(mask), cfg.micro_batch_size or n
-        totals = dict.fromkeys(("loss", "kl", "clipped", "tokens"), 0.0)
+        totals: dict[str, float] = {}
         opt.zero_grad()
         for start in range(0, n, step):
             rows = slice(start, start + step)
-            logps = self._logps(self.model, rollout, rows)
+            logps, entropy = self._logps(self.model, rollout, rows, with_entropy=True)
             loss, sums = rollout_loss(logps, rollout, rows, cfg, normalizer)
+            sums["entropy"] = (entropy * mask[rows]).sum()  # TRL logs it; no grad
             self.manual_backward(loss)
             for key, value in (("loss", loss), *sums.items()):
-                totals[key] += value.item()
+                totals[key] = totals.get(key, 0.0) + value.item()
         if self.hparams.max_grad_norm is not None:
             self.clip_gradients(opt, self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
         opt.step()
         self.lr_schedulers().step()
         return totals
 
-    def _log_step(self, rollout, rewards, rewards_per_func, sums: list[dict[str, float]]) -> None:
-        cfg = self.grpo
-        batch_size = rollout["completion_mask"].size(0) // cfg.num_generations
-        # Reward statistics are over the gathered (global) rollout already.
-        stats = metrics.rollout_metrics(
-            rewards, rewards_per_func, self.reward_names, cfg.num_generations
-        )
-        self.log_dict(stats, on_step=True, on_epoch=False, batch_size=batch_size)
-        local = metrics.update_metrics(sums, rollout["length"], kl=cfg.beta != 0.0)
-        local["lr"] = self.optimizers().param_groups[0]["lr"]
-        self.log_dict(local, on_step=True, on_epoch=False, sync_dist=True, batch_size=batch_size)
-
     # ----------------------------------------------------------------------------- validation
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Scores one greedy completion per prompt; sums per loader (its ``"name"``)."""
-        per_func = self._rollout(batch, train=False)["rewards_per_func"]
-        sums = metrics.validation_sums(combine_rewards(per_func, self.reward_weights), per_func)
+        out = self._rollout(batch, train=False, batch_idx=batch_idx)
+        rewards = combine_rewards(per_func := out["rewards_per_func"], self.reward_weights)
+        sums = metrics.validation_sums(rewards, per_func, out["length"], out["truncated"])
         name = batch.get("name") if isinstance(batch, dict) else None
         name = name if isinstance(name, str) else str(dataloader_idx)
-        self._val_sums[name] = self._val_sums.get(name, 0) + sums  # (2, 1 + F)
+        self._val_sums[name] = self._val_sums.get(name, 0) + sums  # (3, 3 + F)
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_sums:
             return
-        names, sums = self._reduce_named(self._val_sums)  # (loaders, 2, 1 + F)
+        names, sums = self._reduce_named(self._val_sums)  # (loaders, 3, 3 + F)
         means = metrics.validation_metrics(names, sums, self.reward_names)
         # Equal on every rank already; sync_dist only keeps Lightning's distributed check quiet.
         self.log_dict(means, add_dataloader_idx=False, sync_dist=True)

@@ -1,26 +1,24 @@
-"""GRPO's math as pure tensor functions, and its settings; mirrors TRL 1.16's ``GRPOTrainer``.
+"""GRPO's math as pure tensor functions; mirrors TRL 1.16's ``GRPOTrainer``.
 
 - :func:`combine_rewards`: weighted sum over reward functions, NaN when every one is NaN.
 - :func:`grpo_advantages`: group-relative advantages (``scale_rewards``).
 - :func:`grpo_loss`: clipped surrogate + k3 KL, aggregated per ``loss_type``.
 
-No Lightning, no I/O: :class:`~sts_lightning.training.grpo.GRPOModule` calls these.
+No Lightning, no I/O: :class:`~sts_lightning.training.grpo.GRPOModule` calls these. The
+settings live in :mod:`sts_lightning.training.grpo_config` (:class:`GRPOConfig`, re-exported).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 
-from sts_lightning.config import (
-    at_least,
-    check_fields,
-    non_negative_int,
-    one_of,
-    positive,
-    positive_int,
+from sts_lightning.config import at_least, positive_int
+from sts_lightning.training.grpo_config import (
+    LOSS_TYPES,
+    GRPOConfig,
+    LossType,
+    ScaleRewards,
+    scale_mode,
 )
 
 __all__ = [
@@ -31,64 +29,6 @@ __all__ = [
     "nanstd",
     "rollout_loss",
 ]
-
-ScaleRewards = Literal["group", "batch", "none"] | bool
-LossType = Literal["dapo", "bnpo", "grpo", "dr_grpo"]
-_SCALE = {True: "group", False: "none", "group": "group", "batch": "batch", "none": "none"}
-
-
-@dataclass
-class GRPOConfig:
-    """Sampling and loss settings; names and defaults follow TRL's ``GRPOConfig``."""
-
-    num_generations: int = 8
-    """Completions per prompt, G (the group the baseline is taken over); >= 2."""
-    max_new_tokens: int = 256
-    """Completion budget (TRL: ``max_completion_length``)."""
-    temperature: float = 1.0
-    """Sampling temperature; log-probabilities are scored at the same temperature."""
-    top_p: float = 1.0
-    """Nucleus sampling mass; 1.0 disables it."""
-    top_k: int = 0
-    """Top-k sampling; 0 disables it."""
-    beta: float = 0.0
-    """KL coefficient to the reference; 0 (TRL's default) skips the reference entirely."""
-    epsilon: float = 0.2
-    """Lower clip: the ratio is clipped below at 1 - epsilon."""
-    epsilon_high: float | None = None
-    """Upper clip (1 + epsilon_high); ``None`` uses ``epsilon`` (DAPO suggests 0.28)."""
-    num_iterations: int = 1
-    """μ: optimizer steps on each rollout (old log-probs computed once per rollout)."""
-    scale_rewards: ScaleRewards = "group"
-    """Divide advantages by the group's std (``"group"``/``True``), the batch's (``"batch"``)
-    or not at all (``"none"``/``False``, Dr. GRPO)."""
-    loss_type: LossType = "dapo"
-    """Token aggregation: ``"dapo"`` (TRL 1.16 default: sum over all completion tokens of the
-    global batch / their number), ``"bnpo"`` (same, local batch), ``"grpo"`` (mean over
-    sequences of per-sequence means), ``"dr_grpo"`` (sum / (rows × max_new_tokens))."""
-    mask_truncated_completions: bool = False
-    """Leave completions without EOS out of the loss (DAPO)."""
-    micro_batch_size: int | None = None
-    """Rows per forward/backward pass (gradients accumulate over the rollout); ``None``: all."""
-    gradient_checkpointing: bool = False
-    """Trade compute for activation memory (large models)."""
-    disable_dropout: bool = False
-    """Set every dropout probability to 0 (keeps the ratio at 1 on the first iteration)."""
-
-    def __post_init__(self) -> None:
-        check_fields(self, positive_int, "num_generations", "max_new_tokens", "num_iterations")
-        at_least("num_generations", self.num_generations, 2)  # the group baseline needs two
-        one_of("scale_rewards", self.scale_rewards, _SCALE)
-        one_of("loss_type", self.loss_type, ("dapo", "bnpo", "grpo", "dr_grpo"))
-        positive("temperature", self.temperature)
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p!r}")
-        non_negative_int("top_k", self.top_k)
-        check_fields(self, at_least, "beta", "epsilon", low=0.0)
-        if self.epsilon_high is not None:
-            at_least("epsilon_high", self.epsilon_high, 0.0)
-        if self.micro_batch_size is not None:
-            positive_int("micro_batch_size", self.micro_batch_size)
 
 
 def nanstd(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -153,8 +93,7 @@ def grpo_advantages(
             f"`rewards` must be 1-D with a multiple of num_generations={num_generations} "
             f"entries, got shape {tuple(rewards.shape)}"
         )
-    one_of("scale_rewards", scale_rewards, _SCALE)
-    scale = _SCALE[scale_rewards]
+    scale = scale_mode(scale_rewards)
     groups = rewards.view(-1, num_generations)  # (B, G)
     advantages = (groups - torch.nanmean(groups, dim=1, keepdim=True)).flatten()
     if scale == "group":
@@ -172,11 +111,12 @@ def grpo_loss(
     *,
     ref_logps: torch.Tensor | None = None,
     beta: float = 0.0,
+    use_bias_correction_kl: bool = True,
     epsilon: float = 0.2,
     epsilon_high: float | None = None,
     loss_type: LossType = "dapo",
     normalizer: float | torch.Tensor | None = None,
-    max_new_tokens: int | None = None,
+    max_completion_length: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO loss of a batch of completions (TRL's ``_compute_loss``, token-level ratios).
 
@@ -187,20 +127,23 @@ def grpo_loss(
         mask: 1 on completion tokens, ``(N, C)``.
         ref_logps: Reference log-probs ``(N, C)``, needed when ``beta > 0``.
         beta: KL coefficient.
+        use_bias_correction_kl: Multiply the k3 KL of each token by its ratio (TRL 1.16's
+            default): the ratio carries grad, so this changes the KL gradient even on-policy.
         epsilon: Lower clip (ratio >= 1 - epsilon).
         epsilon_high: Upper clip (ratio <= 1 + epsilon_high); ``None`` uses ``epsilon``.
         loss_type: ``"dapo"``/``"bnpo"``/``"dr_grpo"`` sum the masked per-token losses,
             ``"grpo"`` sums per-sequence means.
         normalizer: What that sum is divided by. Default: the active tokens (dapo, bnpo),
-            the rows (grpo), rows × ``max_new_tokens`` (dr_grpo). Pass the whole rollout's
-            value when the rollout is split into micro-batches.
-        max_new_tokens: Needed for ``dr_grpo``'s default normalizer.
+            the rows (grpo), rows × ``max_completion_length`` (dr_grpo). Pass the whole
+            rollout's value when the rollout is split into micro-batches.
+        max_completion_length: Needed for ``dr_grpo``'s default normalizer.
 
     Returns:
         ``(loss, sums)``: the scalar loss and masked *sums* over this batch, for aggregation
-        over micro-batches: ``kl`` (k3 KL per token, 0 when ``beta == 0``), ``clipped``
-        (tokens whose ratio left the clip region in the direction the advantage pushes),
-        ``tokens``.
+        over micro-batches: ``kl`` (the KL term per token, 0 when ``beta == 0``), ``clipped_low``
+        (tokens whose ratio fell below ``1 - epsilon`` with a negative advantage),
+        ``clipped_high`` (above ``1 + epsilon_high`` with a positive one), ``tokens``; TRL's
+        ``clip_ratio/*`` metrics are these over ``tokens``.
 
     Example:
         >>> lp = torch.zeros(2, 3, requires_grad=True)
@@ -220,6 +163,8 @@ def grpo_loss(
             raise ValueError("`ref_logps` is required when `beta` != 0")
         diff = ref_logps - logps
         kl = torch.exp(diff) - diff - 1  # k3: unbiased, >= 0
+        if use_bias_correction_kl:  # importance-weighted: unbiased reverse-KL gradient
+            kl = kl * ratio
         per_token = per_token + beta * kl
     if loss_type == "grpo":
         total = ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).sum()
@@ -227,23 +172,22 @@ def grpo_loss(
     elif loss_type in ("dapo", "bnpo", "dr_grpo"):
         total = (per_token * mask).sum()
         if loss_type == "dr_grpo":
-            if max_new_tokens is None and normalizer is None:
-                raise ValueError("`max_new_tokens` is required for loss_type='dr_grpo'")
-            default = per_token.size(0) * (max_new_tokens or 1)
+            if max_completion_length is None and normalizer is None:
+                raise ValueError("`max_completion_length` is required for loss_type='dr_grpo'")
+            default = per_token.size(0) * (max_completion_length or 1)
         else:
             default = mask.sum().clamp(min=1)
     else:
-        raise ValueError(
-            f"`loss_type` must be 'dapo', 'bnpo', 'grpo' or 'dr_grpo', got {loss_type!r}"
-        )
+        raise ValueError(f"`loss_type` must be one of {LOSS_TYPES}, got {loss_type!r}")
     loss = total / (default if normalizer is None else normalizer)
     with torch.no_grad():
-        out_of_region = ((ratio < 1 - epsilon) & (adv < 0)) | (
-            (ratio > 1 + epsilon_high) & (adv > 0)
-        )
+        # Disjoint (opposite advantage signs): TRL's region clip ratio is their sum.
+        low = (ratio < 1 - epsilon) & (adv < 0)
+        high = (ratio > 1 + epsilon_high) & (adv > 0)
         sums = {
             "kl": (kl * mask).sum(),
-            "clipped": (out_of_region * mask).sum(),
+            "clipped_low": (low * mask).sum(),
+            "clipped_high": (high * mask).sum(),
             "tokens": mask.sum(),
         }
     return loss, sums
@@ -275,6 +219,7 @@ def rollout_loss(
         rollout["completion_mask"][rows],
         ref_logps=None if ref is None else ref[rows],
         beta=cfg.beta,
+        use_bias_correction_kl=cfg.use_bias_correction_kl,
         epsilon=cfg.epsilon,
         epsilon_high=cfg.epsilon_high,
         loss_type=cfg.loss_type,

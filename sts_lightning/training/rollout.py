@@ -2,15 +2,18 @@
 
 Read top to bottom in the order the data flows through one GRPO step:
 
-1. :func:`encode_prompts`: chat-template the user turns (``add_generation_prompt=True``) and
-   left-pad them, so every completion starts at the same column.
-2. :func:`sample_completions`: ``G`` sampled completions per prompt with HF ``generate``; the
+1. :func:`split_batch`: the ``"prompt"`` column and the others (for the reward functions).
+2. :func:`encode_prompts`: apply the chat template (``add_generation_prompt=True``) and
+   left-pad, so every completion starts at the same column. A prompt is a message list
+   (conversational, as TRL) or a string, taken as the user turn (TRL would tokenize a string
+   as raw text; these prompts are questions for chat models).
+3. :func:`sample_completions`: ``G`` sampled completions per prompt with HF ``generate``; the
    completion mask keeps tokens up to and including the first EOS (TRL's convention).
-3. :func:`~sts_lightning.training.rewards.score_completions`: each reward function, once.
-4. :func:`completion_logps`: per-token log-probabilities of the completion tokens under a model
-   (the policy with grad; the old policy and the reference without).
+4. :func:`~sts_lightning.training.reward_calls.score_completions`: each reward function, once,
+   with TRL's keywords; conversational prompts get message-list completions, as in TRL.
 
-:func:`rollout` runs 1-3 on a batch. No Lightning here: the GRPO module calls these.
+:func:`rollout` runs 1-4 on a batch; :func:`~sts_lightning.training.logps.completion_logps`
+scores the result. No Lightning here: the GRPO module calls these.
 """
 
 from __future__ import annotations
@@ -21,11 +24,15 @@ from typing import Any
 
 import torch
 
-from sts_lightning.training.grpo_loss import GRPOConfig
-from sts_lightning.training.rewards import RewardFunc, score_completions
+from sts_lightning.training.grpo_config import GRPOConfig
+from sts_lightning.training.reward_calls import (
+    RewardFunc,
+    RewardLog,
+    is_conversational,
+    score_completions,
+)
 
 __all__ = [
-    "completion_logps",
     "encode_prompts",
     "eos_token_ids",
     "rollout",
@@ -188,50 +195,6 @@ def sample_completions(
     return completion_ids, completion_mask
 
 
-def completion_logps(
-    model,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    n_completion: int,
-    *,
-    temperature: float = 1.0,
-    batch_size: int | None = None,
-) -> torch.Tensor:
-    """Log-probabilities of the last ``n_completion`` tokens of each row, logits / temperature.
-
-    Position ids follow the attention mask (as ``generate`` does for left-padded prompts), and
-    only the completion's logits are materialised (``logits_to_keep``).
-
-    Args:
-        model: A causal LM.
-        input_ids: Prompt + completion, ``(N, P + C)``.
-        attention_mask: ``(N, P + C)``.
-        n_completion: ``C``.
-        temperature: The sampling temperature (TRL scores the tempered distribution).
-        batch_size: Rows per forward pass; ``None`` does all at once.
-
-    Returns:
-        ``(N, C)`` float32 log-probabilities (meaningless where the completion mask is 0).
-    """
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    step = batch_size or input_ids.size(0)
-    chunks = []
-    for start in range(0, input_ids.size(0), step):
-        rows = slice(start, start + step)
-        logits = model(
-            input_ids=input_ids[rows],
-            attention_mask=attention_mask[rows],
-            position_ids=position_ids[rows],
-            logits_to_keep=n_completion + 1,
-            use_cache=False,
-        ).logits[:, -n_completion - 1 : -1]  # (b, C, V): position t predicts token t + 1
-        logits = logits.float() / temperature
-        targets = input_ids[rows, -n_completion:].unsqueeze(-1)  # (b, C, 1)
-        # gather - logsumexp avoids a second (b, C, V) tensor from log_softmax.
-        chunks.append(logits.gather(-1, targets).squeeze(-1) - logits.logsumexp(-1))
-    return torch.cat(chunks)
-
-
 @torch.no_grad()
 def rollout(
     model,
@@ -242,24 +205,31 @@ def rollout(
     *,
     seed: int | None,
     system_prompt: str | None = None,
-) -> dict[str, torch.Tensor]:
+    state: Any = None,
+    log: RewardLog | None = None,
+) -> dict[str, Any]:
     """Sample completions for a batch of prompts and score them with every reward function.
 
     Args:
         model: The policy (a causal LM or a peft model), sampled in eval mode.
         tokenizer: Its tokenizer.
-        batch: A dict of lists with a ``"prompt"`` key; other columns reach the reward functions.
+        batch: A dict of lists with a ``"prompt"`` key (strings, or message lists); other
+            columns reach the reward functions.
         reward_funcs: TRL-signature reward functions.
-        cfg: Sampling settings (``num_generations``, ``max_new_tokens``, ``temperature``, ...).
+        cfg: Sampling settings (``num_generations``, ``max_completion_length``, ...).
         seed: Seeds the sampling of ``cfg.num_generations`` completions per prompt (truncated
             ones masked when ``cfg.mask_truncated_completions``); ``None``: one greedy
             completion per prompt (validation).
         system_prompt: An explicit system turn; ``None`` keeps the chat template's default.
+        state: The reward functions' ``trainer_state``.
+        log: Receives the reward functions' ``log_extra``/``log_metric`` calls.
 
     Returns:
         With ``N = B * G`` rows (groups contiguous), ``P`` prompt and ``C`` completion columns:
         ``input_ids`` / ``attention_mask`` ``(N, P + C)``, ``completion_mask`` ``(N, C)``,
-        ``rewards_per_func`` ``(N, F)`` (NaN: None) and ``length`` ``(N,)`` (completion tokens).
+        ``rewards_per_func`` ``(N, F)`` (NaN: None), ``length`` ``(N,)`` (completion tokens),
+        ``prompt_length`` ``(N,)``, ``truncated`` ``(N,)`` (bool: no EOS within the budget),
+        and the lists ``prompts`` and ``completions`` the reward functions saw.
     """
     train, device = seed is not None, next(model.parameters()).device
     prompts, columns = split_batch(batch)
@@ -273,28 +243,35 @@ def rollout(
     try:
         with seeded_sampling(seed, device) if train else nullcontext():
             completion_ids, completion_mask = sample_completions(
-                model, tokenizer, ids, mask, max_new_tokens=cfg.max_new_tokens, do_sample=train,
-                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                model, tokenizer, ids, mask, max_new_tokens=cfg.max_completion_length,
+                do_sample=train, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
             )  # fmt: skip
     finally:
         model.train(training)
     kept = [c[m.bool()].tolist() for c, m in zip(completion_ids, completion_mask, strict=True)]
+    texts = tokenizer.batch_decode(kept, skip_special_tokens=True)
+    # TRL: conversational prompts get completions as one assistant message each.
+    chat = is_conversational(prompts[0]) if prompts else False
+    completions = [[{"role": "assistant", "content": t}] for t in texts] if chat else texts
+    prompts = [p for p in prompts for _ in range(g)]
     rewards_per_func = score_completions(
-        reward_funcs,
-        [p for p in prompts for _ in range(g)],
-        tokenizer.batch_decode(kept, skip_special_tokens=True),
-        kept,
+        reward_funcs, prompts, completions, kept,
         {key: [v for v in values for _ in range(g)] for key, values in columns.items()},
-    )
+        state=state, log=log,
+    )  # fmt: skip
+    # Truncated, as TRL: the last token is neither an EOS nor the pad token (the mask has no 0).
+    stops = torch.tensor([*eos_token_ids(model, tokenizer), tokenizer.pad_token_id], device=device)
+    truncated = (completion_mask[:, -1] == 1) & ~torch.isin(completion_ids[:, -1], stops)
     if train and cfg.mask_truncated_completions:
-        # Kept: ended before the budget (mask has a 0) or on an EOS as its last token.
-        eos = torch.tensor(eos_token_ids(model, tokenizer), device=device)
-        ended = (completion_mask[:, -1] == 0) | torch.isin(completion_ids[:, -1], eos)
-        completion_mask = completion_mask * ended[:, None]
+        completion_mask = completion_mask * ~truncated[:, None]
     return {
         "input_ids": torch.cat([ids, completion_ids], 1),  # (B * G, P + C)
         "attention_mask": torch.cat([mask, completion_mask], 1),
         "completion_mask": completion_mask,  # (B * G, C)
         "rewards_per_func": rewards_per_func.to(device),  # (B * G, F), NaN = None
         "length": torch.tensor([float(len(k)) for k in kept], device=device),
+        "prompt_length": mask.sum(1).float(),
+        "truncated": truncated,
+        "prompts": prompts,
+        "completions": completions,
     }
