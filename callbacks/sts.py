@@ -224,8 +224,11 @@ class STSCallback(Callback):
     def _from_dataloader(self, trainer: Trainer) -> list[Example]:
         dataset = getattr(trainer.train_dataloader, "dataset", None)
         n = min(len(dataset) if dataset is not None else 0, self.max_train_examples)
+        rows = []
+        for item in (dataset[i] for i in range(n)):  # a packed row lists its examples
+            rows += item.get("examples", [item]) if isinstance(item, Mapping) else [item]
         # Items of other kinds (token ids, tensors) are skipped: only prompt/answer pairs serve.
-        items = as_examples([x for x in (dataset[i] for i in range(n)) if _is_example_like(x)])
+        items = as_examples([x for x in rows[: self.max_train_examples] if _is_example_like(x)])
         if len(items) < self._predict_config.n_demos + 1:
             raise ValueError(
                 "STSCallback found no prompt/answer items in the train dataloader's "

@@ -114,15 +114,17 @@ def test_data_module_packs_and_module_trains(tmp_path, tiny_llama, tiny_tokenize
     tiny_llama.save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     kwargs = dict(train_size=None, tokenizer=tiny_tokenizer, max_length=96, batch_size=2)
+    kwargs["val_from_train"] = 2
     plain = SFTDataModule(ROWS, **kwargs)
-    packed = SFTDataModule(ROWS, packing=True, val_from_train=2, **kwargs)
+    packed = SFTDataModule(ROWS, packing=True, **kwargs)
     plain.setup("fit")
     packed.setup("fit")
     assert all(len(r["input_ids"]) <= 96 for r in packed.train_dataset)
     assert sum(len(r["seq_lengths"]) for r in packed.train_dataset) == len(ROWS) - 2
     batch = next(iter(packed.train_dataloader()))
     assert "attention_mask" not in batch and batch["position_ids"].shape == batch["labels"].shape
-    assert all("prompt" in r for r in packed.train_dataset)  # for the STS callback
+    examples = [e for r in packed.train_dataset for e in r["examples"]]  # for the STS callback
+    assert sorted(e["prompt"] for e in examples) == sorted(x["prompt"] for x in plain.train_dataset)
     module = SFTModule(str(path), save_hf_on_fit_end=False)
     trainer = Trainer(
         accelerator="cpu",
@@ -156,3 +158,15 @@ def test_packed_and_unpacked_losses_agree_on_smollm2(one_thread):
     arange = torch.arange(packed["input_ids"].shape[1]).expand_as(packed["input_ids"])
     _, leaked = _sums(model, unpacked, packed, positions=arange)
     assert abs(leaked - nll) > 1e-2 * abs(nll) / len(items)
+
+
+def test_sts_callback_reads_the_examples_of_packed_rows():
+    from sts_lightning.callbacks import STSCallback
+    from sts_lightning.data.prompts import Example
+
+    examples = [{"prompt": f"{i} + 1?", "answer": f"{i + 1}"} for i in range(7)]
+    rows = [{"input_ids": [1], "examples": examples[k : k + 3]} for k in (0, 3, 6)]
+    callback = STSCallback(sae="unused", domains=["math"], max_train_examples=5)
+    trainer = SimpleNamespace(train_dataloader=SimpleNamespace(dataset=rows))
+    got = callback._from_dataloader(trainer)
+    assert got == [Example(e["prompt"], e["answer"]) for e in examples[:5]]

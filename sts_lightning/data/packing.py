@@ -56,9 +56,9 @@ def pack_sequences(items: Sequence[dict[str, Any]], max_length: int) -> list[dic
 
     Returns:
         ``{"input_ids", "labels", "position_ids", "seq_lengths"}`` per row (``position_ids``
-        restart at 0 at each example, whose first label becomes ``-100``), plus the ``prompt``
-        and ``answer`` of the row's first example that has them (callbacks that read examples
-        from the dataset find one per row).
+        restart at 0 at each example, whose first label becomes ``-100``), and ``examples``:
+        the ``{"prompt", "answer"?}`` of its examples that have them (for callbacks that read
+        training examples from the dataset).
 
     Raises:
         ValueError: An example longer than ``max_length``.
@@ -85,8 +85,9 @@ def pack_sequences(items: Sequence[dict[str, Any]], max_length: int) -> list[dic
             row["labels"] += [-100, *items[i]["labels"][1:]]  # nothing predicts a first token
             row["position_ids"] += range(lengths[i])
             row["seq_lengths"].append(lengths[i])
-            if "prompt" in items[i] and "prompt" not in row:
-                row |= {k: items[i][k] for k in ("prompt", "answer") if k in items[i]}
+            if "prompt" in items[i]:
+                text = {k: items[i][k] for k in ("prompt", "answer") if k in items[i]}
+                row.setdefault("examples", []).append(text)
         rows.append(row)
     return rows
 
