@@ -51,7 +51,7 @@ class _StepTimer(Callback):
 
 def _run(steps: int, callbacks: list) -> float:
     seed_everything(0)
-    module = SFTModule("embedded:smollm2", lr=5e-5, save_hf_on_fit_end=False)
+    module = SFTModule("embedded:smollm2", learning_rate=5e-5, save_hf_on_fit_end=False)
     data = SFTDataModule(
         train="arithmetic", train_size=steps * 16, batch_size=16, max_length=256, seed=0
     )

@@ -287,7 +287,7 @@ def test_keyboard_interrupt_mid_fit_leaves_a_usable_checkpoint(
 
     def run(max_steps, callbacks=(), ckpt_path=None):
         seed_everything(0)
-        module = SFTModule(str(tmp_path / "model"), lr=3e-3)
+        module = SFTModule(str(tmp_path / "model"), learning_rate=3e-3)
         trainer = Trainer(
             accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
             enable_model_summary=False, default_root_dir=tmp_path, callbacks=list(callbacks),

@@ -74,7 +74,7 @@ def test_cli_rejects_unknown_keys(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     recipe = ROOT / "recipes" / "sft_arithmetic_smollm2.yaml"
     with pytest.raises(SystemExit):
-        parse_config(["--config", str(recipe), "--model.init_args.learning_rate=1"])
+        parse_config(["--config", str(recipe), "--model.init_args.lr=1"])
 
 
 @pytest.mark.slow

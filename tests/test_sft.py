@@ -107,7 +107,7 @@ def test_fit_learns_logs_and_saves_hf_model(tmp_path, tiny_dir, tiny_tokenizer):
     from transformers import AutoModelForCausalLM
 
     seed_everything(0)
-    module = SFTModule(tiny_dir, lr=3e-3, warmup_steps=2)
+    module = SFTModule(tiny_dir, learning_rate=3e-3, warmup_steps=2)
     data = _data(val_files={}, val_from_train=4)  # tokenizer taken from the module at setup
     before = {k: v.clone() for k, v in module.model.state_dict().items()}
     logger = CSVLogger(tmp_path, name="run")
@@ -142,7 +142,7 @@ def test_fit_learns_logs_and_saves_hf_model(tmp_path, tiny_dir, tiny_tokenizer):
 
 def test_lora_trains_only_the_adapter(tmp_path, tiny_dir):
     seed_everything(0)
-    module = SFTModule(tiny_dir, lr=1e-2, lora=LoraConfig(r=4, alpha=8))
+    module = SFTModule(tiny_dir, learning_rate=1e-2, lora=LoraConfig(r=4, alpha=8))
     before = {k: v.clone() for k, v in module.model.state_dict().items()}
     trainer = _trainer(tmp_path, 6)
     trainer.fit(module, _data())
@@ -166,7 +166,7 @@ def test_lora_trains_only_the_adapter(tmp_path, tiny_dir):
 def test_resume_mid_epoch_matches_uninterrupted(tmp_path, tiny_dir, lora):
     def run(max_steps: int, ckpt_path=None, callbacks=()):
         seed_everything(0)
-        module = SFTModule(tiny_dir, lr=3e-3, warmup_steps=2, lora=lora)
+        module = SFTModule(tiny_dir, learning_rate=3e-3, warmup_steps=2, lora=lora)
         losses = _Losses()
         trainer = _trainer(
             tmp_path, max_steps, callbacks=[losses, *callbacks], enable_checkpointing=True
@@ -191,12 +191,14 @@ def test_resume_mid_epoch_matches_uninterrupted(tmp_path, tiny_dir, lora):
 
 
 def test_arguments_are_checked():
-    with pytest.raises(ValueError, match="`lr`"):
-        SFTModule("x", lr=0.0)
+    with pytest.raises(ValueError, match="`learning_rate`"):
+        SFTModule("x", learning_rate=0.0)
     with pytest.raises(ValueError, match="`warmup_steps`"):
-        SFTModule("x", warmup_steps=1.5)
-    with pytest.raises(ValueError, match="`lr_schedule`"):
-        SFTModule("x", lr_schedule="step")
+        SFTModule("x", warmup_steps=-1)
+    with pytest.raises(ValueError, match="`lr_scheduler_type`"):
+        SFTModule("x", lr_scheduler_type="step")
+    with pytest.raises(ValueError, match="`model_init_kwargs` must not set 'dtype'"):
+        SFTModule("x", model_init_kwargs={"dtype": "bfloat16"})
     with pytest.raises(ValueError, match="`r`"):
         LoraConfig(r=0)
     assert "model" not in SFTModule("no/such/model")._modules  # nothing loads before it is used
@@ -213,7 +215,7 @@ _DDP_SCRIPT = textwrap.dedent(
     path, out = sys.argv[1], sys.argv[2]
     seed_everything(0)
     examples = [Example(f"What is {i} + {i}?", f"The answer is {2 * i}.") for i in range(12)]
-    module = SFTModule(path, lr=3e-3)
+    module = SFTModule(path, learning_rate=3e-3)
     data = SFTDataModule(examples, train_size=None, batch_size=3, val_from_train=4, max_length=64)
     trainer = Trainer(
         accelerator="cpu", devices=2, strategy="ddp", max_steps=4, logger=False,

@@ -1,46 +1,15 @@
-"""What SFTModule and GRPOModule share (training/base.py): the schedule, lazy loading and the
-checkpoint policy, on toy modules; the modules themselves are in test_sft.py / test_grpo.py."""
+"""What SFTModule and GRPOModule share (training/base.py): lazy loading and the checkpoint
+policy, on toy modules; the modules themselves are in test_sft.py / test_grpo.py, their optimizer
+and schedule in test_optim.py."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 from lightning.pytorch import LightningModule
 
-from sts_lightning.training.base import HFModelMixin, lr_factor, trainable_keys
+from sts_lightning.training.base import HFModelMixin, trainable_keys
 from sts_lightning.training.grpo import GRPOModule
-
-
-def _grpo_before(step: int, warmup: int, total: float, schedule: str) -> float:
-    """GRPOModule's schedule as it was written before the modules shared one."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    if schedule == "constant" or not math.isfinite(total):
-        return 1.0
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
-@pytest.mark.parametrize("warmup", [0, 1, 3])
-@pytest.mark.parametrize("total", [4, 10, math.inf])
-@pytest.mark.parametrize("schedule", ["linear", "constant"])
-def test_each_module_keeps_its_warmup(warmup, total, schedule):
-    steps = range(int(total) if math.isfinite(total) else 20)  # the steps a run takes
-    kwargs = {"warmup": warmup, "total": total, "schedule": schedule}
-    grpo = [lr_factor(s, **kwargs, peak_in_warmup=False) for s in steps]
-    assert grpo == pytest.approx([_grpo_before(s, warmup, total, schedule) for s in steps])
-    sft = [lr_factor(s, **kwargs) for s in steps]
-    assert sft[:warmup] == pytest.approx([(s + 1) / warmup for s in range(warmup)])
-
-
-def test_linear_decay_equals_transformers_after_warmup():
-    from transformers import get_linear_schedule_with_warmup
-
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    (theirs,) = get_linear_schedule_with_warmup(opt, 3, 10).lr_lambdas
-    ours = [lr_factor(s, warmup=3, total=10, schedule="linear") for s in range(3, 11)]
-    assert ours == pytest.approx([theirs(s) for s in range(3, 11)])
 
 
 class _Toy(HFModelMixin, LightningModule):

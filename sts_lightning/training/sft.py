@@ -1,11 +1,13 @@
 """Supervised fine-tuning of any Hugging Face causal LM as a LightningModule.
 
-The loss is the mean negative log-likelihood of the *answer* tokens only: batches carry
-``labels`` equal to ``input_ids`` on answer tokens and ``-100`` everywhere else (prompt, chat
-template, padding), as :class:`~sts_lightning.training.data.SFTDataModule` builds them. Logits are
-computed only at the positions whose next token is labelled (the model's own ``logits_to_keep``
-with a boolean mask): on short answers this skips most of the vocabulary projection, which
-dominates the cost of a small model on CPU.
+The loss is the mean negative log-likelihood of the labelled tokens: batches carry ``labels``
+equal to ``input_ids`` where the data format puts the loss (the answer, the completion, the
+assistant turns, or every token) and ``-100`` everywhere else (prompt, chat template, padding),
+as :class:`~sts_lightning.training.data.SFTDataModule` builds them; packed batches carry
+``position_ids`` instead of ``attention_mask``. Logits are computed only at the positions
+whose next token is labelled (the model's own ``logits_to_keep`` with a boolean mask): on short
+answers this skips most of the vocabulary projection, which dominates the cost of a small model
+on CPU.
 
 The HF model is loaded lazily (:meth:`SFTModule.configure_model`, or the first access to
 :attr:`SFTModule.model` / :attr:`SFTModule.tokenizer`): building the module from a recipe reads
@@ -15,7 +17,6 @@ no weights, and Lightning loads them inside its device / sharding contexts.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,51 +26,57 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
-from sts_lightning.config import non_negative_int, one_of, positive
-from sts_lightning.model.loading import DEFAULT_MODEL, load_model_and_tokenizer
+from sts_lightning.model.loading import (
+    DEFAULT_MODEL,
+    check_model_init_kwargs,
+    load_model_and_tokenizer,
+)
 from sts_lightning.monitor.evaluation import scored_logits
-from sts_lightning.training import base
-from sts_lightning.training.base import HFModelMixin, Schedule, lr_factor
+from sts_lightning.training import base, optim
+from sts_lightning.training.base import HFModelMixin
 from sts_lightning.training.lora import LoraConfig
+from sts_lightning.training.optim import OptimizerCallable, check_schedule
 
-# LoraConfig and lr_factor: re-exported, their home was here.
-__all__ = ["LoraConfig", "SFTModule", "answer_nll", "lr_factor"]
+# LoraConfig: re-exported, its home was here.
+__all__ = ["LoraConfig", "SFTModule", "answer_nll"]
 
 log = logging.getLogger(__name__)
 
 
 def answer_nll(
-    model, input_ids: Tensor, attention_mask: Tensor, labels: Tensor
+    model,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    labels: Tensor,
+    position_ids: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Summed NLL of the labelled tokens and their count, with logits only where needed.
 
     Args:
         model: A Hugging Face causal LM (or a peft model around one).
         input_ids: ``(B, T)`` token ids.
-        attention_mask: ``(B, T)``, 1 on real tokens.
+        attention_mask: ``(B, T)``, 1 on real tokens; ``None`` for packed rows.
         labels: ``(B, T)``: the token id where it carries loss, ``-100`` elsewhere (unshifted, the
             HF convention: the logits at ``t`` are scored against ``labels[t + 1]``).
+        position_ids: ``(B, T)`` of packed rows, restarting at 0 at each example (which keeps
+            the examples from attending to each other; :mod:`sts_lightning.data.packing`).
 
     Returns:
         ``(nll_sum, n_tokens)``, two scalars; ``nll_sum`` is fp32 and differentiable.
     """
     targets = labels[:, 1:]  # (B, T-1): the token each position predicts
     scored = F.pad(targets != -100, (0, 1), value=False)  # (B, T): positions with a target
-    logits = scored_logits(model, input_ids, attention_mask, scored)  # (N, V)
+    logits = scored_logits(model, input_ids, attention_mask, scored, position_ids)  # (N, V)
     n_tokens = scored.sum()
     # fp32 log-softmax: under bf16 autocast the logits come out in bf16.
     nll = F.cross_entropy(logits.float(), targets[scored[:, :-1]], reduction="sum")
     return nll, n_tokens
 
 
-def _check_warmup(warmup_steps: int | float) -> None:
-    if isinstance(warmup_steps, float):
-        if not 0.0 <= warmup_steps < 1.0:
-            raise ValueError(
-                f"`warmup_steps` must be an int >= 0 or a float in [0, 1), got {warmup_steps!r}"
-            )
-    else:
-        non_negative_int("warmup_steps", warmup_steps)
+def _model_inputs(batch: dict[str, Any]) -> tuple:
+    """``(input_ids, attention_mask, labels, position_ids)``: packed batches have no mask."""
+    mask, positions = batch.get("attention_mask"), batch.get("position_ids")
+    return batch["input_ids"], mask, batch["labels"], positions
 
 
 class SFTModule(HFModelMixin, LightningModule):
@@ -88,13 +95,17 @@ class SFTModule(HFModelMixin, LightningModule):
             shares it: it is most of a small model's parameters and optimizer time, and an
             update there moves every token's input representation at once.
         gradient_checkpointing: Recompute activations in the backward pass (less memory, slower).
-        lr: Peak learning rate (AdamW).
-        weight_decay: AdamW decay of matrices (biases and norms are never decayed).
-        betas: AdamW betas.
-        warmup_steps: Linear warm-up, ``(s + 1) / warmup_steps``: an int is a number of
-            optimizer steps, a float in ``[0, 1)`` a fraction of the total.
-        lr_schedule: Decay after warm-up (``"cosine"``, ``"linear"``, ``"constant"``), per step.
-        min_lr_ratio: Final learning rate as a fraction of ``lr``.
+        model_init_kwargs: Extra ``from_pretrained`` arguments (``attn_implementation``,
+            ``quantization_config``, ``device_map``, ...), as TRL's ``model_init_kwargs``.
+        optimizer: Builds the optimizer from parameter groups (in YAML a ``class_path`` and its
+            ``init_args``); ``None``: AdamW (:mod:`~sts_lightning.training.optim`).
+        learning_rate: Peak learning rate, set on every parameter group.
+        weight_decay: Decay of matrices (biases and norms are never decayed).
+        warmup_steps: Warm-up: optimizer steps when >= 1, a fraction of the run when below 1.
+        lr_scheduler_type: A ``transformers.get_scheduler`` name (``"cosine"``, ``"linear"``,
+            ``"cosine_with_min_lr"``, ``"constant_with_warmup"``, ...), stepped per optimizer
+            step.
+        lr_scheduler_kwargs: The schedule's own arguments (``{"min_lr_rate": 0.1}``, ...).
         save_hf_on_fit_end: Write ``<log_dir>/hf_model`` (``save_pretrained``) when ``fit`` ends.
         checkpoint_frozen_weights: Also store frozen weights in Lightning checkpoints. Off: only
             trainable weights are stored (a LoRA checkpoint of an 8B model is then megabytes, not
@@ -111,12 +122,13 @@ class SFTModule(HFModelMixin, LightningModule):
         lora: LoraConfig | dict[str, Any] | None = None,
         freeze_tied_embeddings: bool = True,
         gradient_checkpointing: bool = False,
-        lr: float = 1e-4,
+        model_init_kwargs: dict[str, Any] | None = None,
+        optimizer: OptimizerCallable | None = None,
+        learning_rate: float = 1e-4,
         weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int | float = 0,
-        lr_schedule: Schedule = "cosine",
-        min_lr_ratio: float = 0.0,
+        lr_scheduler_type: str = "cosine",
+        lr_scheduler_kwargs: dict[str, Any] | None = None,
         save_hf_on_fit_end: bool = True,
         checkpoint_frozen_weights: bool = False,
     ) -> None:
@@ -125,14 +137,15 @@ class SFTModule(HFModelMixin, LightningModule):
             raise ValueError(
                 f"`model_name_or_path` must be a non-empty string, got {model_name_or_path!r}"
             )
-        positive("lr", lr)
-        one_of("lr_schedule", lr_schedule, ("cosine", "linear", "constant"))
-        if not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(f"`min_lr_ratio` must be in [0, 1], got {min_lr_ratio!r}")
-        _check_warmup(warmup_steps)
+        check_schedule(
+            learning_rate, weight_decay, warmup_steps, lr_scheduler_type, lr_scheduler_kwargs
+        )
+        check_model_init_kwargs(model_init_kwargs)
         if isinstance(lora, dict):  # from a checkpoint's hyperparameters
             lora = LoraConfig(**lora)
-        self.save_hyperparameters(ignore=["lora"])
+        # The optimizer is an object, not a hyperparameter: the CLI's config.yaml records it.
+        self.save_hyperparameters(ignore=["lora", "optimizer"])
+        self._optimizer_factory = optimizer
         # Stored as a dict: checkpoints load with weights_only=True, which refuses custom classes.
         self.hparams["lora"] = None if lora is None else asdict(lora)
         self.lora = lora
@@ -164,6 +177,7 @@ class SFTModule(HFModelMixin, LightningModule):
             dtype=hp.dtype,
             trust_remote_code=hp.trust_remote_code,
             cache_dir=hp.cache_dir,
+            model_init_kwargs=hp.model_init_kwargs,
         )
         model = base.prepare_model(
             model,
@@ -177,9 +191,7 @@ class SFTModule(HFModelMixin, LightningModule):
 
     # ----------------------------------------------------------------------------- steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        nll, n = answer_nll(
-            self.model, batch["input_ids"], batch["attention_mask"], batch["labels"]
-        )
+        nll, n = answer_nll(self.model, *_model_inputs(batch))
         loss = nll / n.clamp_min(1)
         with torch.no_grad():
             self.tokens_seen += self.trainer.strategy.reduce(n.detach(), reduce_op="sum")
@@ -195,9 +207,7 @@ class SFTModule(HFModelMixin, LightningModule):
     def validation_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        nll, n = answer_nll(
-            self.model, batch["input_ids"], batch["attention_mask"], batch["labels"]
-        )
+        nll, n = answer_nll(self.model, *_model_inputs(batch))
         # The data module names each loader (its domain); a bare loader falls back to its index.
         name = batch.get("name") or str(dataloader_idx)
         sums = torch.stack([nll.detach().double(), n.double()])
@@ -218,30 +228,20 @@ class SFTModule(HFModelMixin, LightningModule):
     # ----------------------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        if not named:
-            raise RuntimeError("the model has no trainable parameters")
-        groups = [
-            {"params": [p for _, p in named if p.ndim >= 2], "weight_decay": hp.weight_decay},
-            {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0},
-        ]
-        groups = [g for g in groups if g["params"]]
-        try:  # the fused kernel: one launch for all parameters (CPU since torch 2.4, CUDA)
-            optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=True)
-        except (RuntimeError, ValueError) as err:
-            log.info("fused AdamW unavailable (%s); using the foreach implementation", err)
-            optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
-        total = float(self.trainer.estimated_stepping_batches)
-        warmup = hp.warmup_steps
-        if isinstance(warmup, float):
-            warmup = int(warmup * total) if math.isfinite(total) else 0
-        schedule = dict(schedule=hp.lr_schedule, min_ratio=hp.min_lr_ratio, peak_in_warmup=True)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": base.warmup_scheduler(
-                optimizer, warmup=warmup, total=total, **schedule
-            ),
-        }
+        optimizer = optim.build_optimizer(
+            self,
+            self._optimizer_factory,
+            learning_rate=hp.learning_rate,
+            weight_decay=hp.weight_decay,
+        )
+        scheduler = optim.build_scheduler(
+            optimizer,
+            hp.lr_scheduler_type,
+            warmup_steps=hp.warmup_steps,
+            total=optim.run_length(self.trainer),
+            lr_scheduler_kwargs=hp.lr_scheduler_kwargs,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     # ----------------------------------------------------------------------------- export
     def on_fit_end(self) -> None:
