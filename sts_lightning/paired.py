@@ -9,7 +9,7 @@ bootstraps it from the data, resampling the domains, the items inside each domai
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,6 +184,7 @@ def paired_bootstrap_diff(
     resample: str = "domains+items",
     same_items: bool = True,
     seed: int = 0,
+    target_transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Two-stage bootstrap of ``r(pred_a, target) − r(pred_b, target)`` over domains and items.
 
@@ -211,6 +212,8 @@ def paired_bootstrap_diff(
         same_items: The :class:`DomainItems` inputs are the same items, drawn together;
             False draws each one's items independently (different item sets).
         seed: Seed of the resampling.
+        target_transform: Applied to the target's domain means, observed and resampled,
+            before correlating (``np.abs``: correlate with |Δ|).
 
     Returns:
         ``diff``, ``r_a``, ``r_b`` (on the full data), ``ci`` ``(low, high)``, ``p`` (two-sided:
@@ -246,8 +249,11 @@ def paired_bootstrap_diff(
             "items per domain; pass `same_items=False` if they are different items"
         )
     means = {name: items.means() for name, items in inputs.items()}
-    r_a, r_b = (correlate_rows(means[p], means["target"], method)[0] for p in ("pred_a", "pred_b"))
     boot = _resample(inputs, n_boot, same_items, np.random.default_rng(seed), resample)
+    if target_transform is not None:
+        means["target"], boot["target"] = (target_transform(means["target"]),
+                                           target_transform(boot["target"]))  # fmt: skip
+    r_a, r_b = (correlate_rows(means[p], means["target"], method)[0] for p in ("pred_a", "pred_b"))
     diffs = correlate_rows(boot["pred_a"], boot["target"], method)
     diffs = diffs - correlate_rows(boot["pred_b"], boot["target"], method)
     diffs = diffs[np.isfinite(diffs)]  # a resample with a constant column has no correlation

@@ -11,7 +11,7 @@ full length with Spearman–Brown. Plain floats and numpy arrays in and out; bad
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
@@ -139,6 +139,7 @@ def split_half_reliability(
     method: str = "pearson",
     n_splits: int = 200,
     seed: int = 0,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Split-half reliability, Spearman–Brown corrected, of a per-domain vector of item means.
 
@@ -156,6 +157,8 @@ def split_half_reliability(
         method: Correlation of the two halves, ``"pearson"`` or ``"spearman"``.
         n_splits: Random splits to average over.
         seed: Seed of the splits.
+        transform: Applied to each half's per-domain vector before correlating (e.g.
+            ``np.abs`` for the reliability of |Δ|); ``None``: the means themselves.
 
     Returns:
         ``reliability`` (mean over splits of the corrected correlation), ``std`` (its spread over
@@ -194,6 +197,8 @@ def split_half_reliability(
     halves = [_split_means(x[ix], w[ix], n_splits, rng) for ix in groups.values()]
     half_a = np.stack([a for a, _ in halves], axis=1)  # (n_splits, n_domains)
     half_b = np.stack([b for _, b in halves], axis=1)
+    if transform is not None:
+        half_a, half_b = transform(half_a), transform(half_b)
     r_half = correlate_rows(half_a, half_b, method)
     rel = np.asarray(spearman_brown(r_half))[np.isfinite(r_half)]
     n = len(rel)

@@ -384,3 +384,33 @@ def test_bootstrap_bad_input():
         paired_bootstrap_diff([1, 2, 3], [3, 2, 1], items, resample="tokens")
     with pytest.raises(ValueError, match="`pred_a` contains NaN"):
         paired_bootstrap_diff([1, math.nan, 3], [3, 2, 1], items)
+
+
+def test_transform_applies_to_each_half():
+    """Negating both halves leaves every correlation unchanged; |.| of positive means is the
+    identity; |.| of a vector whose sign carries the signal destroys it."""
+    rng = np.random.default_rng(3)
+    domains = np.repeat(np.arange(12), 20)
+    truth = rng.normal(0.0, 1.0, 12) + 5.0  # every domain mean positive
+    x = truth[domains] + rng.normal(0.0, 1.0, len(domains))
+    plain = split_half_reliability(x, domains, n_splits=50)["reliability"]
+    assert split_half_reliability(x, domains, n_splits=50, transform=np.negative)[
+        "reliability"
+    ] == pytest.approx(plain)
+    assert split_half_reliability(x, domains, n_splits=50, transform=np.abs)[
+        "reliability"
+    ] == pytest.approx(plain)
+    centred = x - 5.0  # means now straddle 0: |mean| keeps only part of the ranking
+    signed = split_half_reliability(centred, domains, n_splits=50)["reliability"]
+    absolute = split_half_reliability(centred, domains, n_splits=50, transform=np.abs)
+    assert signed == pytest.approx(plain) and absolute["reliability"] < signed
+
+
+def test_bootstrap_target_transform_correlates_with_abs():
+    target = DomainItems([[-3.0, -3.2], [1.0, 1.1], [-2.0, -2.1], [0.1, 0.2], [4.0, 4.2]])
+    magnitude = [3.1, 1.05, 2.05, 0.15, 4.1]
+    out = paired_bootstrap_diff(magnitude, [1, 2, 3, 4, 5], target, n_boot=200,
+                                target_transform=np.abs)  # fmt: skip
+    assert out["r_a"] == pytest.approx(1.0)  # Spearman of |Δ| with its own magnitude
+    plain = paired_bootstrap_diff(magnitude, [1, 2, 3, 4, 5], target, n_boot=200)
+    assert plain["r_a"] < 0.5
