@@ -1,4 +1,5 @@
-"""Benchmark: per-step time of ``SFTModule`` (Lightning) against TRL's ``SFTTrainer``, on CPU.
+"""Benchmark: per-step time and peak memory of ``SFTModule`` and ``GRPOModule`` (Lightning)
+against TRL's ``SFTTrainer`` and ``GRPOTrainer``, on CPU.
 
 Same model checkpoint, same examples, same batch size, same learning rate and optimizer
 (fused AdamW), loss on the completion only in both; TRL with ``bf16=False`` and
@@ -6,9 +7,11 @@ Same model checkpoint, same examples, same batch size, same learning rate and op
 ``--steps`` optimizer steps; a step's time is the interval between consecutive step ends (data,
 forward, backward, optimizer, logging), and the median over the steps after the first is
 reported. Runs alternate (Lightning, TRL, Lightning, TRL...) so machine load hits both alike.
+Each run is a fresh process: its peak resident memory (``ru_maxrss``: imports, model, optimizer
+state, activations) is the run's own. GRPO's settings: see ``benchmarks/grpo_vs_trl.py``.
 
-    .venv/bin/python benchmarks/sft_vs_trl.py                      # tiny + SmolLM2, ~5 min
-    .venv/bin/python benchmarks/sft_vs_trl.py --models tiny --steps 40 --threads 1
+    .venv/bin/python benchmarks/sft_vs_trl.py                      # tiny + SmolLM2, SFT + GRPO
+    .venv/bin/python benchmarks/sft_vs_trl.py --models tiny --methods grpo --threads 1
 
 On a shared machine, a second process on the cores slows multi-threaded ops by up to 100x
 (each op waits for a descheduled thread): compare ratios from the same run only.
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -110,7 +115,7 @@ def run_lightning(
             clock.ends.append(time.perf_counter())
 
     seed_everything(0)
-    module = SFTModule(checkpoint, lr=lr, save_hf_on_fit_end=False)
+    module = SFTModule(checkpoint, learning_rate=lr, save_hf_on_fit_end=False)
     data = SFTDataModule(examples, train_size=None, batch_size=batch_size, max_length=384)
     trainer = Trainer(
         accelerator="cpu",
@@ -179,32 +184,66 @@ def run_trl(
     return clock.step_times()
 
 
-def bench(name: str, checkpoint: str, examples, args) -> None:
+def _child(queue, threads: int, fn, args, kwargs) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+    times = fn(*args, **kwargs)
+    queue.put((times, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))  # KiB → MiB
+
+
+def in_child(threads: int, fn, *args, **kwargs) -> tuple[list[float], float]:
+    """``fn(*args, **kwargs)``'s step times in a fresh process, and that process's peak RSS."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(queue, threads, fn, args, kwargs))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def _runs(method: str, name: str, checkpoint: str, examples, args) -> dict[str, tuple]:
+    """``{label: (function, kwargs)}``; the first label is ours, the ratios' denominator."""
     kw = dict(batch_size=args.batch_size, steps=args.steps, lr=args.lr)
+    if method == "grpo":
+        from grpo_vs_trl import run_lightning_grpo, run_trl_grpo
+
+        kw |= dict(generations=args.generations, completion_length=args.completion_length)
+        kw["batch_size"] = max(1, args.batch_size // args.generations)  # prompts per step
+        return {"GRPOModule": (run_lightning_grpo, kw), "TRL GRPOTrainer": (run_trl_grpo, kw)}
     runs = {
-        "SFTModule": lambda: run_lightning(checkpoint, examples, **kw),
-        "TRL SFTTrainer": lambda: run_trl(checkpoint, examples, freeze_tied=False, **kw),
+        "SFTModule": (run_lightning, kw),
+        "TRL SFTTrainer": (run_trl, kw | {"freeze_tied": False}),
     }
     if name != "tiny":  # tied embeddings: also TRL with the matrix SFTModule freezes frozen
-        runs["TRL, tied embedding frozen"] = lambda: run_trl(
-            checkpoint, examples, freeze_tied=True, **kw
-        )
+        runs["TRL, tied embedding frozen"] = (run_trl, kw | {"freeze_tied": True})
+    return runs
+
+
+def bench(method: str, name: str, checkpoint: str, examples, args) -> None:
+    runs = _runs(method, name, checkpoint, examples, args)
     times: dict[str, list[float]] = {label: [] for label in runs}
     per_run: dict[str, list[float]] = {label: [] for label in runs}
+    peak: dict[str, float] = dict.fromkeys(runs, 0.0)
     for _ in range(args.repeats):
-        for label, run in runs.items():
-            steps = run()[1:]  # the first interval includes warm-up
-            times[label] += steps
-            per_run[label].append(statistics.median(steps))
-    ours = statistics.median(times["SFTModule"])
+        for label, (fn, kw) in runs.items():
+            steps, rss = in_child(args.threads, fn, checkpoint, examples, **kw)
+            times[label] += steps[1:]  # the first interval includes warm-up
+            per_run[label].append(statistics.median(steps[1:]))
+            peak[label] = max(peak[label], rss)
+    ours = next(iter(runs))
+    t0, m0 = statistics.median(times[ours]), peak[ours]
     print(
-        f"\n{name}: batch {args.batch_size}, {args.steps} steps x {args.repeats} runs, "
-        f"{torch.get_num_threads()} threads; median s/step (and per run), first step dropped"
+        f"\n{method.upper()} {name}: batch {args.batch_size} sequences, {args.steps} steps x "
+        f"{args.repeats} runs, {args.threads or torch.get_num_threads()} threads; median s/step "
+        "(and per run), first step dropped; peak RSS of the run's process"
     )
     for label, steps in times.items():
-        t = statistics.median(steps)
-        each = ", ".join(f"{x:.3f}" for x in per_run[label])
-        print(f"  {label:28s} {t:8.3f} s/step  ({each})  ratio to SFTModule {t / ours:5.2f}x")
+        t, each = statistics.median(steps), ", ".join(f"{x:.3f}" for x in per_run[label])
+        print(
+            f"  {label:28s} {t:8.3f} s/step  ({each})  {t / t0:5.2f}x time   "
+            f"{peak[label]:7.0f} MiB  {peak[label] / m0:5.2f}x memory  (ratios to {ours})"
+        )
 
 
 def main() -> None:
@@ -215,9 +254,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--methods", default="sft,grpo", help="comma list: sft, grpo")
+    parser.add_argument("--generations", type=int, default=4, help="GRPO group size G")
+    parser.add_argument("--completion-length", type=int, default=16, help="GRPO token budget")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     for name in args.models.split(","):
         examples = load_training_set("arithmetic", 64 * args.batch_size, seed=0)
@@ -231,7 +271,10 @@ def main() -> None:
             checkpoint = resolve_model("embedded:smollm2")
         else:
             raise SystemExit(f"--models: unknown model {name!r} (tiny, smollm2)")
-        bench(name, checkpoint, examples, run_args)
+        for method in args.methods.split(","):
+            if method not in ("sft", "grpo"):
+                raise SystemExit(f"--methods: unknown method {method!r} (sft, grpo)")
+            bench(method, name, checkpoint, examples, run_args)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,9 @@ def make_module(model, tokenizer, **kwargs) -> GRPOModule:
     grpo = GRPOConfig(
         **{"num_generations": 4, "max_completion_length": 4, **kwargs.pop("grpo", {})}
     )
-    defaults = dict(reward_funcs=[even_token_reward], lr=0.1, lr_schedule="constant")
+    defaults = dict(
+        reward_funcs=[even_token_reward], learning_rate=0.1, lr_scheduler_type="constant"
+    )
     return GRPOModule(copy.deepcopy(model), tokenizer, grpo=grpo, **{**defaults, **kwargs})
 
 
@@ -125,7 +127,7 @@ def test_kl_is_zero_before_the_first_update(tiny_llama, tiny_tokenizer, lora):
 
 
 def test_num_iterations_reuse_each_rollout(tiny_llama, tiny_tokenizer):
-    module = make_module(tiny_llama, tiny_tokenizer, grpo={"num_iterations": 2}, lr=1e-2)
+    module = make_module(tiny_llama, tiny_tokenizer, grpo={"num_iterations": 2}, learning_rate=1e-2)
     trainer, rec = fit(module, 4)
     # Two rollouts of two optimizer steps each; the second step's ratios move off 1.
     assert len(rec.steps) == 2 and trainer.global_step == 4
@@ -154,7 +156,9 @@ def test_resume_reproduces_the_uninterrupted_curve(tiny_llama, tiny_tokenizer, t
         return PromptDataModule(PROMPTS, train_size=None, batch_size=2, seed=3)
 
     def module():
-        return make_module(tiny_llama, tiny_tokenizer, lr=0.05, lr_schedule="linear")
+        return make_module(
+            tiny_llama, tiny_tokenizer, learning_rate=0.05, lr_scheduler_type="linear"
+        )
 
     class StopAt(pl.Callback):
         def on_train_batch_end(self, trainer, *args) -> None:
@@ -204,7 +208,7 @@ class Record(pl.Callback):
         self.rewards.append(float(trainer.callback_metrics["train/reward"]))
 
 model_dir, out = sys.argv[1], sys.argv[2]
-module = GRPOModule(model_dir, reward_funcs=[even_token_reward], lr=0.05,
+module = GRPOModule(model_dir, reward_funcs=[even_token_reward], learning_rate=0.05,
                     grpo=GRPOConfig(num_generations=4, max_completion_length=4, beta=0.05))
 prompts = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(8)]
 trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=2, logger=False,

@@ -172,3 +172,16 @@ def test_sft_resume_restores_the_schedule(tmp_path, tiny_dir, tiny_tokenizer):
     resumed = run(6, ckpt_path=next(tmp_path.glob("*step=2.ckpt")))
     assert resumed == pytest.approx(full[2:])
     assert full == pytest.approx([1e-2 * _cosine_min(s, 2, 6, 0.1) for s in range(6)])
+
+
+def test_mixed_precision_with_clipping_gets_an_unfused_adamw(tiny_dir):
+    """Lightning's AMP plugin refuses to clip a fused optimizer's gradients: the default AdamW
+    is fused only outside mixed precision."""
+    module = SFTModule(tiny_dir, save_hf_on_fit_end=False)
+    data = SFTDataModule(EXAMPLES, train_size=None, batch_size=4, max_length=64, seed=0)
+    trainer = Trainer(accelerator="cpu", precision="bf16-mixed", gradient_clip_val=1.0,
+                      max_steps=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+    trainer.fit(module, data)
+    assert trainer.global_step == 1 and not trainer.optimizers[0].defaults["fused"]
+    assert optim.fused_allowed(None) and not optim.fused_allowed(trainer)

@@ -81,7 +81,7 @@ def test_sts_callback_resumed_equals_uninterrupted(tmp_path, tiny_dir, tiny_sae)
             ),
         )  # fmt: skip
         data = SFTDataModule(EXAMPLES, train_size=None, batch_size=5, max_length=64, seed=0)
-        trainer.fit(SFTModule(tiny_dir, lr=3e-3), data, ckpt_path=ckpt_path)
+        trainer.fit(SFTModule(tiny_dir, learning_rate=3e-3), data, ckpt_path=ckpt_path)
         return sts.tracker
 
     full = run([])
@@ -103,7 +103,9 @@ def test_grpo_resumed_weights_equal_uninterrupted(tmp_path, tiny_llama, tiny_tok
     from tests.test_grpo import PROMPTS, make_module
 
     def run(callbacks=(), ckpt_path=None):
-        module = make_module(tiny_llama, tiny_tokenizer, lr=0.05, lr_schedule="linear")
+        module = make_module(
+            tiny_llama, tiny_tokenizer, learning_rate=0.05, lr_scheduler_type="linear"
+        )
         trainer = Trainer(
             accelerator="cpu", max_steps=4, logger=False, enable_progress_bar=False,
             enable_model_summary=False, callbacks=list(callbacks),

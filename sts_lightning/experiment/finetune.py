@@ -53,7 +53,7 @@ def _sft(job: ExperimentConfig, examples: Sequence[Example], n: int, seed: int):
         **_model_kw(job),
         lora=ft.lora,
         gradient_checkpointing=ft.gradient_checkpointing,
-        lr=ft.lr,
+        learning_rate=ft.lr,
         warmup_steps=min(ft.warmup_steps, ft.steps - 1),
         save_hf_on_fit_end=False,
     )
@@ -85,9 +85,9 @@ def _grpo(
             num_generations=ft.num_generations, max_completion_length=ft.max_completion_length
         ),
         lora=ft.lora,
-        lr=ft.lr,
+        learning_rate=ft.lr,
         warmup_steps=ft.warmup_steps,
-        lr_schedule="constant",
+        lr_scheduler_type="constant_with_warmup",
         seed=seed,
     )
     rows = [

@@ -1,10 +1,8 @@
 """What :class:`~sts_lightning.training.sft.SFTModule` and
 :class:`~sts_lightning.training.grpo.GRPOModule` share; each keeps its own training step.
 
-- The learning-rate schedule: :func:`lr_factor` (linear warm-up, then cosine / linear / constant)
-  and :func:`warmup_scheduler`, its Lightning scheduler config.
 - Model preparation: :func:`prepare_model` (gradient checkpointing, then a LoRA adapter or the
-  tied-embedding freeze) and :func:`load_tokenizer`.
+  tied-embedding freeze), :func:`load_tokenizer` and :func:`keep_model_sources`.
 - :class:`HFModelMixin`: the lazily loaded ``model`` (Lightning calls ``configure_model`` inside
   its device / sharding contexts, as FSDP needs), one checkpoint policy, and ``save_hf``.
 
@@ -19,72 +17,33 @@ load needs every key back) are left whole.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from sts_lightning.training.lora import LoraConfig, apply_lora
 
-__all__ = ["HFModelMixin", "load_tokenizer", "lr_factor", "prepare_model", "warmup_scheduler"]
+__all__ = ["HFModelMixin", "keep_model_sources", "load_tokenizer", "prepare_model"]
 
 log = logging.getLogger(__name__)
-
-Schedule = Literal["cosine", "linear", "constant"]
 
 # Names FSDP / activation checkpointing / torch.compile insert between a parameter's module names.
 _WRAPPERS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
 
-def lr_factor(
-    step: int,
-    *,
-    warmup: int,
-    total: float,
-    schedule: Schedule = "cosine",
-    min_ratio: float = 0.0,
-    peak_in_warmup: bool = True,
-) -> float:
-    """Multiplier of the peak learning rate at optimizer step ``step``.
-
-    Linear warm-up over ``warmup`` steps, then ``schedule`` from 1 down to ``min_ratio`` at
-    ``total`` steps (``total`` may be ``inf``, and a run no longer than its warm-up never
-    decays: the rate then stays at the peak).
-
-    The warm-up never runs a step at rate 0 (transformers' ``s / max(1, w)`` does, at step 0).
-    ``peak_in_warmup=True`` (SFTModule) ramps ``(s + 1) / w``: the last warm-up step is at the
-    peak. ``False`` (GRPOModule) ramps ``(s + 1) / (w + 1)``: the peak comes with the first step
-    after warm-up. Both are kept as each module always had them, so runs and resumed
-    checkpoints reproduce; after warm-up the linear decay equals transformers'
-    ``get_linear_schedule_with_warmup`` (TRL's default).
-
-    Example:
-        >>> [round(lr_factor(s, warmup=2, total=6), 3) for s in range(7)]
-        [0.5, 1.0, 1.0, 0.854, 0.5, 0.146, 0.0]
-        >>> [round(lr_factor(s, warmup=2, total=4, schedule="linear", peak_in_warmup=False), 3)
-        ...  for s in range(5)]
-        [0.333, 0.667, 1.0, 0.5, 0.0]
-    """
-    if step < warmup:
-        return (step + 1) / (warmup if peak_in_warmup else warmup + 1)
-    if schedule == "constant" or not math.isfinite(total) or total <= warmup:
-        return 1.0
-    progress = min(1.0, (step - warmup) / (total - warmup))
-    decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
-    return min_ratio + (1.0 - min_ratio) * decay
-
-
-def warmup_scheduler(optimizer: torch.optim.Optimizer, **schedule: Any) -> dict[str, Any]:
-    """Lightning's scheduler config stepping :func:`lr_factor` once per optimizer step.
-
-    Args:
-        optimizer: The optimizer whose rates it scales.
-        **schedule: The keyword arguments of :func:`lr_factor` (``warmup``, ``total``, ...).
-    """
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, **schedule))
-    return {"scheduler": scheduler, "interval": "step"}
+def keep_model_sources(module: Any, model: Any, tokenizer: Any) -> None:
+    """Keep on ``module`` what ``configure_model`` and ``tokenizer`` load from (as
+    ``_model_source``, ``_tokenizer_source``); a tokenizer object is ready (with a pad token)."""
+    if tokenizer is None and not isinstance(model, (str, Path)):
+        raise ValueError("`tokenizer` is required when `model` is a model object")
+    # A plain attribute, not a submodule: configure_model installs the model (prepared).
+    object.__setattr__(module, "_model_source", model)
+    module._tokenizer_source = tokenizer if isinstance(tokenizer, (str, Path)) else None
+    module._tokenizer = None if module._tokenizer_source else tokenizer
+    if module._tokenizer is not None and module._tokenizer.pad_token is None:
+        module._tokenizer.pad_token = module._tokenizer.eos_token
 
 
 def load_tokenizer(name_or_path: str, *, cache_dir: str | None = None, trust_remote_code=False):

@@ -28,7 +28,6 @@ Logged (:mod:`~sts_lightning.training.grpo_logging`): TRL's metric names under `
 from __future__ import annotations
 
 import copy
-import math
 import os
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -39,9 +38,13 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 
-from sts_lightning.config import non_negative_int, one_of, positive
-from sts_lightning.model.loading import DEFAULT_MODEL, load_model_and_tokenizer
-from sts_lightning.training import base, grpo_logging
+from sts_lightning.config import positive
+from sts_lightning.model.loading import (
+    DEFAULT_MODEL,
+    check_model_init_kwargs,
+    load_model_and_tokenizer,
+)
+from sts_lightning.training import base, grpo_logging, optim
 from sts_lightning.training import grpo_metrics as metrics
 from sts_lightning.training.grpo_loss import (
     GRPOConfig,
@@ -52,6 +55,7 @@ from sts_lightning.training.grpo_loss import (
 )
 from sts_lightning.training.logps import completion_logps
 from sts_lightning.training.lora import LoraConfig
+from sts_lightning.training.optim import OptimizerCallable, check_schedule
 from sts_lightning.training.reward_calls import RewardLog, trainer_state
 from sts_lightning.training.rewards import RewardFunc, resolve_rewards, reward_name
 from sts_lightning.training.rollout import rollout
@@ -75,13 +79,18 @@ class GRPOModule(base.HFModelMixin, LightningModule):
         grpo: Sampling, loss and logging settings, ``reward_weights`` among them
             (:class:`GRPOConfig`, or a dict of its fields).
         lora: Train a LoRA adapter instead of every weight (:class:`LoraConfig` or a dict).
-        lr: AdamW learning rate (TRL's default 1e-6).
-        weight_decay: AdamW weight decay.
-        warmup_steps: Linear warm-up, in optimizer steps: ``(s + 1) / (warmup_steps + 1)``.
-        lr_schedule: ``"linear"`` decay to 0 at the last step (TRL's default) or ``"constant"``.
+        optimizer: Builds the optimizer from parameter groups (in YAML a ``class_path`` and its
+            ``init_args``); ``None``: AdamW (:mod:`~sts_lightning.training.optim`).
+        learning_rate: Peak learning rate (TRL's default 1e-6), set on every parameter group.
+        weight_decay: Decay of matrices (biases and norms are never decayed).
+        warmup_steps: Warm-up: optimizer steps when >= 1, a fraction of the run when below 1.
+        lr_scheduler_type: A ``transformers.get_scheduler`` name (TRL's default ``"linear"``).
+        lr_scheduler_kwargs: The schedule's own arguments (``{"min_lr_rate": 0.1}``, ...).
         max_grad_norm: Gradient-norm clip of every optimizer step; ``None`` disables it.
         system_prompt: An explicit system turn; ``None`` keeps the chat template's default.
         dtype: Weight dtype when ``model`` is loaded by name.
+        model_init_kwargs: Extra ``from_pretrained`` arguments when ``model`` is loaded by name
+            (``attn_implementation``, ``quantization_config``, ``device_map``, ...).
         seed: Seeds generation, with the step and the rank.
         checkpoint_frozen_weights: Also store frozen weights (a LoRA run's base model) in
             Lightning checkpoints. Off: they are reloaded from ``model`` on restore.
@@ -96,13 +105,16 @@ class GRPOModule(base.HFModelMixin, LightningModule):
         ),
         grpo: GRPOConfig | None = None,
         lora: LoraConfig | None = None,
-        lr: float = 1e-6,
+        optimizer: OptimizerCallable | None = None,
+        learning_rate: float = 1e-6,
         weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        lr_schedule: str = "linear",
+        warmup_steps: int | float = 0,
+        lr_scheduler_type: str = "linear",
+        lr_scheduler_kwargs: dict[str, Any] | None = None,
         max_grad_norm: float | None = 1.0,
         system_prompt: str | None = None,
         dtype: str = "float32",
+        model_init_kwargs: dict[str, Any] | None = None,
         seed: int = 0,
         checkpoint_frozen_weights: bool = False,
     ) -> None:
@@ -111,13 +123,14 @@ class GRPOModule(base.HFModelMixin, LightningModule):
         self.grpo = GRPOConfig(**grpo) if isinstance(grpo, dict) else grpo or GRPOConfig()
         self.lora = LoraConfig(**lora) if isinstance(lora, dict) else lora
         self.reward_funcs, weights = resolve_rewards(reward_funcs, self.grpo.reward_weights)
-        one_of("lr_schedule", lr_schedule, ("linear", "constant"))
-        positive("lr", lr)
-        non_negative_int("warmup_steps", warmup_steps)
+        check_schedule(learning_rate, weight_decay, warmup_steps, lr_scheduler_type,
+                       lr_scheduler_kwargs)  # fmt: skip
+        check_model_init_kwargs(model_init_kwargs)
+        self._optimizer_factory = optimizer
         positive("max_grad_norm", max_grad_norm, optional=True)
-        self._keep_sources(model, tokenizer)
+        base.keep_model_sources(self, model, tokenizer)
         # Objects (a loaded model, local functions) are not hyperparameters a YAML can restate.
-        objects = {"model": model, "tokenizer": tokenizer, "reward_funcs": None}
+        objects = {"model": model, "tokenizer": tokenizer, "optimizer": optimizer}
         objects["reward_funcs"] = [f for f in reward_funcs if not isinstance(f, str)] or None
         self.save_hyperparameters(
             ignore=[k for k, v in objects.items() if v is not None and not isinstance(v, str)]
@@ -133,18 +146,6 @@ class GRPOModule(base.HFModelMixin, LightningModule):
         self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long))
 
     # ----------------------------------------------------------------------------- the model
-    def _keep_sources(self, model: Any, tokenizer: Any) -> None:
-        """Keep what configure_model and ``tokenizer`` load from; a tokenizer object is ready."""
-        if tokenizer is None and not isinstance(model, (str, Path)):
-            raise ValueError("`tokenizer` is required when `model` is a model object")
-        # Plain attributes, not submodules: configure_model installs the model, and the
-        # reference stays off the module tree (see the module docstring).
-        object.__setattr__(self, "_model_source", model)
-        self._tokenizer_source = tokenizer if isinstance(tokenizer, (str, Path)) else None
-        self._tokenizer = None if self._tokenizer_source else tokenizer
-        if self._tokenizer is not None and self._tokenizer.pad_token is None:
-            self._tokenizer.pad_token = self._tokenizer.eos_token
-
     @property
     def tokenizer(self):
         """The tokenizer (always with a pad token); loaded on first use when given by name."""
@@ -167,7 +168,9 @@ class GRPOModule(base.HFModelMixin, LightningModule):
             return
         model, cfg = self._model_source, self.grpo
         if isinstance(model, (str, Path)):
-            model, tokenizer = load_model_and_tokenizer(model, dtype=self.hparams.dtype)
+            model, tokenizer = load_model_and_tokenizer(
+                model, dtype=self.hparams.dtype, model_init_kwargs=self.hparams.model_init_kwargs
+            )
             if self._tokenizer is None and self._tokenizer_source is None:
                 self._tokenizer = tokenizer
         for layer in model.modules() if cfg.disable_dropout else ():
@@ -284,16 +287,5 @@ class GRPOModule(base.HFModelMixin, LightningModule):
 
     # ----------------------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        total = math.inf  # no known end: the rate stays at the peak after warm-up
-        if self._trainer is not None and self.trainer.max_steps > 0:
-            total = self.trainer.max_steps
-        elif self._trainer is not None and math.isfinite(self.trainer.estimated_stepping_batches):
-            total = int(self.trainer.estimated_stepping_batches) * self.grpo.num_iterations
-        schedule = dict(warmup=hp.warmup_steps, schedule=hp.lr_schedule, peak_in_warmup=False)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": base.warmup_scheduler(optimizer, total=total, **schedule),
-        }
+        total = optim.run_length(self._trainer, steps_per_batch=self.grpo.num_iterations)
+        return optim.configure(self, self._optimizer_factory, self.hparams, total)

@@ -34,6 +34,8 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "check_schedule",
+    "configure",
+    "fused_allowed",
     "run_length",
     "warmup_count",
 ]
@@ -134,7 +136,17 @@ def _parameter_groups(module: torch.nn.Module, weight_decay: float) -> list[dict
     return [g for g in groups if g["params"]]
 
 
-def _default_adamw(groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+def fused_allowed(trainer) -> bool:
+    """Whether a fused optimizer fits ``trainer``: Lightning's mixed-precision plugin refuses to
+    clip the gradients of an optimizer that unscales them itself, as fused kernels do."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    return trainer is None or not isinstance(trainer.precision_plugin, MixedPrecision)
+
+
+def _default_adamw(groups: list[dict[str, Any]], fused: bool) -> torch.optim.Optimizer:
+    if not fused:
+        return torch.optim.AdamW(groups)
     try:  # the fused kernel: one launch for all parameters (CPU since torch 2.4, CUDA)
         return torch.optim.AdamW(groups, fused=True)
     except (RuntimeError, ValueError) as err:
@@ -167,6 +179,7 @@ def build_optimizer(
     *,
     learning_rate: float,
     weight_decay: float,
+    fused: bool = True,
 ) -> torch.optim.Optimizer:
     """The optimizer over ``module``'s trainable parameters (decay on matrices only).
 
@@ -175,9 +188,10 @@ def build_optimizer(
         optimizer: Builds it from parameter groups; ``None``: AdamW.
         learning_rate: Peak rate, set on every group.
         weight_decay: Decay of the ≥ 2-D parameters.
+        fused: Let the default AdamW use its fused kernel (see :func:`fused_allowed`).
     """
     groups = _parameter_groups(module, weight_decay)
-    opt = _default_adamw(groups) if optimizer is None else optimizer(groups)
+    opt = _default_adamw(groups, fused) if optimizer is None else optimizer(groups)
     if not isinstance(opt, torch.optim.Optimizer):
         raise TypeError(f"`optimizer` must build a torch.optim.Optimizer, got {type(opt)!r}")
     _check_not_overridden(opt, learning_rate, weight_decay)
@@ -226,3 +240,24 @@ def build_scheduler(
             f"`lr_scheduler_type={lr_scheduler_type!r}`: {err}"
         ) from err
     return {"scheduler": scheduler, "interval": "step"}
+
+
+def configure(module, optimizer: OptimizerCallable | None, settings, total: float) -> dict:
+    """``configure_optimizers``' answer for a module whose ``settings`` (its hparams) hold
+    ``learning_rate``, ``weight_decay``, ``warmup_steps``, ``lr_scheduler_type`` and
+    ``lr_scheduler_kwargs``; ``total`` optimizer steps in the run."""
+    opt = build_optimizer(
+        module,
+        optimizer,
+        learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay,
+        fused=fused_allowed(module._trainer),
+    )
+    scheduler = build_scheduler(
+        opt,
+        settings.lr_scheduler_type,
+        warmup_steps=settings.warmup_steps,
+        total=total,
+        lr_scheduler_kwargs=settings.lr_scheduler_kwargs,
+    )
+    return {"optimizer": opt, "lr_scheduler": scheduler}

@@ -227,21 +227,8 @@ class SFTModule(HFModelMixin, LightningModule):
 
     # ----------------------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        optimizer = optim.build_optimizer(
-            self,
-            self._optimizer_factory,
-            learning_rate=hp.learning_rate,
-            weight_decay=hp.weight_decay,
-        )
-        scheduler = optim.build_scheduler(
-            optimizer,
-            hp.lr_scheduler_type,
-            warmup_steps=hp.warmup_steps,
-            total=optim.run_length(self.trainer),
-            lr_scheduler_kwargs=hp.lr_scheduler_kwargs,
-        )
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        total = optim.run_length(self.trainer)
+        return optim.configure(self, self._optimizer_factory, self.hparams, total)
 
     # ----------------------------------------------------------------------------- export
     def on_fit_end(self) -> None:
