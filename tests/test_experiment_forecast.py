@@ -110,3 +110,29 @@ def test_too_few_examples_is_a_clear_error(tiny_llama, tiny_tokenizer, tiny_sae)
     f = Forecaster(tiny_llama, tiny_tokenizer, tiny_sae, 1, CFG)
     with pytest.raises(ValueError, match=r"`contrast_pool` has 1 examples"):
         f.task(TRAIN, seed=0, contrast_pool=UNRELATED[:1])
+
+
+def test_domain_halves_merge_to_one_pass_over_both(tiny_llama, tiny_tokenizer, tiny_sae):
+    """Each half reads its own examples (even / odd positions) with half the budget; the full
+    statistics are exactly the two halves' sums, and scores on them follow."""
+    f = Forecaster(tiny_llama, tiny_tokenizer, tiny_sae, 1, CFG)
+    full, a, b = f.domain_halves(DOMAINS, seed=CFG.seed)
+    for name in DOMAINS:
+        for field in ("moments", "raw_moments"):
+            merged = getattr(full[name], field).compute()
+            halves = [getattr(h[name], field) for h in (a, b)]
+            n = [float(h.n_tokens) for h in halves]
+            assert float(getattr(full[name], field).n_tokens) == sum(n) > 0
+            # The merged mean is the token-weighted mean of the two halves' means.
+            want = (n[0] * halves[0].compute()["mean"] + n[1] * halves[1].compute()["mean"]) / sum(
+                n
+            )
+            assert torch.allclose(merged["mean"], want, atol=1e-10)
+        counts = [h[name].counts["n_examples"] for h in (a, b)]
+        assert full[name].counts["n_examples"] == sum(counts)
+    task = f.task(TRAIN, seed=CFG.seed)
+    assert score_domains(a, task, k=CFG.k, raw_k=5).keys() == DOMAINS.keys()
+    # Too few examples to halve (each half needs domain_demos + 1): no halves.
+    small = {n: ex[:3] for n, ex in DOMAINS.items()}
+    full, a, b = f.domain_halves(small, seed=CFG.seed)
+    assert a is None and b is None and full.keys() == small.keys()

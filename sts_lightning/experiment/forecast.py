@@ -15,6 +15,7 @@ dropped by the engine's one row filter):
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,7 +35,8 @@ from sts_lightning.forecast.predict import (
 from sts_lightning.forecast.prediction import Prediction
 from sts_lightning.stats import LatentMoments, PairedShift
 
-__all__ = ["DomainStats", "Forecaster", "TaskForecast", "score_domains", "to_prediction"]
+__all__ = ["DomainStats", "Forecaster", "TaskForecast", "merge_statistics", "score_domains"]
+__all__ += ["to_prediction"]
 
 SAE_MODES = ("act", "icl", "notebook", "signed")
 CONTRAST_MODES = ("act_contrast", "icl_contrast")
@@ -87,9 +89,10 @@ class Forecaster:
         return self.extractor.max_norm
 
     def domains(
-        self, domains: Mapping[str, Sequence[Example]], seed: int
+        self, domains: Mapping[str, Sequence[Example]], seed: int, tokens: int | None = None
     ) -> dict[str, DomainStats]:
-        """Statistics of each domain's scored tokens (budget ``domain_tokens`` each)."""
+        """Statistics of each domain's scored tokens (budget ``tokens``, by default the
+        config's ``domain_tokens``, each)."""
         d_model, paired = self.extractor.d_model, self.config.domain_demos > 0
         return {
             name: domain_statistics(
@@ -97,6 +100,7 @@ class Forecaster:
                 name,
                 examples,
                 seed=seed,
+                tokens=tokens,
                 extra=Statistics(
                     raw_moments=LatentMoments(d_model, **LOCAL),
                     raw_shift=PairedShift(d_model, **LOCAL) if paired else None,
@@ -104,6 +108,29 @@ class Forecaster:
             )
             for name, examples in domains.items()
         }
+
+    def domain_halves(
+        self, domains: Mapping[str, Sequence[Example]], seed: int
+    ) -> tuple[
+        dict[str, DomainStats], dict[str, DomainStats] | None, dict[str, DomainStats] | None
+    ]:
+        """``(full, half_a, half_b)``: each domain's statistics on two disjoint halves of its
+        examples (even and odd positions, half the token budget each) and their merge.
+
+        The halves give every forecast's split-half reliability at no extra cost: the merge is
+        one pass over the same budget. ``(full, None, None)`` when a domain has too few examples
+        to halve (each half needs ``domain_demos + 1``); ``full`` is then :meth:`domains`'.
+        """
+        need = 2 * (self.config.domain_demos + 1)
+        if any(len(examples) < need for examples in domains.values()):
+            return self.domains(domains, seed), None, None
+        tokens = max(1, self.config.domain_tokens // 2)
+        halves = [
+            self.domains({n: list(ex)[start::2] for n, ex in domains.items()}, seed, tokens)
+            for start in (0, 1)
+        ]
+        full = {n: merge_statistics(halves[0][n], halves[1][n]) for n in domains}
+        return full, halves[0], halves[1]
 
     def task(
         self,
@@ -136,6 +163,23 @@ class Forecaster:
         contrast = Statistics(shift=PairedShift(d_sae, **LOCAL))
         self.extractor.run(pairs, cfg.train_span, f"{desc} (unrelated)", contrast)
         return TaskForecast(stats, contrast.shift)
+
+
+def merge_statistics(a: Statistics, b: Statistics) -> Statistics:
+    """The statistics of ``a``'s and ``b``'s rows together (a new object; both are kept).
+
+    Every field is a sum over rows, so merging equals one pass over both sets of rows.
+    """
+    out = copy.deepcopy(a)
+    for name in ("moments", "shift", "quality", "raw_moments", "raw_shift"):
+        mine, theirs = getattr(out, name), getattr(b, name)
+        if (mine is None) != (theirs is None):
+            raise ValueError(f"cannot merge statistics: only one side has `{name}`")
+        if mine is not None:
+            mine.merge_state(theirs)
+    out.counts = {k: a.counts.get(k, 0) + b.counts.get(k, 0) for k in a.counts | b.counts}
+    out.n_selected = a.n_selected + b.n_selected
+    return out
 
 
 def _cosine(a: Tensor, b: Tensor) -> float:

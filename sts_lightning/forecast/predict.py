@@ -98,6 +98,7 @@ def domain_statistics(
     *,
     seed: int | None = None,
     extra: Statistics | None = None,
+    tokens: int | None = None,
 ) -> Statistics:
     """One domain's side: latent ``moments``, ``shift`` (when ``domain_demos`` > 0), ``counts``.
 
@@ -109,6 +110,7 @@ def domain_statistics(
         seed: Seed of the example and demonstration choice; ``None``: the config's.
         extra: More statistics to fill from the same passes; its ``moments`` and ``shift`` are
             replaced.
+        tokens: Token budget; ``None``: the config's ``domain_tokens``.
 
     Raises:
         ValueError: Too few examples, or every row was dropped.
@@ -116,7 +118,7 @@ def domain_statistics(
     cfg = extractor.config
     examples = check_examples(f"domains[{name!r}]", examples, cfg.domain_demos)
     pairs, n_selected = extractor.select(
-        examples, cfg.domain_demos, cfg.domain_span, cfg.domain_tokens, seed=seed
+        examples, cfg.domain_demos, cfg.domain_span, tokens or cfg.domain_tokens, seed=seed
     )
     stats = replace(
         extra or Statistics(),
