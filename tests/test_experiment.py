@@ -105,6 +105,8 @@ def recipe(tmp_path, tiny_llama, tiny_tokenizer, tiny_sae):
         "0",
         "--finetune.track_every",
         "2",
+        "--finetune.learned_margin",  # 3 steps do not teach a random model: analyse every run
+        "null",
         "--evaluation.items_per_domain",
         "3",
         "--n_bootstrap",
@@ -173,6 +175,13 @@ def test_experiment_writes_every_artefact_and_its_numbers_match_the_json(recipe,
     # Training curves from the STS callback: step 0 and the end, per run.
     for run in results["runs"]:
         assert [h["step"] for h in run["history"]][-1] == 3
+    # Task learning: the pools' last quarter is held out (36 sums, 16 words), every run judged
+    # on it; with no rule set, every run is analysed and the report says so.
+    for run in results["runs"]:
+        judged = run["task_learning"]
+        assert judged["n_items"] == {"sums": 9, "words": 4}[run["task"]]
+        assert judged["learned"] is None and math.isfinite(judged["answer_nll_delta"])
+    assert "## Did fine-tuning learn each task?" in report and "No learned rule was set" in report
     # Answer-level realised change: per-item values that give the delta, secondary metrics.
     for run in results["runs"]:
         for row in run["realised"].values():
@@ -200,7 +209,7 @@ EXPERIMENT_RECIPES = sorted(ROOT.glob("recipes/experiment_*.yaml"))
 @pytest.mark.parametrize("path", EXPERIMENT_RECIPES, ids=lambda p: p.name)
 def test_experiment_recipes_parse(path):
     job = load_experiment(path)
-    assert len(job.tasks) >= 2 and len(job.seeds) >= 3
+    assert len(job.tasks) >= 2 and len(job.seeds) >= 1
     assert len(job.domains) + len(job.domain_files) >= 8
     assert job.trust_remote_code is False
     assert job.contrast_task not in job.tasks

@@ -86,6 +86,7 @@ def _runs():
                     "realised": realised,
                     "overlap": {"icl": 3.0, "contrast": 2.0},
                     "task_accuracy": {"before": 0.1, "after": 0.5},
+                    "task_learning": {"learned": True, "reasons": []},
                     "history": [],
                 }
             )
@@ -122,7 +123,7 @@ def test_summary_and_report_carry_the_section(tmp_path):
         "predict": {"layer": 1},
         "seeds": [0, 1],
         "finetune": {"method": "sft", "steps": 1, "batch_size": 1, "lr": 0.1, "lora": False},
-        "evaluation": {"tokens": 10, "span": "all"},
+        "evaluation": {"metric": "choice_margin", "format": "plain", "items_per_domain": 3},
     }
     results["timings"] = {"total": 1.0}
     write_report(results, tmp_path, wandb=False)

@@ -1,8 +1,10 @@
-"""Source training sets: procedural reasoning-gym tasks with short, checkable final answers.
+"""Source training sets with short, checkable final answers.
 
-:data:`TRAINING_SETS` names them; :func:`load_training_set` draws ``n`` distinct examples and
-:func:`score_training_answer` is reasoning-gym's reward for a completion. reasoning-gym is
-imported inside the functions that need it (~1 s of imports).
+Procedural reasoning-gym tasks (maths, kinship, logic) and ``mmlu_qa``, knowledge questions from
+MMLU subjects reserved for it (:mod:`sts_lightning.data.mmlu_qa`). :data:`TRAINING_SETS` names
+them; :func:`load_training_set` draws ``n`` distinct examples and :func:`score_training_answer`
+is the task's reward for a completion. reasoning-gym is imported inside the functions that need
+it (~1 s of imports).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ __all__ = ["TRAINING_SETS", "TrainingTask", "load_training_set", "score_training
 
 @dataclass(frozen=True)
 class TrainingTask:
-    """A reasoning-gym generator and the settings that make it a source training set."""
+    """A generator (reasoning-gym, or MMLU items) and the settings that make it a source task."""
 
     dataset: str
     """The reasoning-gym dataset name (``reasoning_gym.create_dataset(dataset, ...)``)."""
@@ -33,6 +35,9 @@ class TrainingTask:
     """Oracle answers whose items are skipped (known-wrong labels in the generator)."""
     description: str = ""
     """One line for listings and logs."""
+    source: str = "reasoning_gym"
+    """Where items come from: ``reasoning_gym`` (``dataset`` names the generator) or ``mmlu``
+    (:mod:`sts_lightning.data.mmlu_qa`; ``dataset`` and ``config`` are unused)."""
 
 
 TRAINING_SETS: dict[str, TrainingTask] = {
@@ -57,9 +62,17 @@ TRAINING_SETS: dict[str, TrainingTask] = {
         dataset="syllogism",
         description="does a categorical conclusion follow from two premises? Yes/No (logic)",
     ),
+    # No MMLU item lies outside the domains: the task owns six domains' subjects, which an
+    # experiment training on it may not score (see sts_lightning.data.mmlu_qa).
+    "mmlu_qa": TrainingTask(
+        dataset="mmlu_qa",
+        source="mmlu",
+        description="MMLU questions of six reserved domains, bare option letter (knowledge QA)",
+    ),
 }
-"""Source training sets by name. Answers are reasoning-gym's oracle answers (a bare number, one
-word, ``Yes``/``No``), so ``score_answer(example.answer) == 1``."""
+"""Source training sets by name. Answers are the oracle answers (a bare number, one word,
+``Yes``/``No``, an option letter), so ``score_training_answer(name, example.answer, example)
+== 1``."""
 
 
 def _task(name: str) -> TrainingTask:
@@ -80,10 +93,11 @@ def _generator_seed(name: str, seed: int) -> int:
 def load_training_set(
     name: str, n: int, seed: int = 0, *, exclude: Iterable[Example] = ()
 ) -> list[Example]:
-    """``n`` distinct training pairs from a procedural source task.
+    """``n`` distinct training pairs from a source task.
 
     Args:
-        name: One of :data:`TRAINING_SETS` (``"arithmetic"``, ``"family"``, ``"syllogism"``).
+        name: One of :data:`TRAINING_SETS` (``"arithmetic"``, ``"family"``, ``"syllogism"``,
+            ``"mmlu_qa"``).
         n: Number of examples (distinct prompts).
         seed: Generator seed. Each seed draws an independent stream, but small tasks repeat
             prompts by chance (2,000 ``"arithmetic"`` prompts of seed 0 contain ~7 % of seed
@@ -102,6 +116,10 @@ def load_training_set(
     positive_int("n", n)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"`seed` must be an int, got {seed!r}")
+    if task.source == "mmlu":
+        from sts_lightning.data.mmlu_qa import load_mmlu_qa  # imports data.domains: lazy
+
+        return load_mmlu_qa(n, seed, exclude=exclude)
     import reasoning_gym  # lazy: ~1 s of imports, only needed here
 
     excluded = {ex.prompt for ex in exclude}
@@ -151,6 +169,10 @@ def score_training_answer(name: str, completion: str | None, example: Example) -
         >>> [round(score_training_answer("arithmetic", a, ex), 3) for a in ("5", "6", "It is 5")]
         [1.0, 0.0, 0.143]
     """
+    if _task(name).source == "mmlu":
+        from sts_lightning.data.mmlu_qa import score_mmlu_qa
+
+        return score_mmlu_qa(completion, example)
     # These tasks' checkers read only entry["answer"]; the metadata is not needed to score.
     return float(
         _scorer(_task(name).dataset)(completion, {"answer": example.answer, "metadata": {}})

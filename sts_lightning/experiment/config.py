@@ -15,6 +15,7 @@ from sts_lightning.config import (
     positive,
     positive_int,
 )
+from sts_lightning.experiment.task_learning import LearnedMargin
 from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.model.sae_training import SAETrainConfig
 from sts_lightning.training.lora import LoraConfig
@@ -55,6 +56,11 @@ class FinetuneConfig:
     """GRPO only: new tokens per completion."""
     track_every: int = 10
     """The STS callback measures the realised shift every this many steps (and at the end)."""
+    learned_margin: LearnedMargin | None = field(default_factory=LearnedMargin)
+    """When a run counts as having learned its source task (held-out answer NLL and exact
+    match, :mod:`~sts_lightning.experiment.task_learning`); runs that did not are left out of
+    the primary correlations and reported apart. ``None``: no rule, every run is analysed
+    (the task metrics are still reported)."""
 
     def __post_init__(self) -> None:
         one_of("finetune.method", self.method, ("sft", "grpo"))
@@ -90,8 +96,9 @@ class EvalConfig:
     max_length: int = 512
     """Longer held-out sequences are cut from the left (the answer is kept)."""
     task_items: int = 64
-    """Held-out problems of each source task for exact match before/after (a check that
-    fine-tuning learned the task); 0 skips it."""
+    """Held-out problems of each source task whose answer NLL and exact match are compared
+    before/after (did fine-tuning learn the task? ``finetune.learned_margin``); 0 skips it and
+    no run counts as learned."""
     batch_size: int = 8
     """Sequences per forward pass."""
 
@@ -129,8 +136,8 @@ class ExperimentConfig:
     """Residual rows collected to train the SAE."""
     tasks: list[str] = field(default_factory=lambda: ["arithmetic", "family"])
     """Source tasks (≥ 2 for the cross-task comparison): built-in training sets
-    (``arithmetic``, ``family``, ``syllogism``), ``.jsonl`` files or ``datasets`` names / files
-    (e.g. ``GAIR/LIMO``) of prompt/answer pairs."""
+    (``arithmetic``, ``family``, ``syllogism``, ``mmlu_qa``), ``.jsonl`` files or
+    ``datasets`` names / files (e.g. ``GAIR/LIMO``) of prompt/answer pairs."""
     prompt_column: str = "prompt"
     """Prompt column of file / ``datasets`` source tasks (e.g. ``question`` for LIMO)."""
     answer_column: str = "answer"
@@ -198,6 +205,7 @@ class ExperimentConfig:
             )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"`seeds` must be distinct ints, at least one, got {self.seeds!r}")
+        _check_reserved_domains(self.tasks, self.domains)
         if self.contrast_task is not None and self.contrast_task in self.tasks:
             raise ValueError(
                 f"`contrast_task`={self.contrast_task!r} is a source task; the contrast needs "
@@ -209,6 +217,18 @@ class ExperimentConfig:
             raise ValueError(
                 f"`wandb_project` must be a non-empty name, got {self.wandb_project!r}"
             )
+
+
+def _check_reserved_domains(tasks: list[str], domains: list[str]) -> None:
+    """``mmlu_qa`` trains on the MMLU items of its reserved domains: they cannot be scored."""
+    from sts_lightning.data.mmlu_qa import MMLU_QA_DOMAINS
+
+    clash = [d for d in domains if d in MMLU_QA_DOMAINS]
+    if "mmlu_qa" in tasks and clash:
+        raise ValueError(
+            f"`domains` entries {clash} hold the items source task 'mmlu_qa' trains on; "
+            f"leave them out (reserved for it: {list(MMLU_QA_DOMAINS)})"
+        )
 
 
 def wandb_logger_kwargs(settings: Mapping[str, Any], name: str, save_dir: str) -> dict[str, Any]:

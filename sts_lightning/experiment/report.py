@@ -15,6 +15,11 @@ from typing import Any
 
 from sts_lightning.experiment.analysis import fit_line
 from sts_lightning.experiment.rank_agreement import rank_agreement_table
+from sts_lightning.experiment.report_learning import (
+    learning_banner,
+    learning_table,
+    not_learned_table,
+)
 
 __all__ = ["write_report"]
 
@@ -144,16 +149,6 @@ _METRIC_TEXT = {
 }
 
 
-def _accuracy_table(results: dict[str, Any]) -> Table:
-    rows = [
-        [t, _f(a["before"]), f"{_f(a['after']['mean'])} ± {_f(a['after']['std'], 2)}"]
-        for t, a in results["task_accuracy"].items()
-    ]
-    head = ["task", "exact match before", "after (mean ± std over seeds)"]
-    note = "Greedy exact match on held-out problems of each source task."
-    return ("task_accuracy", "Did fine-tuning learn the task?", note, head, rows)
-
-
 def _cross_task_tables(results: dict[str, Any]) -> list[Table]:
     note = (
         "log(score_A/score_B) vs log(|Δ_A|/|Δ_B|) per domain: per-domain constants cancel "
@@ -235,12 +230,13 @@ def _tables(results: dict[str, Any]) -> list[Table]:
     ]
     timings = [[name, f"{v:.1f}"] for name, v in results["timings"].items()]
     return [
-        _accuracy_table(results),
+        *learning_table(results),
         *correlations,
         *_cross_task_tables(results),
         *([rank_agreement_table(results)] if results.get("rank_agreement") else []),
         _sign_overlap_table(results),
         *_domain_tables(results),
+        *not_learned_table(results),
         ("timings", "Timings (seconds)", "", ["stage", "s"], timings),
     ]
 
@@ -250,11 +246,13 @@ def _markdown(results: dict[str, Any], figures: dict[str, Path]) -> str:
     ft, ev = cfg["finetune"], cfg["evaluation"]
     lines = [
         "# STS crystal-ball experiment",
+        *learning_banner(results),
         "",
         f"Model `{cfg['model']}`, SAE `{cfg['sae'] or 'trained and cached'}` at layer "
         f"{cfg['predict']['layer']} (d_sae {results['d_sae']}, k = {results['k']}). "
-        f"Source tasks: {', '.join(results['tasks'])}; seeds {cfg['seeds']}; "
-        f"{len(next(iter(results['tables'].values())))} pre-registered domains. Fine-tuning: "
+        f"Source tasks: {', '.join(dict.fromkeys(r['task'] for r in results['runs']))}; "
+        f"seeds {cfg['seeds']}; "
+        f"{len(results['runs'][0]['realised'])} pre-registered domains. Fine-tuning: "
         f"{ft['method']}, {ft['steps']} steps × {ft['batch_size']}, lr {ft['lr']}"
         f"{', LoRA' if ft['lora'] else ', full'}. Realised change: `{ev['metric']}` on "
         f"{ev['items_per_domain']} held-out items per domain ({ev['format']} text), paired "

@@ -6,10 +6,12 @@ In order (each stage printed with the elapsed time):
 2. domain statistics on each domain's "score" half (once: they do not depend on the task);
 3. the base model's pass over held-out choice items of each domain's "heldout" half (option
    log-probs, item NLL and layer-L rows per item; :mod:`~sts_lightning.experiment.heldout`)
-   and its exact match on held-out problems of each source task;
+   and its answer NLL and exact match on held-out problems of each source task
+   (:mod:`~sts_lightning.experiment.task_probe`);
 4. per (task, seed): the forecast (every STS mode, contrast, raw baseline, similarity
    controls), fine-tuning with the STS callback tracking the realised shift, and the fine-tuned
-   model's pass over the same held-out items;
+   model's pass over the same held-out items and problems (was the task learned?
+   :mod:`~sts_lightning.experiment.task_learning`);
 5. :mod:`~sts_lightning.experiment.summary` and :mod:`~sts_lightning.experiment.report`.
 """
 
@@ -35,6 +37,7 @@ from sts_lightning.experiment.forecast import (
     to_prediction,
 )
 from sts_lightning.experiment.heldout import Evaluation
+from sts_lightning.experiment.task_probe import TaskLearning, split_task_items
 from sts_lightning.model.device import resolve_device
 
 __all__ = ["run_experiment"]
@@ -138,6 +141,8 @@ class _Shared:
     scored: dict
     evaluation: Evaluation
     contrast: list[Example] | None
+    learning: TaskLearning
+    """Held-out problems of each source task: was it learned? (answer NLL, exact match)"""
 
 
 def _final_shift(tracker, model, tokenizer, steps: int) -> torch.Tensor:
@@ -178,13 +183,15 @@ def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, stage: _St
     overlap = {"icl": float(F.overlap_at_k(prediction.top_latents, real_top))}
     if tf.contrast is not None:
         overlap["contrast"] = float(F.overlap_at_k(F.top_shifted(contrast_shift(tf), k), real_top))
+    learning = ctx.learning.judge(model, tokenizer, name)  # held-out task problems
     record = {
         "task": name,
         "seed": seed,
         "scores": scores,
         "realised": realised,
         "overlap": overlap,
-        "task_accuracy": ctx.evaluation.task_accuracy(model, tokenizer, name),
+        "task_learning": learning,
+        "task_accuracy": {k: learning[f"exact_match_{k}"] for k in ("before", "after")},
         "history": tracker.history,
         "sae_quality": tf.stats.sae_quality(),
         "train_counts": tf.stats.counts,
@@ -197,7 +204,7 @@ def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, stage: _St
 
 def run_experiment(job: ExperimentConfig) -> dict[str, Any]:
     """Run the experiment the job describes, write its report, return the results dict."""
-    from sts_lightning.data.domains import load_training_set
+    from sts_lightning.experiment.finetune import task_reward
     from sts_lightning.experiment.report import write_report
     from sts_lightning.experiment.summary import summarise_runs
 
@@ -206,20 +213,22 @@ def run_experiment(job: ExperimentConfig) -> dict[str, Any]:
     model, tokenizer, sae, layer = _load(job, device, stage)
 
     scored, heldout = _domains(job)
-    pools = {name: (builtin, ex) for name, builtin, ex in (_task_pool(job, t) for t in job.tasks)}
-    task_items = {
-        name: load_training_set(name, job.evaluation.task_items, seed=10_000, exclude=pool)
-        for name, (builtin, pool) in pools.items()
-        if builtin and job.evaluation.task_items
-    }
+    pools, problems = {}, {}
+    for name, builtin, examples in (_task_pool(job, t) for t in job.tasks):
+        pool, held = split_task_items(name, builtin, examples, job.evaluation.task_items)
+        pools[name] = (builtin, pool)
+        problems[name] = (held, task_reward(name if builtin else None))
     contrast = None if job.contrast_task is None else _task_pool(job, job.contrast_task)[2][:512]
     forecaster = Forecaster(model, tokenizer, sae, layer, job.predict)
     domain_stats = forecaster.domains(scored, seed=job.predict.seed)  # once: task-independent
     stage(f"domain statistics ({len(scored)} domains)", "domain_statistics")
-    evaluation = Evaluation.measure(model, tokenizer, job, layer, heldout, task_items)
+    # The task problems are measured by TaskLearning (answer NLL and exact match, per item).
+    evaluation = Evaluation.measure(model, tokenizer, job, layer, heldout, {})
+    margin, batch = job.finetune.learned_margin, job.evaluation.batch_size
+    learning = TaskLearning.measure(model, tokenizer, problems, margin, batch)
     stage("base model evaluated on the held-out items", "evaluation")
 
-    ctx = _Shared(job, device, forecaster, domain_stats, scored, evaluation, contrast)
+    ctx = _Shared(job, device, forecaster, domain_stats, scored, evaluation, contrast, learning)
     runs = [
         _one_run(ctx, name, builtin, pool, seed, stage)
         for name, (builtin, pool) in pools.items()

@@ -3,7 +3,8 @@
 Every number in the report is computed here from the runs, never typed: the per-domain table
 (seed means), correlations of every predictor with |realised Δ| (pooled over seeds and per
 seed), partial correlations controlling for the base-model loss, the cross-task comparison,
-sign accuracy and overlap@k.
+sign accuracy and overlap@k. These primary analyses use only the runs that learned their
+source task (:mod:`~sts_lightning.experiment.task_learning`); the others are listed apart.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sts_lightning.experiment.analysis import (
     summarise,
 )
 from sts_lightning.experiment.rank_agreement import rank_agreement
+from sts_lightning.experiment.task_learning import learning_rows, split_learned
 
 __all__ = ["GROUPS", "PREDICTORS", "summarise_runs"]
 
@@ -176,11 +178,13 @@ def summarise_runs(
 
     Returns:
         ``{"runs", "tasks", "tables", "correlations", "partial", "cross_task", "sign",
-        "overlap", "task_accuracy", "predictors", "rank_agreement"}``; see ``docs/results.md``
-        for how to read them.
+        "overlap", "task_accuracy", "predictors", "rank_agreement", "task_learning",
+        "n_learned", "not_learned"}``; see ``docs/results.md`` for how to read them. ``tasks``
+        and every analysis cover the learned runs only; ``task_learning`` has a row per run.
     """
-    tasks = list(dict.fromkeys(r["task"] for r in runs))
-    by_task = {t: [r for r in runs if r["task"] == t] for t in tasks}
+    learned, not_learned = split_learned(runs)
+    tasks = list(dict.fromkeys(r["task"] for r in learned))
+    by_task = {t: [r for r in learned if r["task"] == t] for t in tasks}
     tables = {t: _task_table(rs) for t, rs in by_task.items()}
     corr, partial, sign, overlap, accuracy = {}, {}, {}, {}, {}
     for task, rs in by_task.items():
@@ -207,5 +211,8 @@ def summarise_runs(
         "sign": sign,
         "overlap": overlap,
         "task_accuracy": accuracy,
+        "task_learning": learning_rows(runs),
+        "n_learned": len(learned),
+        "not_learned": [{"task": r["task"], "seed": r["seed"]} for r in not_learned],
         "runs": runs,
     }
