@@ -5,8 +5,10 @@ Already proven elsewhere, not repeated: SFT loss curves after a mid-epoch resume
 (tests/test_grpo.py::test_resume_reproduces_the_uninterrupted_curve), the STS callback restoring
 its forecast without recomputing it (tests/test_callback.py), the HF/TRL twin
 (tests/test_hf.py::test_resume_twice_keeps_forecast_reports_and_state) and SFT weights after
-a Ctrl-C (tests/test_faults.py). Here: final weights, the STS callback's whole history against
-an uninterrupted run, and metric states saved mid-stream.
+a Ctrl-C (tests/test_faults.py). Here: the exact batches after a resume from each kind of
+checkpoint (mid-epoch, at an epoch's last batch, in `on_train_epoch_end`, after `fit`), final
+weights, the STS callback's whole history against an uninterrupted run, and metric states saved
+mid-stream.
 """
 
 from __future__ import annotations
@@ -132,6 +134,96 @@ def test_grpo_resumed_weights_equal_uninterrupted(tmp_path, tiny_llama, tiny_tok
     for key in opt_b:  # AdamW moments too: a resumed run keeps going the same way
         a, b = opt_a[key]["exp_avg"], opt_b[key]["exp_avg"]
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+class _Batches(Callback):
+    """``(epoch, batch_idx, contents)`` of every training batch: prompts, or input ids."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int, list]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        contents = batch["prompt"] if "prompt" in batch else batch["input_ids"].tolist()
+        self.seen.append((trainer.current_epoch, batch_idx, contents))
+
+
+# Where the checkpoint is taken: at a batch's end mid-epoch or at the epoch's last batch
+# (`every_n_train_steps`), in `on_train_epoch_end` (ModelCheckpoint's default), or by
+# `trainer.save_checkpoint` once a `fit` stopped at the epoch's end returned. 3 batches per epoch.
+CHECKPOINTS = {"batch_end_mid": 2, "batch_end_last": 3, "epoch_end": 3, "after_fit": 3}
+
+
+def _batches_after_resume(tmp_path, fit, where: str, stop: int):
+    """The batches of an uninterrupted run and of one stopped at step ``stop`` and resumed."""
+    full = fit([], None)
+    if where == "after_fit":
+        first = _Batches()
+        fit([first, _StopAt(stop)], None, save=tmp_path / "stopped.ckpt")
+        ckpt = tmp_path / "stopped.ckpt"
+    else:
+        every = {"every_n_epochs": 1} if where == "epoch_end" else {"every_n_train_steps": 1}
+        ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, **every)
+        fit([ckpt_cb, _StopAt(stop)], None)
+        (ckpt,) = (tmp_path / "ckpt").glob(f"*-step={stop}.ckpt")
+    return full, fit([], ckpt)
+
+
+@pytest.mark.parametrize("where", CHECKPOINTS)
+def test_grpo_resumed_batches_equal_uninterrupted(tmp_path, tiny_llama, tiny_tokenizer, where):
+    from sts_lightning.training.data import PromptDataModule
+    from tests.test_grpo import make_module
+
+    prompts = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(6)]
+
+    def fit(callbacks, ckpt_path, save=None):
+        batches = _Batches()
+        module = make_module(
+            tiny_llama, tiny_tokenizer, grpo={"num_generations": 2, "max_completion_length": 2}
+        )
+        trainer = Trainer(
+            accelerator="cpu", max_steps=7, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[batches, *callbacks],
+            enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+            default_root_dir=tmp_path,
+        )  # fmt: skip
+        data = PromptDataModule(prompts, train_size=None, batch_size=2, seed=3)
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        if save is not None:
+            trainer.save_checkpoint(save)
+        return batches.seen
+
+    stop = CHECKPOINTS[where]
+    full, resumed = _batches_after_resume(tmp_path, fit, where, stop)
+    assert len(full) == 7 and len({str(b[2]) for b in full[:3]} | {str(full[3][2])}) == 4
+    # Same prompts, in the same epoch and at the same batch index, from the resume point on.
+    assert resumed == full[stop:]
+
+
+@pytest.mark.parametrize("where", ["batch_end_mid", "epoch_end", "after_fit"])
+def test_sft_resumed_batches_equal_uninterrupted_with_accumulation(tmp_path, tiny_dir, where):
+    from sts_lightning.training.data import SFTDataModule
+    from sts_lightning.training.sft import SFTModule
+
+    def fit(callbacks, ckpt_path, save=None):
+        batches = _Batches()
+        trainer = Trainer(
+            accelerator="cpu", max_steps=5, accumulate_grad_batches=2, logger=False,
+            enable_progress_bar=False, enable_model_summary=False,
+            callbacks=[batches, *callbacks], default_root_dir=tmp_path,
+            enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        )  # fmt: skip
+        data = SFTDataModule(EXAMPLES[:6], train_size=None, batch_size=2, max_length=64, seed=0)
+        trainer.fit(SFTModule(tiny_dir, learning_rate=3e-3), data, ckpt_path=ckpt_path)
+        if save is not None:
+            trainer.save_checkpoint(save)
+        return batches.seen
+
+    # 3 batches per epoch, 2 optimizer steps: [b0 b1] [b2]. Step 2 ends epoch 0 (3 batches);
+    # step 3 falls mid-epoch 1 (5 batches).
+    stop = 3 if where == "batch_end_mid" else 2
+    full, resumed = _batches_after_resume(tmp_path, fit, where, stop)
+    assert len(full) == 8
+    assert resumed == full[{2: 3, 3: 5}[stop] :]
 
 
 @pytest.mark.parametrize("kind", ["moments", "shift", "correlation"])

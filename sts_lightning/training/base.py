@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from sts_lightning.training.lora import LoraConfig, apply_lora
+from sts_lightning.training.resume import settle_epoch_end
 
 __all__ = ["HFModelMixin", "keep_model_sources", "load_tokenizer", "prepare_model"]
 
@@ -153,6 +154,10 @@ class HFModelMixin:
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Called before Lightning restores its loops: an epoch-end checkpoint then resumes at the
+        # next epoch's first batch, with that epoch's shuffle (see training/resume.py).
+        trainer = self._trainer
+        settle_epoch_end(checkpoint, trainer.accumulate_grad_batches if trainer else 1)
         stored = checkpoint.get("state_dict")
         if stored is None:  # FSDP strategies have loaded the weights already
             return
