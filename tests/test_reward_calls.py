@@ -4,6 +4,7 @@ own reward functions run unchanged inside GRPOModule on conversational data."""
 from __future__ import annotations
 
 import copy
+import json
 
 import lightning.pytorch as pl
 import pytest
@@ -70,7 +71,7 @@ def test_completion_text_reads_plain_and_conversational_completions():
     assert completion_text(None) == ""
 
 
-def fit_chat(tiny_llama, tiny_tokenizer, reward_funcs, max_steps=2):
+def fit_chat(tiny_llama, tiny_tokenizer, reward_funcs, max_steps=2, data=None):
     grpo = GRPOConfig(num_generations=2, max_completion_length=4)
     module = GRPOModule(copy.deepcopy(tiny_llama), tiny_tokenizer, grpo=grpo,
                         reward_funcs=reward_funcs)  # fmt: skip
@@ -78,8 +79,9 @@ def fit_chat(tiny_llama, tiny_tokenizer, reward_funcs, max_steps=2):
         accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
     )  # fmt: skip
-    loader = torch.utils.data.DataLoader(CHAT_ROWS, batch_size=2, collate_fn=collate_rows)
-    trainer.fit(module, loader)
+    if data is None:
+        data = torch.utils.data.DataLoader(CHAT_ROWS, batch_size=2, collate_fn=collate_rows)
+    trainer.fit(module, data)
     return trainer
 
 
@@ -122,3 +124,45 @@ def test_our_rewards_score_conversational_completions():
     prompts = [[{"role": "user", "content": "q"}]] * 2
     assert accuracy_reward(prompts, chat, answer=["19", "19"]) == [1.0, 0.0]
     assert format_reward(prompts, chat) == [1.0, 0.0]
+
+
+def test_trl_rewards_run_through_the_prompt_data_module(tiny_llama, tiny_tokenizer, tmp_path):
+    from trl.rewards import accuracy_reward, think_format_reward
+
+    from sts_lightning.training.data import PromptDataModule
+    from sts_lightning.training.rollout import encode_prompts
+
+    system = {"role": "system", "content": "Be brief."}
+    rows = [{"prompt": [system, *r["prompt"]], "solution": r["solution"]} for r in CHAT_ROWS]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    calls = []
+
+    def spy(prompts, completions, solution, **kwargs):
+        calls.append((prompts, completions, solution))
+        return [0.0] * len(completions)
+
+    # TRL's prompt-only format: no answer column, `solution` passed through by its name.
+    data = PromptDataModule(str(path), train_size=None, answer_column=None, batch_size=2)
+    trainer = fit_chat(
+        tiny_llama, tiny_tokenizer, [accuracy_reward, think_format_reward, spy], data=data
+    )
+    assert trainer.global_step == 2 and len(calls) == 2
+    prompts, completions, solution = calls[-1]
+    assert all(p in [r["prompt"] for r in rows] and p[0] == system for p in prompts)
+    assert all(
+        c[0]["role"] == "assistant" and isinstance(c[0]["content"], str) for c in completions
+    )
+    assert solution == [r["solution"] for p in prompts for r in rows if r["prompt"] == p]
+    metrics = trainer.callback_metrics
+    accuracy = accuracy_reward(completions, solution)  # what TRL's function scores, unchanged
+    assert metrics["train/rewards/accuracy_reward/mean"].item() == pytest.approx(
+        sum(accuracy) / len(accuracy)
+    )
+    assert metrics["train/rewards/think_format_reward/mean"].item() == pytest.approx(
+        sum(think_format_reward(completions)) / len(completions)
+    )
+    # The chat template renders the system turn given, not the template's default one.
+    ids, mask = encode_prompts(tiny_tokenizer, [rows[0]["prompt"]])
+    text = tiny_tokenizer.decode(ids[0][mask[0].bool()])
+    assert "Be brief." in text and "helpful assistant" not in text and "0 + 0?" in text

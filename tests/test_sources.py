@@ -128,3 +128,36 @@ def test_data_modules_take_chat_rows(tiny_tokenizer):
     grpo = PromptDataModule([{"messages": [_user("7 * 6?"), _assistant("42")]}], train_size=None)
     grpo.setup("fit")
     assert grpo.train_rows == [{"prompt": "7 * 6?", "answer": "42"}]
+
+
+def test_prompt_data_module_keeps_conversational_prompts(tmp_path):
+    from sts_lightning.data.examples import as_examples
+
+    system = {"role": "system", "content": "Be brief."}
+    rows = [
+        {"prompt": [system, _user(f"{i} + 1?")], "completion": [_assistant(str(i + 1))], "id": i}
+        for i in range(4)
+    ]
+    data = PromptDataModule(
+        str(_jsonl(tmp_path / "chat.jsonl", rows)), train_size=None, batch_size=4,
+        val_files={"mine": str(_jsonl(tmp_path / "val.jsonl", rows[:2]))},
+    )  # fmt: skip
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    # As TRL: the message list as it is, system turn included; the answer is the reply's text.
+    assert sorted(batch["prompt"], key=str) == [r["prompt"] for r in rows]
+    assert sorted(zip(batch["id"], batch["answer"], strict=True)) == [
+        (i, str(i + 1)) for i in range(4)
+    ]
+    assert next(iter(data.val_dataloader()[0]))["prompt"] == [r["prompt"] for r in rows[:2]]
+    # The STS callback's examples: the last user turn is the prompt.
+    assert as_examples(data.train_rows[:1])[0].prompt in {f"{i} + 1?" for i in range(4)}
+    plain = PromptDataModule([{"prompt": "2 + 2?", "answer": "4"}], train_size=None)
+    plain.setup("fit")
+    assert plain.train_rows == [{"prompt": "2 + 2?", "answer": "4"}]
+    mixed = PromptDataModule([rows[0], {"prompt": "2 + 2?", "answer": "4"}], train_size=None)
+    with pytest.raises(ValueError, match="`train` mixes plain and conversational prompts"):
+        mixed.setup("fit")
+    no_user = [{"prompt": [system], "answer": "x"}]
+    with pytest.raises(ValueError, match=r"item 0: column 'prompt' .* has no user turn"):
+        PromptDataModule(no_user, train_size=None).setup("fit")

@@ -30,22 +30,33 @@ def as_examples(items: Sequence[Example | str | Mapping]) -> list[Example]:
 
     Args:
         items: ``n`` items, each an ``Example``, a text (becomes a prompt without answer) or a
-            mapping with a ``"prompt"`` and an optional ``"answer"``.
+            mapping with a ``"prompt"`` and an optional ``"answer"``. A conversational prompt
+            (TRL's message list, as GRPO prompt rows keep it) gives its last user turn.
 
     Returns:
         ``n`` examples.
 
     Raises:
         KeyError: A mapping has no ``"prompt"``.
+        ValueError: A conversational prompt without a user turn.
 
     Example:
         >>> as_examples(["2 + 2?", {"prompt": "3 + 3?", "answer": "6"}])
         [Example(prompt='2 + 2?', answer=None), Example(prompt='3 + 3?', answer='6')]
+        >>> as_examples([{"prompt": [{"role": "system", "content": "Be brief."},
+        ...                          {"role": "user", "content": "4 + 4?"}], "answer": "8"}])
+        [Example(prompt='4 + 4?', answer='8')]
     """
     out = []
-    for x in items:
+    for i, x in enumerate(items):
         if isinstance(x, Mapping):
-            x = Example(x["prompt"], x.get("answer"))
+            prompt = x["prompt"]
+            if isinstance(prompt, list):  # the user text, not a stringified conversation
+                users = [m for m in prompt if isinstance(m, Mapping) and m.get("role") == "user"]
+                if not users:
+                    raise ValueError(f"item {i}: a conversational 'prompt' without a user turn")
+                prompt = str(users[-1].get("content") or "")
+            x = Example(prompt, x.get("answer"))
         out.append(x if isinstance(x, Example) else Example(str(x)))
     return out
 

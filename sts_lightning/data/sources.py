@@ -15,19 +15,17 @@ Each row may be in any of TRL's dataset formats (read by
 :func:`~sts_lightning.data.examples.example_from_row`): ``{"prompt", "answer"?}``,
 ``{"prompt", "completion"?}`` with plain strings or conversational message lists
 (``[{"role": "user", "content": ...}]``), ``{"messages"}`` (one user turn and the assistant's
-answer) or ``{"text"}`` (a text without answer). ``prompt_column`` / ``answer_column`` name the
-prompt and answer columns of files and datasets (``completion`` is read when there is no
-``answer``); they become ``prompt`` / ``answer`` (the user turn's text, never a stringified
-message list) and every other column is kept as is. A value of the wrong shape (a dict, a
-message list without ``role``/``content``, a conversation with earlier turns) raises a
-``ValueError`` naming the row and the field. Multi-turn conversations (earlier turns as
-demonstrations) are not supported: an :class:`Example` holds one user turn and its answer.
+answer) or ``{"text"}``. ``prompt_column`` / ``answer_column`` name the prompt and answer
+columns (``completion`` is read when there is no ``answer``); they become ``prompt`` (the user
+turn's text, never a stringified message list; with ``keep_conversational``, for GRPO, a
+conversational prompt stays its message list, system turns included) and ``answer``; every
+other column is kept. A value of the wrong shape raises a ``ValueError`` naming the row and the
+field; so does a conversation with earlier turns, which an :class:`Example` cannot hold.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,8 +36,6 @@ from sts_lightning.data.examples import example_from_row
 from sts_lightning.data.prompts import Example
 
 __all__ = ["is_hf_source", "load_rows", "read_examples"]
-
-log = logging.getLogger(__name__)
 
 # Files read by `datasets` with the builder of their suffix; `.jsonl` is read here (no import).
 _HF_FILE_BUILDERS = {".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -169,17 +165,38 @@ def _clip(value: Any, n: int = 60) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
+def _chat_prompt(row: Mapping[str, Any], column: str, where: str) -> list[dict] | None:
+    """A conversational ``row[column]`` as its checked messages; ``None`` for anything else."""
+    prompt = row.get(column)
+    if not (isinstance(prompt, list) and prompt and isinstance(prompt[0], Mapping)):
+        return None
+    for i, m in enumerate(prompt):
+        if not (isinstance(m, Mapping) and isinstance(m.get("content"), str) and "role" in m):
+            raise ValueError(
+                f"{where}: column {column!r} (`prompt_column`) message {i} must be a "
+                f"{{'role', 'content'}} dict with text content, got {_clip(m)}"
+            )
+    if not any(m["role"] == "user" for m in prompt):
+        raise ValueError(f"{where}: column {column!r} (`prompt_column`) has no user turn")
+    return [dict(m) for m in prompt]
+
+
 def _rename(
-    raw: Sequence[tuple[str, Mapping[str, Any]]], prompt_column: str, answer_column: str | None
+    raw: Sequence[tuple[str, Mapping[str, Any]]],
+    prompt_column: str,
+    answer_column: str | None,
+    keep_conversational: bool = False,
 ) -> list[dict[str, Any]]:
-    """Rows ``{"prompt", "answer"?, **other_columns}`` of ``(where, row)`` pairs; the format's own
-    columns are dropped."""
+    """Rows ``{"prompt", "answer"?, **others}`` of ``(where, row)``; format columns dropped."""
     used = {prompt_column, answer_column, "completion", *_CHAT_COLUMNS}
     rows = []
     for where, row in raw:
+        chat = _chat_prompt(row, prompt_column, where) if keep_conversational else None
+        if chat is not None:  # the answer is read as for the last user turn alone
+            row = {**row, prompt_column: [[m for m in chat if m["role"] == "user"][-1]]}
         example = _example(row, where, prompt_column, answer_column)
         out = {k: v for k, v in row.items() if k not in used}
-        out["prompt"] = example.prompt
+        out["prompt"] = example.prompt if chat is None else chat
         if example.answer is not None:
             out["answer"] = example.answer
         rows.append(out)
@@ -198,6 +215,7 @@ def load_rows(
     answer_column: str | None = "answer",
     argument: str = "train",
     keep_format: bool = False,
+    keep_conversational: bool = False,
 ) -> list[dict[str, Any]]:
     """Rows ``{"prompt", "answer", **other_columns}`` of a source (see the module docstring).
 
@@ -216,6 +234,8 @@ def load_rows(
         keep_format: Return file, dataset and dict rows as they are (any SFT format, multi-turn
             conversations too; :mod:`~sts_lightning.data.sft_format` reads them); built-in sets
             and :class:`Example` items still become ``{"prompt", "answer"}``.
+        keep_conversational: Keep a conversational prompt as its message list (TRL's GRPO
+            prompts; system and earlier turns kept); ``False``: its last user turn's text.
 
     Returns:
         The rows; built-in sets also carry ``"task"`` (the set name, for reward functions).
@@ -245,9 +265,8 @@ def load_rows(
             raw = [
                 (f"dataset {source!r} (split {split!r}) row {i}", r) for i, r in enumerate(loaded)
             ]
-        rows = (
-            [dict(r) for _, r in raw] if keep_format else _rename(raw, prompt_column, answer_column)
-        )
+        columns = (prompt_column, answer_column, keep_conversational)
+        rows = [dict(r) for _, r in raw] if keep_format else _rename(raw, *columns)
     elif isinstance(source, Sequence):
         rows = []
         for i, item in enumerate(source):
@@ -256,11 +275,8 @@ def load_rows(
                 keep = item.answer is not None and answer_column is not None
                 rows.append({"prompt": item.prompt, **({"answer": item.answer} if keep else {})})
             elif isinstance(item, Mapping):
-                rows += (
-                    [dict(item)]
-                    if keep_format
-                    else _rename([(where, item)], prompt_column, answer_column)
-                )
+                columns = (prompt_column, answer_column, keep_conversational)
+                rows += [dict(item)] if keep_format else _rename([(where, item)], *columns)
             else:
                 raise TypeError(f"{where} must be an Example or a dict, got {type(item)}")
     else:

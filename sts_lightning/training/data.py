@@ -9,12 +9,15 @@ batches:
   of ``max_length`` tokens (:mod:`sts_lightning.data.packing`). Validation loaders, one per named
   domain, hold the ``"heldout"`` half of built-in domains
   (:func:`~sts_lightning.data.domains.load_domain`) and/or files.
-- :class:`PromptDataModule` yields ``{"prompt": [...], "answer": [...], <column>: [...]}``: plain
-  text, the GRPO module applies the chat template.
+- :class:`PromptDataModule` yields ``{"prompt": [...], "answer": [...], <column>: [...]}``:
+  plain text, or TRL's conversational message lists kept as they are; the GRPO module applies
+  the chat template.
 
 Both read their rows through :class:`~sts_lightning.training.data_source.SourceDataModule`.
 Training loaders shuffle by ``(seed, epoch)`` and record how far into the epoch they are in
-Lightning checkpoints, so a run resumed mid-epoch sees the same batches as one never stopped.
+Lightning checkpoints, so a run resumed mid-epoch sees the same batches as one never stopped
+(resumed at an epoch's end, the modules settle Lightning's counters first:
+:mod:`sts_lightning.training.resume`).
 """
 
 from __future__ import annotations
@@ -168,9 +171,11 @@ class SFTDataModule(SourceDataModule):
 class PromptDataModule(SourceDataModule):
     """Batches of prompts for GRPO: ``{"prompt": [str], "answer": [str], <column>: [...]}``.
 
-    ``prompt`` is the user text (no chat template); every other column of the source comes along
-    (built-in sets add ``"task"``, their name, for reward functions). Validation batches, one
-    loader per name as in :class:`SFTDataModule`, also carry ``"name"``.
+    ``prompt`` is the user text (no chat template), or, for a conversational dataset, the
+    message list as it is (system turns included; as TRL, reward functions then get completions
+    as message lists). Every other column of the source comes along (built-in sets add
+    ``"task"``, their name, for reward functions). Validation batches, one loader per name as in
+    :class:`SFTDataModule`, also carry ``"name"``.
 
     Args:
         train: A built-in training set name, a ``.jsonl`` file, a ``datasets`` name / directory /
@@ -191,6 +196,8 @@ class PromptDataModule(SourceDataModule):
         num_workers: DataLoader workers.
         seed: Seed of the subsets, the built-in generators and the per-epoch shuffling.
     """
+
+    _keep_conversational = True
 
     def setup(self, stage: str | None = None) -> None:
         self._read_rows()

@@ -33,6 +33,7 @@ class SourceDataModule(LightningDataModule):
     :class:`~sts_lightning.training.data.PromptDataModule`)."""
 
     _keep_format = False  # rows as read (SFT), not {"prompt", "answer"} (GRPO)
+    _keep_conversational = False  # conversational prompts as message lists (GRPO), not text
 
     def __init__(
         self,
@@ -82,7 +83,7 @@ class SourceDataModule(LightningDataModule):
     def _read(self, source, size: int | None, *, argument: str = "train", seed: int | None = None):
         # The split / subset / data_files arguments describe `train`, not the validation files.
         is_train = argument == "train"
-        return load_rows(
+        rows = load_rows(
             source,
             size=size,
             seed=self.seed if seed is None else seed,
@@ -93,7 +94,12 @@ class SourceDataModule(LightningDataModule):
             answer_column=self.answer_column,
             argument=argument,
             keep_format=self._keep_format,
+            keep_conversational=self._keep_conversational,
         )
+        # A batch's first prompt tells GRPO whether completions are text or messages.
+        if len({isinstance(row.get("prompt"), list) for row in rows}) > 1:
+            raise ValueError(f"`{argument}` mixes plain and conversational prompts: use one kind")
+        return rows
 
     def _read_rows(self) -> None:
         if self.train_rows is not None:
