@@ -202,6 +202,48 @@ def test_experiment_writes_every_artefact_and_its_numbers_match_the_json(recipe,
         for d in DOMAINS
     )
 
+    _check_measurement(results, report)
+
+
+def _check_measurement(results: dict, report: str) -> None:
+    """Every reliability, ceiling and paired test, recomputed from results.json."""
+    import numpy as np
+
+    from sts_lightning.paired import williams_test
+    from sts_lightning.reliability import spearman_brown, split_half_reliability
+
+    assert "Pre-registered primary hypothesis" in report
+    assert "cannot tell whether STS predicts" in report or "reaches its reliability" in report
+    for task, m in results["measurement"].items():
+        runs = [r for r in results["runs"] if r["task"] == task]
+        domains = list(results["tables"][task])
+        values, weights, labels, means = [], [], [], []
+        for i, d in enumerate(domains):
+            b, t, w = (np.concatenate([r["realised"][d]["items"][k] for r in runs])
+                       for k in ("base", "tuned", "weight"))  # fmt: skip
+            values += list((t - b) / w)
+            weights += list(w)
+            labels += [i] * len(w)
+            means.append((t - b).sum() / w.sum())
+        want = split_half_reliability(values, labels, weights=weights, transform=np.abs)
+        got = m["realised"]["abs"]["reliability"]
+        assert got is None or math.isclose(got, want["reliability"], abs_tol=1e-9)
+        for p, rel in m["forecast"].items():
+            if p == "base_loss" or rel is None:
+                continue
+            a, b = (np.array([np.mean([r["score_halves"][h][d][p] for r in runs])
+                              for d in domains]) for h in ("a", "b"))  # fmt: skip
+            assert math.isclose(rel, spearman_brown(np.corrcoef(a, b)[0, 1]), abs_tol=1e-9), p
+        table, delta = results["tables"][task], np.abs(means)
+        for mode, comparisons in m["tests"].items():
+            for c in comparisons:
+                x, y = (np.array([table[d][q] for d in domains]) for q in (mode, c["vs"]))
+                r = np.corrcoef([delta, x, y])
+                t, _ = williams_test(r[0, 1], r[0, 2], r[1, 2], len(domains))
+                assert math.isclose(c["williams_t"], t, rel_tol=1e-9), (mode, c["vs"])
+        assert f"## Reliability and noise ceilings: {task}" in report
+        assert f"## Paired tests: {task}" in report
+
 
 EXPERIMENT_RECIPES = sorted(ROOT.glob("recipes/experiment_*.yaml"))
 

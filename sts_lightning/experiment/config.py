@@ -101,9 +101,17 @@ class EvalConfig:
     no run counts as learned."""
     batch_size: int = 8
     """Sequences per forward pass."""
+    target_reliability: float = 0.8
+    """The split-half reliability of the realised |Δ| across domains this run needs to tell
+    (pre-registered): a run below it says so at the top of its report."""
 
     def __post_init__(self) -> None:
         check_fields(self, positive_int, "items_per_domain", "batch_size")
+        if not 0.0 < self.target_reliability <= 1.0:
+            raise ValueError(
+                "`evaluation.target_reliability` must be in (0, 1], got "
+                f"{self.target_reliability!r}"
+            )
         non_negative_int("evaluation.task_items", self.task_items)
         one_of("evaluation.metric", self.metric, ("choice_margin", "answer_nll", "item_nll"))
         one_of("evaluation.format", self.format, ("plain", "chat"))

@@ -146,7 +146,7 @@ def best_control(table, domains, target: DomainItems) -> str | None:
 
 def measure_task(
     runs: Sequence[dict], table: dict[str, dict[str, float]], *, n_bootstrap: int, seed: int = 0
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Reliabilities, ceilings and paired tests of one task's learned runs.
 
     Args:
@@ -160,9 +160,11 @@ def measure_task(
         ``realised`` (split-half reliability of |Δ| and of Δ), ``base_loss`` (of the control),
         ``forecast`` (``{predictor: reliability}``), ``ceiling`` (``{predictor: √(rel·rel_|Δ|)}``),
         ``best_control``, ``tests`` (``{mode: [comparison, ...]}``), ``n_domains``,
-        ``items_per_domain``.
+        ``items_per_domain``; ``None`` when the runs carry no per-item values.
     """
     domains = list(table)
+    if not all("items" in r["realised"][d] for r in runs for d in domains):
+        return None  # results without per-item values (older runs): nothing to measure
     target = realised_items(runs, domains)
     realised = {
         "abs": _split_half(runs, domains, "change", np.abs, seed),

@@ -20,6 +20,12 @@ from sts_lightning.experiment.report_learning import (
     learning_table,
     not_learned_table,
 )
+from sts_lightning.experiment.report_measurement import (
+    METRIC_TEXT,
+    measurement_banner,
+    measurement_tables,
+    sign_text,
+)
 
 __all__ = ["write_report"]
 
@@ -141,13 +147,6 @@ def _correlation_rows(results: dict[str, Any], task: str) -> list[list[str]]:
 
 Table = tuple[str, str, str, list[str], list[list]]
 
-_METRIC_TEXT = {
-    "choice_margin": "the drop of the correct option's log-odds against the other options, "
-    "mean over items (nats)",
-    "answer_nll": "the correct answer's NLL per answer token after − before fine-tuning",
-    "item_nll": "the whole item's NLL per content token after − before fine-tuning",
-}
-
 
 def _cross_task_tables(results: dict[str, Any]) -> list[Table]:
     note = (
@@ -177,7 +176,7 @@ def _sign_overlap_table(results: dict[str, Any]) -> Table:
         rows.append(
             [
                 t,
-                _f(sign["pooled"]["accuracy"]),
+                sign_text(sign["pooled"]["accuracy"]),
                 _f(sign["pooled"]["majority"]),
                 f"{_f(sign['seeds']['mean'])} ± {_f(sign['seeds']['std'], 2)}",
                 f"{_f(overlap['icl']['mean'])} ± {_f(overlap['icl']['std'], 2)}",
@@ -216,7 +215,7 @@ def _domain_tables(results: dict[str, Any]) -> list[Table]:
 
 def _tables(results: dict[str, Any]) -> list[Table]:
     """Every report table as ``(key, title, note, head, rows)``: markdown and W&B share them."""
-    head = ["predictor", "kind", "Pearson [95% CI]", "p", "Spearman", "Kendall"]
+    head = ["predictor", "kind", "seed-mean Pearson [95% CI]", "p", "Spearman", "Kendall"]
     head += ["Pearson per seed", "partial r (base loss)"]
     correlations = [
         (
@@ -232,6 +231,7 @@ def _tables(results: dict[str, Any]) -> list[Table]:
     return [
         *learning_table(results),
         *correlations,
+        *measurement_tables(results),
         *_cross_task_tables(results),
         *([rank_agreement_table(results)] if results.get("rank_agreement") else []),
         _sign_overlap_table(results),
@@ -246,6 +246,7 @@ def _markdown(results: dict[str, Any], figures: dict[str, Path]) -> str:
     ft, ev = cfg["finetune"], cfg["evaluation"]
     lines = [
         "# STS crystal-ball experiment",
+        *measurement_banner(results),
         *learning_banner(results),
         "",
         f"Model `{cfg['model']}`, SAE `{cfg['sae'] or 'trained and cached'}` at layer "
@@ -258,10 +259,10 @@ def _markdown(results: dict[str, Any], figures: dict[str, Path]) -> str:
         f"{ev['items_per_domain']} held-out items per domain ({ev['format']} text), paired "
         "by item.",
         "",
-        f"Realised Δ = {_METRIC_TEXT[ev['metric']]} (> 0: worse); correlations "
-        'are with |Δ| (the paper predicts magnitude), over domains, on seed means ("pooled", '
-        "95 % bootstrap CI of Pearson) and per seed (mean ± std). Partial r controls for each "
-        "domain's base-model loss.",
+        f"Realised Δ = {METRIC_TEXT[ev['metric']]} (> 0: worse); correlations "
+        "are with |Δ| (the paper predicts magnitude), over domains: seed-mean correlations "
+        "(on the seed means of Δ and of each predictor, 95 % bootstrap CI of Pearson over "
+        "domains) and per seed (mean ± std). Partial r controls for each domain's base loss.",
     ]
     for key, title, note, head, rows in _tables(results):
         if key == "timings":

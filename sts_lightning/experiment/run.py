@@ -143,6 +143,8 @@ class _Shared:
     contrast: list[Example] | None
     learning: TaskLearning
     """Held-out problems of each source task: was it learned? (answer NLL, exact match)"""
+    halves: tuple[dict, dict] | None = None
+    """Domain statistics on two disjoint halves of each domain's items (forecast reliability)."""
 
 
 def _final_shift(tracker, model, tokenizer, steps: int) -> torch.Tensor:
@@ -163,6 +165,7 @@ def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, stage: _St
     job, tag, k, sae = ctx.job, f"{name} seed {seed}", ctx.job.predict.k, ctx.forecaster.sae
     tf = ctx.forecaster.task(pool, seed, ctx.contrast, desc=f"forecast {tag}")
     scores = score_domains(ctx.domain_stats, tf, k, job.raw_k)
+    halves = [score_domains(h, tf, k, job.raw_k) for h in ctx.halves or ()]
     max_norm = float(ctx.forecaster.max_norm)
     prediction = to_prediction(
         ctx.domain_stats, tf, layer=ctx.forecaster.layer, k=k, max_norm=max_norm, config=job.predict
@@ -196,6 +199,8 @@ def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, stage: _St
         "sae_quality": tf.stats.sae_quality(),
         "train_counts": tf.stats.counts,
     }
+    if halves:
+        record["score_halves"] = {"a": halves[0], "b": halves[1]}
     del model, tracker
     gc.collect()  # one fine-tuned copy at a time
     stage(f"realised change measured for {tag}", "evaluation")
@@ -220,7 +225,8 @@ def run_experiment(job: ExperimentConfig) -> dict[str, Any]:
         problems[name] = (held, task_reward(name if builtin else None))
     contrast = None if job.contrast_task is None else _task_pool(job, job.contrast_task)[2][:512]
     forecaster = Forecaster(model, tokenizer, sae, layer, job.predict)
-    domain_stats = forecaster.domains(scored, seed=job.predict.seed)  # once: task-independent
+    # Once (task-independent), as two disjoint item halves merged: the halves give reliability.
+    domain_stats, *halves = forecaster.domain_halves(scored, seed=job.predict.seed)
     stage(f"domain statistics ({len(scored)} domains)", "domain_statistics")
     # The task problems are measured by TaskLearning (answer NLL and exact match, per item).
     evaluation = Evaluation.measure(model, tokenizer, job, layer, heldout, {})
@@ -229,6 +235,7 @@ def run_experiment(job: ExperimentConfig) -> dict[str, Any]:
     stage("base model evaluated on the held-out items", "evaluation")
 
     ctx = _Shared(job, device, forecaster, domain_stats, scored, evaluation, contrast, learning)
+    ctx.halves = None if halves[0] is None else tuple(halves)
     runs = [
         _one_run(ctx, name, builtin, pool, seed, stage)
         for name, (builtin, pool) in pools.items()

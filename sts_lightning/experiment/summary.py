@@ -22,6 +22,7 @@ from sts_lightning.experiment.analysis import (
     sign_accuracy,
     summarise,
 )
+from sts_lightning.experiment.measurement import measure_task
 from sts_lightning.experiment.rank_agreement import rank_agreement
 from sts_lightning.experiment.task_learning import learning_rows, split_learned
 
@@ -171,6 +172,12 @@ def _rank_agreement(tasks: list[str], tables: dict, n_bootstrap: int) -> dict[st
     }
 
 
+def _n_predictors(tables: dict[str, dict[str, dict[str, float]]]) -> int:
+    """How many predictors the report compares (those the runs have)."""
+    rows = [row for table in tables.values() for row in table.values()]
+    return len([p for p in PREDICTORS if rows and p in rows[0]])
+
+
 def summarise_runs(
     runs: list[dict[str, Any]], *, k: int, d_sae: int, n_bootstrap: int = 2000
 ) -> dict[str, Any]:
@@ -179,8 +186,9 @@ def summarise_runs(
     Returns:
         ``{"runs", "tasks", "tables", "correlations", "partial", "cross_task", "sign",
         "overlap", "task_accuracy", "predictors", "rank_agreement", "task_learning",
-        "n_learned", "not_learned"}``; see ``docs/results.md`` for how to read them. ``tasks``
-        and every analysis cover the learned runs only; ``task_learning`` has a row per run.
+        "n_learned", "not_learned", "measurement", "n_predictors"}``; see ``docs/results.md``
+        for how to read them. ``tasks`` and every analysis cover the learned runs only;
+        ``task_learning`` has a row per run.
     """
     learned, not_learned = split_learned(runs)
     tasks = list(dict.fromkeys(r["task"] for r in learned))
@@ -211,6 +219,10 @@ def summarise_runs(
         "sign": sign,
         "overlap": overlap,
         "task_accuracy": accuracy,
+        "measurement": {
+            t: measure_task(rs, tables[t], n_bootstrap=n_bootstrap) for t, rs in by_task.items()
+        },
+        "n_predictors": _n_predictors(tables),
         "task_learning": learning_rows(runs),
         "n_learned": len(learned),
         "not_learned": [{"task": r["task"], "seed": r["seed"]} for r in not_learned],
