@@ -1,10 +1,13 @@
-"""Realised per-domain change: held-out loss of the model on each domain's texts.
+"""Held-out losses during training and how well a forecast matched what training did.
 
-A domain's realised delta is ``loss(θ_now) − loss(θ_base)`` on fixed held-out items: the mean
-negative log-likelihood of the answer tokens (of every token for plain texts), teacher-forced.
-Positive means fine-tuning made the model worse on that domain. How well the forecast matches
-what training did is scored here too: the per-latent Spearman of forecast and realised shift,
-and the correlation of per-domain scores with the realised deltas.
+What the STS callback measures while a model trains (:class:`~sts_lightning.monitor.tracker.
+STSTracker`): the teacher-forced NLL of held-out items per domain (:func:`item_losses`, the
+answer tokens, or every token of plain texts; > 0 change: worse), logits only where a token is
+scored (:func:`scored_logits`), and the agreement of the forecast with the realised latent shift
+(:func:`latent_spearman`, :func:`shift_metrics`) and with the per-domain deltas
+(:func:`forecast_correlations`). The experiment's pre-registered, answer-level realised change
+(the correct option's log-odds among the choices) is
+:mod:`sts_lightning.monitor.answer_scores`; its item-level NLL stays here.
 """
 
 from __future__ import annotations
