@@ -9,20 +9,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["learning_banner", "learning_table", "not_learned_table"]
+__all__ = ["fmt", "fmt_ci", "learning_banner", "learning_table", "not_learned_table"]
 
 Table = tuple[str, str, str, list[str], list[list]]
 
 
-def _f(value: Any, digits: int = 3) -> str:
+def fmt(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
     return f"{value:.{digits}g}"
 
 
-def _ci(pair: Any) -> str:
+def fmt_ci(pair: Any) -> str:
     low, high = pair if isinstance(pair, (list, tuple)) else (None, None)
-    return f"[{_f(low, 2)}, {_f(high, 2)}]"
+    return f"[{fmt(low, 2)}, {fmt(high, 2)}]"
 
 
 def _rule(results: dict[str, Any]) -> str:
@@ -76,11 +76,11 @@ def learning_table(results: dict[str, Any]) -> list[Table]:
         [
             r["task"],
             r["seed"],
-            f"{_f(r['answer_nll_before'])} → {_f(r['answer_nll_after'])}",
-            f"{_f(r['answer_nll_delta'])} {_ci(r['answer_nll_ci'])}",
-            f"{_f(r['exact_match_before'])} {_ci(r['exact_match_before_ci'])}",
-            f"{_f(r['exact_match_after'])} {_ci(r['exact_match_after_ci'])}",
-            f"{_f(r['exact_match_change'])} {_ci(r['exact_match_change_ci'])}",
+            f"{fmt(r['answer_nll_before'])} → {fmt(r['answer_nll_after'])}",
+            f"{fmt(r['answer_nll_delta'])} {fmt_ci(r['answer_nll_ci'])}",
+            f"{fmt(r['exact_match_before'])} {fmt_ci(r['exact_match_before_ci'])}",
+            f"{fmt(r['exact_match_after'])} {fmt_ci(r['exact_match_after_ci'])}",
+            f"{fmt(r['exact_match_change'])} {fmt_ci(r['exact_match_change_ci'])}",
             r["n_items"],
             {True: "yes", None: "not judged"}.get(r["learned"], "**no**"),
         ]

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from sts_lightning.experiment.measurement import PRIMARY
+from sts_lightning.experiment.report_learning import fmt, fmt_ci
 
 __all__ = ["METRIC_TEXT", "measurement_banner", "measurement_tables", "sign_text"]
 
@@ -30,18 +31,7 @@ def sign_text(accuracy: Any) -> str:
     """Sign accuracy, or why it is undefined (a predictor whose sign never changes)."""
     if accuracy is None or (isinstance(accuracy, float) and math.isnan(accuracy)):
         return "undefined (one sign)"
-    return _f(accuracy)
-
-
-def _f(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{value:.{digits}g}"
-
-
-def _ci(pair: Any) -> str:
-    low, high = pair if isinstance(pair, (list, tuple)) else (None, None)
-    return f"[{_f(low, 2)}, {_f(high, 2)}]"
+    return fmt(accuracy)
 
 
 def _target(results: dict[str, Any]) -> float:
@@ -55,9 +45,9 @@ def _primary_line(task: str, m: dict[str, Any], corr: dict[str, Any]) -> str:
         pooled = corr.get(mode, {}).get("pooled")
         if pooled is None:
             continue
-        ci = _ci((pooled["pearson_ci_low"], pooled["pearson_ci_high"]))
-        ceiling = _f(m["ceiling"].get(mode), 2)
-        parts.append(f"STS_{mode} r = {_f(pooled['pearson'], 2)} {ci} (ceiling {ceiling})")
+        ci = fmt_ci((pooled["pearson_ci_low"], pooled["pearson_ci_high"]))
+        ceiling = fmt(m["ceiling"].get(mode), 2)
+        parts.append(f"STS_{mode} r = {fmt(pooled['pearson'], 2)} {ci} (ceiling {ceiling})")
     return f"{task}: " + "; ".join(parts) if parts else f"{task}: no primary predictor"
 
 
@@ -70,7 +60,7 @@ def measurement_banner(results: dict[str, Any]) -> list[str]:
     for task, m in measurement.items():
         rel = m["realised"]["abs"]["reliability"]
         if not (isinstance(rel, float) and rel >= target):
-            low.append(f"{task} {_f(rel, 2)}")
+            low.append(f"{task} {fmt(rel, 2)}")
     lines = [""]
     if low:
         lines.append(
@@ -100,14 +90,14 @@ def measurement_banner(results: dict[str, Any]) -> list[str]:
 def _reliability_table(task: str, m: dict[str, Any], corr: dict[str, Any]) -> Table:
     realised = m["realised"]
     rows = [
-        ["realised |Δ|", _f(realised["abs"]["reliability"]), _f(realised["abs"]["std"], 2),
+        ["realised |Δ|", fmt(realised["abs"]["reliability"]), fmt(realised["abs"]["std"], 2),
          "—", "—"],
-        ["realised Δ (signed)", _f(realised["signed"]["reliability"]),
-         _f(realised["signed"]["std"], 2), "—", "—"],
+        ["realised Δ (signed)", fmt(realised["signed"]["reliability"]),
+         fmt(realised["signed"]["std"], 2), "—", "—"],
     ]  # fmt: skip
     for p, rel in m["forecast"].items():
         r = corr.get(p, {}).get("pooled", {}).get("pearson")
-        rows.append([p, _f(rel), "—", _f(m["ceiling"].get(p)), _f(r)])
+        rows.append([p, fmt(rel), "—", fmt(m["ceiling"].get(p)), fmt(r)])
     note = (
         "Split-half reliability (Spearman–Brown): realised over random item halves "
         "(200 splits; spread = std over splits); forecasts over the two disjoint halves of "
@@ -129,11 +119,11 @@ def _tests_table(task: str, m: dict[str, Any]) -> Table:
                 [
                     mode + (" (primary)" if mode in PRIMARY else ""),
                     c["vs"],
-                    _f(c["r"], 2),
-                    _f(c["r_other"], 2),
-                    f"{_f(c['diff'], 2)} {_ci(c['ci'])}",
-                    _f(c["bootstrap_p"], 2),
-                    f"{_f(c['williams_t'], 3)} (p {_f(c['williams_p'], 2)})",
+                    fmt(c["r"], 2),
+                    fmt(c["r_other"], 2),
+                    f"{fmt(c['diff'], 2)} {fmt_ci(c['ci'])}",
+                    fmt(c["bootstrap_p"], 2),
+                    f"{fmt(c['williams_t'], 3)} (p {fmt(c['williams_p'], 2)})",
                 ]
             )
     note = (
