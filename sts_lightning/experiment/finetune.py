@@ -9,6 +9,7 @@ from typing import Any
 
 from sts_lightning.data.prompts import Example
 from sts_lightning.experiment.config import ExperimentConfig
+from sts_lightning.experiment.memory import release_memory
 from sts_lightning.forecast.prediction import Prediction
 
 __all__ = ["finetune", "task_reward"]
@@ -109,6 +110,38 @@ def _loggers(job: ExperimentConfig, name: str, log_dir: Path) -> list[Any]:
     return loggers
 
 
+def _trainer(job: ExperimentConfig, sft: bool, loggers: list[Any], callback: Any):
+    """The Lightning ``Trainer`` of one fine-tuning run: ``job.finetune.steps`` steps, no
+    checkpoints, no validation."""
+    from lightning.pytorch import Trainer
+
+    ft = job.finetune
+    return Trainer(
+        accelerator="auto",
+        devices=1,
+        max_steps=ft.steps,
+        precision=ft.precision,
+        accumulate_grad_batches=ft.accumulate if sft else 1,
+        logger=loggers,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        log_every_n_steps=1,
+        gradient_clip_val=1.0 if sft else None,  # GRPO clips inside its manual optimisation
+        callbacks=[callback],
+    )
+
+
+def _drop_training_state(trainer: Any, model: Any) -> None:
+    """Free the optimizer state (two tensors per trained weight) and the last step's gradients
+    as soon as training ends: the model handed back is only evaluated."""
+    for optimizer in trainer.optimizers:
+        optimizer.state.clear()
+    trainer.strategy.optimizers, trainer.strategy.lr_scheduler_configs = [], []
+    model.zero_grad(set_to_none=True)
+
+
 def finetune(
     job: ExperimentConfig,
     task: str,
@@ -125,9 +158,10 @@ def finetune(
     Returns:
         ``(model, tokenizer, tracker)``: the fine-tuned HF model (a peft model with LoRA), its
         tokenizer and the STS callback's tracker (its ``history`` holds the realised shift over
-        steps, ``last_shift`` the latest one).
+        steps, ``last_shift`` the latest one). Nothing else of the run outlives the call: the
+        optimizer state, the gradients, the trainer and the module are freed before it returns.
     """
-    from lightning.pytorch import Trainer, seed_everything
+    from lightning.pytorch import seed_everything
 
     from sts_lightning.callbacks import STSCallback
 
@@ -151,26 +185,17 @@ def finetune(
         _sft(job, examples, n, seed) if sft else _grpo(job, task, builtin, examples, n, seed)
     )
     loggers = _loggers(job, f"{task}-seed{seed}", log_dir)
-    trainer = Trainer(
-        accelerator="auto",
-        devices=1,
-        max_steps=ft.steps,
-        precision=ft.precision,
-        accumulate_grad_batches=ft.accumulate if sft else 1,
-        logger=loggers,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        log_every_n_steps=1,
-        gradient_clip_val=1.0 if sft else None,  # GRPO clips inside its manual optimisation
-        callbacks=[callback],
-    )
+    trainer = _trainer(job, sft, loggers, callback)
     try:
         trainer.fit(module, datamodule=data)
     finally:
         for logger in loggers[1:]:  # end this W&B run: the next fine-tune starts its own
             logger.experiment.finish()
-    if callback.tracker is None:
+    model, tokenizer, tracker = module.model, module.tokenizer, callback.tracker
+    _drop_training_state(trainer, model)
+    # The trainer, module and optimizer refer to each other: only a collection frees them.
+    del trainer, module, data, callback, loggers
+    release_memory()
+    if tracker is None:
         raise RuntimeError(f"the STS callback failed for task {task!r}, seed {seed}: see warnings")
-    return module.model, module.tokenizer, callback.tracker
+    return model, tokenizer, tracker

@@ -17,7 +17,6 @@ In order (each stage printed with the elapsed time):
 
 from __future__ import annotations
 
-import gc
 import logging
 import sys
 import time
@@ -37,6 +36,7 @@ from sts_lightning.experiment.forecast import (
     to_prediction,
 )
 from sts_lightning.experiment.heldout import Evaluation
+from sts_lightning.experiment.memory import release_memory
 from sts_lightning.experiment.task_probe import TaskLearning, split_task_items
 from sts_lightning.model.device import resolve_device
 
@@ -202,7 +202,7 @@ def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, stage: _St
     if halves:
         record["score_halves"] = {"a": halves[0], "b": halves[1]}
     del model, tracker
-    gc.collect()  # one fine-tuned copy at a time
+    release_memory()  # one fine-tuned copy at a time, its pages given back
     stage(f"realised change measured for {tag}", "evaluation")
     return record
 

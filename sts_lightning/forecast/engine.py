@@ -3,20 +3,20 @@
 :func:`~sts_lightning.forecast.predict.predict` and the experiment's forecasts
 (:mod:`sts_lightning.experiment.forecast`) are both built from these pieces, in data order:
 
-1. :func:`check_examples` and :func:`select_pairs`: a seeded choice of examples up to a token
-   budget, each encoded plain (base) and after demonstrations (ICL);
+1. :func:`check_examples` and :func:`select_pairs` (:mod:`~sts_lightning.forecast.pairs`): a
+   seeded choice of examples up to a token budget, each encoded plain (base) and after
+   demonstrations (ICL), kept as indices and encoded again batch by batch;
 2. :class:`Extractor`: the residual stream after layer L of the *same* tokens in both prompts
    (:func:`~sts_lightning.model.capture.iter_span_activations`), rows dropped by the one
    :class:`~sts_lightning.model.rows.RowFilter` every pass shares, fed to a :class:`Statistics`;
 3. :mod:`~sts_lightning.forecast.predict`'s task and domain steps choose what to fill, and
    assemble the :class:`~sts_lightning.forecast.prediction.Prediction`.
 
-No token row outlives its batch.
+No token row and no encoded prompt outlives its batch: memory does not grow with the budget.
 """
 
 from __future__ import annotations
 
-import random
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,9 +25,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from sts_lightning.data.prompts import EncodedPrompt, Example, build_pairs
+from sts_lightning.data.prompts import EncodedPrompt, Example
 from sts_lightning.forecast.config import PredictConfig
+from sts_lightning.forecast.pairs import Pair, PairPlan, select_pairs
 from sts_lightning.model.capture import iter_span_activations, model_width
 from sts_lightning.model.rows import RowFilter
 from sts_lightning.model.sae import ReconstructionQuality, encode, sae_d_sae
@@ -37,14 +39,12 @@ __all__ = [
     "LOCAL",
     "Extractor",
     "Pair",
+    "PairPlan",
     "Statistics",
     "check_examples",
     "resolve_pad_id",
     "select_pairs",
 ]
-
-Pair = tuple[EncodedPrompt, EncodedPrompt]
-"""A ``(base, icl)`` encoding of one query."""
 
 LOCAL: Mapping[str, bool] = MappingProxyType({"sync_on_compute": False})
 """Metric keywords of every statistic here: each process runs the whole forecast on the same
@@ -80,50 +80,6 @@ def resolve_pad_id(tokenizer) -> int:
     # Padding is masked out, so any valid id works; say so once rather than fail.
     warnings.warn("`tokenizer` has no pad token; padding with the eos token", stacklevel=3)
     return tokenizer.eos_token_id
-
-
-def select_pairs(
-    tokenizer,
-    examples: Sequence[Example],
-    n_demos: int,
-    span: str,
-    budget: int,
-    config: PredictConfig,
-    exclude: set[int],
-    *,
-    seed: int | None = None,
-    demo_pool: Sequence[Example] | None = None,
-) -> tuple[list[Pair], int]:
-    """Seeded choice of examples until ``budget`` span tokens; returns the pairs and the count.
-
-    The queries depend only on ``examples``, the seed (default ``config.seed``) and the budget;
-    ``demo_pool`` (default: ``examples``) only changes what precedes them in the ICL prompt.
-    Span tokens in ``exclude`` are not counted.
-    """
-    seed = config.seed if seed is None else seed
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    chosen, n_tokens, chunk = [], 0, 32
-    for first in range(0, len(order), chunk):
-        queries = [examples[i] for i in order[first : first + chunk]]
-        for base, icl in build_pairs(
-            tokenizer,
-            queries,
-            n_demos,
-            seed=seed,
-            demo_pool=examples if demo_pool is None else demo_pool,
-            system_prompt=config.system_prompt,
-            use_chat_template=config.use_chat_template,
-        ):
-            start, end = base.span(span)
-            n_tokens += sum(t not in exclude for t in base.input_ids[start:end])
-            chosen.append((base, icl))
-            if n_tokens >= budget:
-                break
-        if n_tokens >= budget:
-            break
-    # Longest ICL prompts first: similar lengths batch together, less padding.
-    return sorted(chosen, key=lambda p: -len(p[1].input_ids)), n_tokens
 
 
 @dataclass
@@ -226,18 +182,25 @@ class Extractor:
             demo_pool=demo_pool,
         )
 
-    def _rows(self, prompts: list[EncodedPrompt], span: str, desc: str | None) -> Iterator[Tensor]:
-        return iter_span_activations(
-            self.model,
-            [p.input_ids for p in prompts],
-            [p.span(span) for p in prompts],
-            layer=self.layer,
-            batch_size=self.config.batch_size,
-            pad_token_id=self.pad_id,
-            exclude_token_ids=self.exclude,
-            progress=self.config.progress and desc is not None,
-            desc=desc,
-        )
+    def _rows(
+        self, prompts: Sequence[EncodedPrompt], span: str, desc: str | None
+    ) -> Iterator[Tensor]:
+        """Rows of ``prompts`` batch by batch; a lazy sequence is encoded one batch at a time."""
+        size = self.config.batch_size
+        show = self.config.progress and desc is not None
+        with tqdm(total=len(prompts), desc=desc, unit="seq", disable=not show) as bar:
+            for first in range(0, len(prompts), size):
+                batch = prompts[first : first + size]  # (batch_size,) encoded prompts
+                yield from iter_span_activations(
+                    self.model,
+                    [p.input_ids for p in batch],
+                    [p.span(span) for p in batch],
+                    layer=self.layer,
+                    batch_size=len(batch),
+                    pad_token_id=self.pad_id,
+                    exclude_token_ids=self.exclude,
+                )
+                bar.update(len(batch))
 
     def run(self, pairs: Sequence[Pair], span: str, desc: str, stats: Statistics) -> dict[str, int]:
         """Feed ``stats`` the kept rows of ``pairs``; the ICL prompts run only when it is paired.
@@ -246,9 +209,9 @@ class Extractor:
             ``{"n_tokens": rows kept, "n_dropped": rows dropped}``; a pair's rows are kept or
             dropped together (NaN/inf rows are dropped like massive ones).
         """
-        base_it = self._rows([b for b, _ in pairs], span, desc)
+        base_it = self._rows(_side(pairs, "base"), span, desc)
         # One bar: the ICL pass advances in lockstep with the base one.
-        icl_it = self._rows([i for _, i in pairs], span, None) if stats.paired else None
+        icl_it = self._rows(_side(pairs, "icl"), span, None) if stats.paired else None
         kept = dropped = 0
         for base in base_it:
             icl = next(icl_it) if icl_it is not None else None
@@ -261,3 +224,10 @@ class Extractor:
             if keep.any():
                 stats.update(self.sae, base[keep], None if icl is None else icl[keep])
         return {"n_tokens": kept, "n_dropped": dropped}
+
+
+def _side(pairs: Sequence[Pair], which: str) -> Sequence[EncodedPrompt]:
+    """The base or ICL prompts of ``pairs``: lazily encoded for a :class:`PairPlan`."""
+    if isinstance(pairs, PairPlan):
+        return pairs.side(which)
+    return [pair[which == "icl"] for pair in pairs]

@@ -1,0 +1,82 @@
+"""One fine-tuning run of the experiment: nothing but the model outlives it, memory is returned."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import lightning.pytorch as pl
+import pytest
+
+from sts_lightning.data.prompts import Example
+from sts_lightning.experiment import memory
+from sts_lightning.experiment.config import ExperimentConfig, FinetuneConfig
+from sts_lightning.experiment.finetune import finetune
+from sts_lightning.experiment.forecast import Forecaster, to_prediction
+from sts_lightning.forecast.config import PredictConfig
+
+TRAIN = [Example(f"What is {a} + {b}?", f"It is {a + b}.") for a in range(4) for b in range(4)]
+DOMAINS = {
+    "law": [Example(f"The court held contract {i} void.", "Void.") for i in range(4)],
+    "code": [Example(f"def f{i}(x):", f"    return x * {i}") for i in range(4)],
+}
+CFG = PredictConfig(
+    layer=1, k=8, n_demos=1, domain_demos=1, train_tokens=40, domain_tokens=30, max_norm=1e4
+)
+
+
+@pytest.fixture
+def run_inputs(tmp_path, tiny_llama, tiny_tokenizer, tiny_sae):
+    tiny_llama.save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save_pretrained(tmp_path / "model")
+    forecaster = Forecaster(tiny_llama, tiny_tokenizer, tiny_sae, 1, CFG)
+    domains, task = forecaster.domains(DOMAINS, seed=0), forecaster.task(TRAIN, seed=0)
+    prediction = to_prediction(domains, task, layer=1, k=CFG.k, max_norm=1e4, config=CFG)
+    finetune_cfg = FinetuneConfig(steps=2, batch_size=4, lr=1e-2, warmup_steps=0, track_every=1)
+    job = ExperimentConfig(
+        model=str(tmp_path / "model"), predict=CFG, finetune=finetune_cfg, wandb=False
+    )
+    return job, tiny_sae, prediction, tmp_path / "run"
+
+
+@pytest.fixture
+def spy_trainer(monkeypatch):
+    """Weak references to the trainer, module and optimizer of every fit."""
+    seen: dict[str, weakref.ref] = {}
+
+    class Spy(pl.Trainer):
+        def fit(self, model, *args, **kwargs):
+            seen["trainer"], seen["module"] = weakref.ref(self), weakref.ref(model)
+            super().fit(model, *args, **kwargs)
+            seen["optimizer"] = weakref.ref(self.optimizers[0])
+            seen["state"] = weakref.ref(next(iter(self.optimizers[0].state.values()))["exp_avg"])
+
+    monkeypatch.setattr(pl, "Trainer", Spy)
+    return seen
+
+
+def test_only_the_model_outlives_a_finetune(run_inputs, spy_trainer, one_thread):
+    job, sae, prediction, log_dir = run_inputs
+    gc.collect()
+    gc.disable()  # the cycle collector must not be what frees the run by chance
+    try:
+        model, tokenizer, tracker = finetune(
+            job, "sums", False, TRAIN, 0, sae, prediction, DOMAINS, log_dir
+        )
+        alive = {name: ref() is not None for name, ref in spy_trainer.items()}
+    finally:
+        gc.enable()
+    assert alive == {"trainer": False, "module": False, "optimizer": False, "state": False}
+    assert all(p.grad is None for p in model.parameters())  # the last step's gradients too
+    assert tracker.history and tokenizer is not None
+
+
+def test_release_memory_runs_everywhere(monkeypatch):
+    memory.release_memory()  # glibc here: malloc_trim found and called
+    memory._malloc_trim.cache_clear()
+    monkeypatch.setattr(memory.platform, "libc_ver", lambda: ("", ""))  # e.g. musl
+    try:
+        assert memory._malloc_trim() is None
+        memory.release_memory()
+    finally:
+        memory._malloc_trim.cache_clear()
