@@ -84,3 +84,45 @@ def test_extraction_holds_one_batch_of_prompts(monkeypatch, tiny_llama, tiny_tok
         assert torch.equal(getattr(stats.shift, key), getattr(eager.shift, key))
     moments = engine.Statistics(moments=LatentMoments(64, **engine.LOCAL))
     assert extractor.run(plan, "all", "test", moments) == counts  # unpaired: base pass only
+
+
+def test_rows_fed_in_slices_give_the_same_statistics(tiny_llama, tiny_tokenizer, tiny_sae):
+    extractor = engine.Extractor(tiny_llama, tiny_sae, tiny_tokenizer, 1, CFG)
+    plan, _ = extractor.select(TRAIN, 2, "all", 10**6, seed=0)
+
+    def fill(rows_per_update: int):
+        extractor.rows_per_update = rows_per_update
+        stats = engine.Statistics(
+            moments=LatentMoments(64, **engine.LOCAL),
+            shift=PairedShift(64, **engine.LOCAL),
+            raw_shift=PairedShift(32, **engine.LOCAL),
+        )
+        return extractor.run(plan, "all", "test", stats), stats
+
+    (whole_counts, whole), (sliced_counts, sliced) = fill(10**6), fill(3)
+    assert whole_counts == sliced_counts
+    for name in ("moments", "shift", "raw_shift"):
+        for key, value in getattr(whole, name).compute().items():
+            got = getattr(sliced, name).compute()[key]  # float32 partial sums: rounding only
+            torch.testing.assert_close(got, value, rtol=1e-5, atol=1e-9)
+
+
+def test_predict_many_per_item_sums_follow_the_slices(monkeypatch, tiny_llama, tiny_tokenizer):
+    from sts_lightning.forecast.compare import predict_many
+
+    from .conftest import make_tiny_sae
+
+    sae = make_tiny_sae()
+    sets = {"mul": TRAIN[:12], "spell": UNRELATED}
+    domains = {"law": [Example(f"Statute {i} was repealed.", "Yes.") for i in range(4)]}
+    cfg = PredictConfig(layer=1, k=4, n_demos=1, domain_demos=1, max_norm=1e9, progress=False)
+
+    def run(rows_per_update: int):
+        monkeypatch.setattr(engine.Extractor, "rows_per_update", rows_per_update)
+        return predict_many(tiny_llama, tiny_tokenizer, sae, sets, domains, cfg, n_candidates=8)
+
+    whole, sliced = run(10**6), run(2)
+    for name in sets:
+        a, b = whole.items[name], sliced.items[name]
+        assert torch.equal(a.candidates, b.candidates) and torch.equal(a.n_rows, b.n_rows)
+        torch.testing.assert_close(b.sum_sq, a.sum_sq, rtol=1e-5, atol=1e-9)  # rounding only

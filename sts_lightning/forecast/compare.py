@@ -99,7 +99,10 @@ class _ItemStatistics(Statistics):
     def update(self, sae, base: Tensor, icl: Tensor | None) -> None:
         super().update(sae, base, icl)
         diff = encode(sae, icl).double() - encode(sae, base).double()  # (n, d_sae)
-        items = self.recorder.kept_items.to(diff.device)
+        # The engine feeds a batch's kept rows in slices: take this slice's item ids.
+        rec = self.recorder
+        items = rec.kept_items[rec.fed : rec.fed + len(base)].to(diff.device)
+        rec.fed += len(base)
         if self.item_sq is None:
             n = self.recorder.n_items
             self.item_sq = torch.zeros(n, self.d_sae, dtype=torch.float64, device=diff.device)
@@ -120,6 +123,7 @@ class _Recorder:
         self.keep, self.exclude, self.span = keep, tokenizer_exclude, span
         self.row_items, self.offset, self.base_mask, self.n_items = None, 0, None, 0
         self.kept_items = torch.zeros(0, dtype=torch.long)
+        self.fed = 0  # kept rows of the current batch already fed to the statistics
 
     @property
     def max_norm(self) -> float | None:
@@ -141,6 +145,7 @@ class _Recorder:
             return mask
         both, n = (self.base_mask & mask).cpu(), len(mask)
         self.kept_items = self.row_items[self.offset : self.offset + n][both]
+        self.fed = 0
         self.offset, self.base_mask = self.offset + n, None
         return mask
 

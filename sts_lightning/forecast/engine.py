@@ -146,6 +146,9 @@ class Extractor:
         config: Spans, budgets, batch size and the filter's ``max_norm``/``outlier_factor``.
     """
 
+    rows_per_update = 128
+    """Rows encoded and added to the statistics at a time (bounds the ``(rows, d_sae)`` buffers)."""
+
     def __init__(self, model, sae, tokenizer, layer: int, config: PredictConfig) -> None:
         self.model, self.sae, self.tokenizer, self.layer = model, sae, tokenizer, layer
         self.config = config
@@ -221,8 +224,12 @@ class Extractor:
                     raise RuntimeError("base and ICL rows are misaligned")
                 keep &= self.keep(icl)
             kept, dropped = kept + int(keep.sum()), dropped + int((~keep).sum())
-            if keep.any():
-                stats.update(self.sae, base[keep], None if icl is None else icl[keep])
+            base, icl = base[keep], None if icl is None else icl[keep]  # (n_kept, d_model)
+            # Fixed-size slices: the (rows, d_sae) latents and scratch of an update never exceed
+            # one slice, so the peak does not follow the largest batch a bigger budget draws.
+            for first in range(0, len(base), self.rows_per_update):
+                rows = slice(first, first + self.rows_per_update)
+                stats.update(self.sae, base[rows], None if icl is None else icl[rows])
         return {"n_tokens": kept, "n_dropped": dropped}
 
 

@@ -5,8 +5,8 @@ count its span tokens and measure its ICL length, then keeps only what it needs 
 pair again: the example's index and its demonstrations' indices. A :class:`PairPlan` is the
 chosen queries in run order (longest ICL prompt first, so similar lengths batch together); the
 engine reads it batch by batch, so no more than one batch of encoded prompts exists at a time.
-Holding every encoded pair instead grows with the budget: ~16 MB of token-id lists at 100k
-tokens with one demonstration, a third of the whole pass's peak above the model.
+Holding every encoded pair instead grows with the budget (Python heap held after selection, one
+demonstration: 1.7 MB at 10k tokens, 16 MB at 100k; the plan: 0.2 and 0.4 MB).
 """
 
 from __future__ import annotations
