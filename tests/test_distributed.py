@@ -57,7 +57,9 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
             "mean_sq": moments.compute()["mean_sq"],
             **{k: out[k] for k in ("pearson", "spearman", "kendall", "pearson_ci_low")},
         }
-        queue.put((rank, {k: v.clone() for k, v in result.items()}))
+        # By value (numpy), not as shared tensors: those are fetched from the worker's fd
+        # sharer, which is gone once the worker exits, before a busy parent reads the queue.
+        queue.put((rank, {k: v.detach().cpu().numpy() for k, v in result.items()}))
     finally:
         dist.destroy_process_group()
 
@@ -90,7 +92,8 @@ def test_two_processes_equal_one():
     for rank in (0, 1):
         for key, value in single.items():
             # The domain order differs (rank 0's then rank 1's), which no correlation depends on.
-            torch.testing.assert_close(results[rank][key], value, rtol=1e-6, atol=1e-9, msg=key)
+            got = torch.from_numpy(results[rank][key])
+            torch.testing.assert_close(got, value, rtol=1e-6, atol=1e-9, msg=key)
 
 
 def _run_script(out, devices):
