@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -131,8 +132,12 @@ def test_experiment_writes_every_artefact_and_its_numbers_match_the_json(recipe,
     ):
         assert (out / name).is_file(), name
     (run_file,) = out.glob("wandb/offline-run-*/run-*.wandb")  # one offline W&B run
+    keys = (b"correlations/sums", b"cross_task/sums_vs_words", b"sign_overlap", b"figures")
+    deadline = time.monotonic() + 60  # W&B's writer process may still be flushing on a busy host
+    while not all(k in run_file.read_bytes() for k in keys) and time.monotonic() < deadline:
+        time.sleep(1)
     logged = run_file.read_bytes()
-    for key in (b"correlations/sums", b"cross_task/sums_vs_words", b"sign_overlap", b"figures"):
+    for key in keys:
         assert key in logged, key
     results = json.loads((out / "results.json").read_text())
     assert results["tasks"] == ["sums", "words"]
