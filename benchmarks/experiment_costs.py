@@ -12,7 +12,9 @@
    process: its peak above the loaded model. Read at ``--layer 1`` by default (the cost grows
    with the layer, the memory pattern does not); ``--layer 12`` is the recipe's.
 
-Every configuration runs in its own subprocess. ~5 minutes on 2 CPU cores.
+Every configuration runs in its own subprocess. Measured on 2 shared CPU cores (load ~6):
+~17 min for the experiment (its held-out evaluation stage ~10), ~3 and ~12 min for the two
+extractions; ``--tokens 5000 50000`` gives the same ratio sooner.
 
     python benchmarks/experiment_costs.py [--layer 1] [--tokens 10000 100000] [--gc-only]
         [--steps 2] [--batch-size 2]
