@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats as sps
 
+from sts_lightning.reliability import as_vector
 from sts_lightning.reliability import sign_accuracy as same_sign_fraction
 
 __all__ = ["correlations", "cross_task", "fit_line", "paired_delta", "partial_correlation"]
@@ -31,15 +32,7 @@ def _vectors(*, finite: bool = False, **named: Any) -> list[np.ndarray]:
     """Each argument as a float64 ``(n,)`` array, all of one length, or an error naming it."""
     out = []
     for name, x in named.items():
-        try:
-            arr = np.asarray(x, dtype=np.float64)
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"`{name}` must be a 1-D sequence of real numbers, got {x!r}") from err
-        if arr.ndim != 1:
-            raise ValueError(f"`{name}` must be 1-D (n,), got shape {arr.shape}")
-        if finite and not np.isfinite(arr).all():
-            raise ValueError(f"`{name}` contains NaN or inf; expected finite values")
-        out.append(arr)
+        out.append(as_vector(name, x, finite=finite))
     if len({len(a) for a in out}) > 1:
         lengths = {name: len(a) for name, a in zip(named, out, strict=True)}
         raise ValueError(f"arguments must have the same length, got {lengths}")
