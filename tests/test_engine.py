@@ -30,7 +30,8 @@ def _fixed_rows(extractor: engine.Extractor, batches: dict[str, list[torch.Tenso
     def rows(prompts, span, desc):
         which = "base" if desc is not None else "icl"  # the ICL pass has no progress bar
         calls.append(which)
-        return iter(batches[which])
+        # Batch i holds the rows of pair i.
+        return iter((b, torch.full((len(b),), i)) for i, b in enumerate(batches[which]))
 
     extractor._rows = rows
     return calls

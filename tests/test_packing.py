@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch import Trainer
 
 from sts_lightning.data.batching import SFTCollator
-from sts_lightning.data.packing import PackedCollator, pack_sequences
+from sts_lightning.data.packing import pack_sequences
 from sts_lightning.data.sft_format import SFTFormat, tokenize_rows
 from sts_lightning.training.data import SFTDataModule
 from sts_lightning.training.sft import SFTModule, answer_nll
@@ -51,11 +51,13 @@ def test_best_fit_decreasing_layout():
 
 def test_collator_gives_positions_and_no_attention_mask():
     rows = pack_sequences([_item([1, 2, 3]), _item([4, 5]), _item([6, 7, 8, 9])], max_length=5)
-    batch = PackedCollator(pad_token_id=0, name="math")(rows)
+    batch = SFTCollator(pad_token_id=0, name="math")(rows)
     assert set(batch) == {"input_ids", "labels", "position_ids", "name"}
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0], [0, 1, 2, 0, 1]]
     assert batch["input_ids"].tolist() == [[6, 7, 8, 9, 0], [1, 2, 3, 4, 5]]
     assert batch["labels"][0, -1] == -100
+    with pytest.raises(ValueError, match="mixes packed rows"):
+        SFTCollator(pad_token_id=0)([rows[0], _item([1, 2])])
 
 
 def _sums(model, unpacked, packed, positions=None, mask=None):
@@ -74,7 +76,7 @@ def test_packed_and_unpacked_losses_agree(tiny_model, tiny_tokenizer, one_thread
     packed_rows = pack_sequences(items, max_length=96)
     assert len(packed_rows) < len(items) and max(len(r["seq_lengths"]) for r in packed_rows) > 1
     unpacked = SFTCollator(tiny_tokenizer.pad_token_id)(items)
-    packed = PackedCollator(tiny_tokenizer.pad_token_id)(packed_rows)
+    packed = SFTCollator(tiny_tokenizer.pad_token_id)(packed_rows)
     nll, packed_nll = _sums(tiny_model, unpacked, packed)
     assert packed_nll == pytest.approx(nll, rel=1e-6, abs=1e-5)
     # Cross-contamination is detected: positions that do not restart, or an attention mask
@@ -102,7 +104,7 @@ class _AsFlash(torch.nn.Module):
 def test_flash_attention_gets_one_row(tiny_llama, tiny_tokenizer, one_thread):
     items = tokenize_rows(tiny_tokenizer, ROWS, SFTFormat(max_length=96))
     unpacked = SFTCollator(tiny_tokenizer.pad_token_id)(items)
-    packed = PackedCollator(tiny_tokenizer.pad_token_id)(pack_sequences(items, max_length=96))
+    packed = SFTCollator(tiny_tokenizer.pad_token_id)(pack_sequences(items, max_length=96))
     flash = _AsFlash(tiny_llama)
     nll, packed_nll = _sums(flash, unpacked, packed)
     assert flash.shapes[-1] == (1, packed["input_ids"].numel())
@@ -151,7 +153,7 @@ def test_packed_and_unpacked_losses_agree_on_smollm2(one_thread):
     model.eval()
     items = tokenize_rows(tokenizer, ROWS, SFTFormat(max_length=128))
     unpacked = SFTCollator(tokenizer.pad_token_id)(items)
-    packed = PackedCollator(tokenizer.pad_token_id)(pack_sequences(items, max_length=128))
+    packed = SFTCollator(tokenizer.pad_token_id)(pack_sequences(items, max_length=128))
     assert packed["input_ids"].shape[0] < len(items)
     nll, packed_nll = _sums(model, unpacked, packed)
     assert packed_nll == pytest.approx(nll, rel=1e-5)

@@ -2,8 +2,9 @@
 
 :func:`tokenize_sft` renders each (prompt, answer) pair with the tokenizer's chat template
 (:func:`~sts_lightning.data.prompts.encode_example`) and labels the answer tokens plus the
-end-of-turn token that closes the answer (so the model learns to stop); everything else is ``-100``.
-:class:`SFTCollator` right-pads them; :func:`collate_rows` turns prompt rows into a dict of lists.
+end-of-turn token that closes the answer (so the model learns to stop); everything else is
+``-100``. :class:`SFTCollator` right-pads them (packed rows too); :func:`collate_rows` turns
+prompt rows into a dict of lists.
 
 :class:`ResumableDataLoader` shuffles by ``(seed, epoch)`` and records how many batches of the
 epoch it has yielded in Lightning checkpoints (Lightning saves ``state_dict()`` of a training
@@ -83,28 +84,35 @@ def tokenize_sft(
 
 @dataclass
 class SFTCollator:
-    """Right-pads ``{"input_ids", "labels"}`` items into ``(B, T)`` tensors."""
+    """Right-pads ``{"input_ids", "labels"}`` items into ``(B, T)`` tensors.
+
+    Padded rows get an ``attention_mask``. Packed rows (:func:`~sts_lightning.data.packing.
+    pack_sequences`, which carry ``position_ids``) get their ``position_ids`` instead and no
+    mask: the model must find the examples from the positions. Their padding has position 0
+    (each padding token a sequence of its own, attending to itself only). Padding's label is
+    always ``-100``.
+    """
 
     pad_token_id: int
-    """Id written in padding positions (masked by ``attention_mask`` and ``-100`` labels)."""
+    """Id written in padding positions."""
     name: str | None = None
     """Added to every batch as ``batch["name"]`` (the validation domain it comes from)."""
 
-    def __call__(self, items: list[dict[str, list[int]]]) -> dict[str, Any]:
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        packed = {"position_ids" in item for item in items}
+        if len(packed) > 1:
+            raise ValueError("a batch mixes packed rows (with `position_ids`) and unpacked ones")
+        fills = {"input_ids": self.pad_token_id, "labels": -100}
+        fills |= {"position_ids": 0} if packed == {True} else {"attention_mask": 0}
         longest = max(len(x["input_ids"]) for x in items)
-        input_ids = torch.full((len(items), longest), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(items), longest), dtype=torch.long)
-        labels = torch.full((len(items), longest), -100, dtype=torch.long)
+        batch: dict[str, Any] = {
+            key: torch.full((len(items), longest), fill, dtype=torch.long)
+            for key, fill in fills.items()
+        }
         for row, item in enumerate(items):
             n = len(item["input_ids"])
-            input_ids[row, :n] = torch.tensor(item["input_ids"])
-            attention_mask[row, :n] = 1
-            labels[row, :n] = torch.tensor(item["labels"])
-        batch: dict[str, Any] = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": labels,
-        }
+            for key in fills:
+                batch[key][row, :n] = 1 if key == "attention_mask" else torch.tensor(item[key])
         if self.name is not None:
             batch["name"] = self.name
         return batch

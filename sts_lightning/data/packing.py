@@ -3,11 +3,12 @@
 :func:`pack_sequences` bins the examples best-fit decreasing, as TRL's default
 ``packing_strategy="bfd"`` (each example whole, longest first, into the fullest row it still
 fits). Each packed row carries ``position_ids`` that restart at 0 at every example, and
-:class:`PackedCollator` leaves out ``attention_mask``: transformers then reads the example
-boundaries from ``position_ids`` (``masking_utils.find_packed_sequence_indices``) and builds a
-block-diagonal causal mask (eager, SDPA, flex attention); flash attention reads them from one
-row only (``_is_packed_sequence``), so :func:`~sts_lightning.monitor.evaluation.scored_logits`
-joins the rows of a batch for it. Passing an ``attention_mask`` would turn the detection off and
+:class:`~sts_lightning.data.batching.SFTCollator` batches them without ``attention_mask``:
+transformers then reads the example boundaries from ``position_ids``
+(``masking_utils.find_packed_sequence_indices``) and builds a block-diagonal causal mask (eager,
+SDPA, flex attention); flash attention reads them from one row only (``_is_packed_sequence``),
+so :func:`~sts_lightning.monitor.teacher_forcing.scored_logits` joins the rows of a batch for
+it. Passing an ``attention_mask`` would turn the detection off and
 let each example attend to the ones before it.
 
 Labels are unshifted (``labels[t]`` is predicted from position ``t - 1``), so the first label of
@@ -20,14 +21,11 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
-
-import torch
 
 from sts_lightning.config import positive_int
 
-__all__ = ["PackedCollator", "pack_sequences"]
+__all__ = ["pack_sequences"]
 
 
 def _bins(lengths: Sequence[int], max_length: int) -> list[list[int]]:
@@ -90,37 +88,3 @@ def pack_sequences(items: Sequence[dict[str, Any]], max_length: int) -> list[dic
                 row.setdefault("examples", []).append(text)
         rows.append(row)
     return rows
-
-
-@dataclass
-class PackedCollator:
-    """Right-pads packed rows into ``input_ids``, ``labels``, ``position_ids`` ``(B, T)``.
-
-    No ``attention_mask``: the model must find the examples from ``position_ids``. Padding has
-    position 0 (each padding token is a sequence of its own, attending to itself only) and
-    label ``-100``.
-    """
-
-    pad_token_id: int
-    """Id written in padding positions."""
-    name: str | None = None
-    """Added to every batch as ``batch["name"]`` (the validation domain it comes from)."""
-
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        longest = max(len(x["input_ids"]) for x in items)
-        input_ids = torch.full((len(items), longest), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(items), longest), -100, dtype=torch.long)
-        position_ids = torch.zeros((len(items), longest), dtype=torch.long)
-        for row, item in enumerate(items):
-            n = len(item["input_ids"])
-            input_ids[row, :n] = torch.tensor(item["input_ids"])
-            labels[row, :n] = torch.tensor(item["labels"])
-            position_ids[row, :n] = torch.tensor(item["position_ids"])
-        batch: dict[str, Any] = {
-            "input_ids": input_ids,
-            "labels": labels,
-            "position_ids": position_ids,
-        }
-        if self.name is not None:
-            batch["name"] = self.name
-        return batch

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,8 +84,6 @@ def check_train_sets(train_sets: Any, n_demos: int) -> dict[str, list[Example]]:
 class _ItemStatistics(Statistics):
     """The task statistics plus per-item sums over every latent (filled during the pass)."""
 
-    recorder: Any = None
-    """The :class:`_Recorder` that maps the kept rows of a batch to items."""
     d_sae: int = 0
     """Latents of the SAE."""
     item_sq: Tensor | None = None
@@ -96,79 +93,18 @@ class _ItemStatistics(Statistics):
     item_rows: Tensor | None = None
     """``(n_items,)``: kept rows per item."""
 
-    def update(self, sae, base: Tensor, icl: Tensor | None) -> None:
+    def begin(self, n_items: int) -> None:
+        self.item_sq = torch.zeros(n_items, self.d_sae, dtype=torch.float64)
+        self.item_sum, self.item_rows = torch.zeros_like(self.item_sq), torch.zeros(n_items)
+
+    def update(self, sae, base: Tensor, icl: Tensor | None, items: Tensor | None = None) -> None:
         super().update(sae, base, icl)
         diff = encode(sae, icl).double() - encode(sae, base).double()  # (n, d_sae)
-        # The engine feeds a batch's kept rows in slices: take this slice's item ids.
-        rec = self.recorder
-        items = rec.kept_items[rec.fed : rec.fed + len(base)].to(diff.device)
-        rec.fed += len(base)
-        if self.item_sq is None:
-            n = self.recorder.n_items
-            self.item_sq = torch.zeros(n, self.d_sae, dtype=torch.float64, device=diff.device)
-            self.item_sum, self.item_rows = torch.zeros_like(self.item_sq), torch.zeros(n)
-        self.item_sq.index_add_(0, items, diff.square())
-        self.item_sum.index_add_(0, items, diff)
+        device = diff.device  # where the SAE runs: the sums stay beside it
+        self.item_sq, self.item_sum = self.item_sq.to(device), self.item_sum.to(device)
+        self.item_sq.index_add_(0, items.to(device), diff.square())
+        self.item_sum.index_add_(0, items.to(device), diff)
         self.item_rows.index_add_(0, items.cpu(), torch.ones(len(items)))
-
-
-class _Recorder:
-    """Wraps the extractor's row filter: knows which item each kept row of a batch belongs to.
-
-    The engine calls the filter on a batch's base rows, then on its ICL rows, then feeds the rows
-    kept by both; the recorder turns the two masks into the kept rows' item ids.
-    """
-
-    def __init__(self, keep, tokenizer_exclude: set[int], span: str) -> None:
-        self.keep, self.exclude, self.span = keep, tokenizer_exclude, span
-        self.row_items, self.offset, self.base_mask, self.n_items = None, 0, None, 0
-        self.kept_items = torch.zeros(0, dtype=torch.long)
-        self.fed = 0  # kept rows of the current batch already fed to the statistics
-
-    @property
-    def max_norm(self) -> float | None:
-        return self.keep.max_norm
-
-    def set_pairs(self, pairs) -> None:
-        """Row → item map of the pairs in run order (rows: span tokens not excluded)."""
-        counts = []
-        for base, _ in pairs:
-            start, end = base.span(self.span)
-            counts.append(sum(t not in self.exclude for t in base.input_ids[start:end]))
-        self.n_items = len(counts)
-        self.row_items = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
-
-    def __call__(self, x: Tensor) -> Tensor:
-        mask = self.keep(x)
-        if self.base_mask is None:
-            self.base_mask = mask
-            return mask
-        both, n = (self.base_mask & mask).cpu(), len(mask)
-        self.kept_items = self.row_items[self.offset : self.offset + n][both]
-        self.fed = 0
-        self.offset, self.base_mask = self.offset + n, None
-        return mask
-
-
-@contextmanager
-def _recording(extractor: Extractor):
-    """Installs a :class:`_Recorder` on ``extractor`` for one task pass; yields the statistics."""
-    cfg, select = extractor.config, extractor.select
-    recorder = _Recorder(extractor.keep, extractor.exclude, cfg.train_span)
-
-    def recording_select(*args, **kwargs):
-        pairs, n = select(*args, **kwargs)
-        recorder.set_pairs(pairs)
-        return pairs, n
-
-    extractor.keep, extractor.select = recorder, recording_select
-    try:
-        yield _ItemStatistics(recorder=recorder, d_sae=extractor.d_sae)
-    finally:
-        extractor.keep = recorder.keep
-        del extractor.select  # back to the class's method
-    if recorder.row_items is not None and recorder.offset != len(recorder.row_items):
-        raise RuntimeError("per-item sums are misaligned with the extracted rows")
 
 
 def _item_sums(stats: _ItemStatistics, n_candidates: int) -> ItemSums:
@@ -237,8 +173,8 @@ def predict_many(
     for i, (name, examples) in enumerate(sets.items()):
         t0 = time.perf_counter()
         log.info("training set %d/%d: %r (%d examples)", i + 1, len(sets), name, len(examples))
-        with _recording(extractor) as extra:
-            tasks[name] = task_statistics(extractor, examples, extra=extra, desc=name)
+        extra = _ItemStatistics(d_sae=extractor.d_sae)
+        tasks[name] = task_statistics(extractor, examples, extra=extra, desc=name)
         items[name] = _item_sums(tasks[name], n_candidates)
         timings[f"set/{name}"] = time.perf_counter() - t0
         if i == 0:  # the domains after the first set: the threshold is fixed as in predict()

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from sts_lightning.data.prompts import EncodedPrompt, Example
 from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.forecast.pairs import Pair, PairPlan, select_pairs
-from sts_lightning.model.capture import iter_span_activations, model_width
+from sts_lightning.model.capture import count_rows, iter_span_activations, model_width
 from sts_lightning.model.rows import RowFilter
 from sts_lightning.model.sae import ReconstructionQuality, encode, sae_d_sae
 from sts_lightning.stats import LatentMoments, PairedShift
@@ -110,8 +110,12 @@ class Statistics:
         """Whether the pass needs the ICL prompts (a shift is asked for)."""
         return self.shift is not None or self.raw_shift is not None
 
-    def update(self, sae, base: Tensor, icl: Tensor | None) -> None:
-        """Add kept rows: ``base`` ``(n, d_model)`` and, when paired, its ICL twin ``icl``."""
+    def update(self, sae, base: Tensor, icl: Tensor | None, items: Tensor | None = None) -> None:
+        """Add kept rows: ``base`` ``(n, d_model)`` and, when paired, its ICL twin ``icl``.
+
+        ``items`` ``(n,)`` int64 is the index of the pair (in run order) each row comes from,
+        for statistics kept per item; these ones pool every row.
+        """
         latents = encode(sae, base)  # (n, d_sae), shared by every SAE statistic
         if self.moments is not None:
             self.moments.update(latents)
@@ -125,6 +129,9 @@ class Statistics:
             self.raw_moments.update(base)
         if self.raw_shift is not None:
             self.raw_shift.update(base, icl)
+
+    def begin(self, n_items: int) -> None:
+        """Called before a pass over ``n_items`` pairs (for statistics kept per item)."""
 
     def sae_quality(self) -> dict[str, float]:
         """``fvu``, ``l0`` and ``dead_fraction`` of the SAE on the base rows."""
@@ -187,22 +194,36 @@ class Extractor:
 
     def _rows(
         self, prompts: Sequence[EncodedPrompt], span: str, desc: str | None
-    ) -> Iterator[Tensor]:
-        """Rows of ``prompts`` batch by batch; a lazy sequence is encoded one batch at a time."""
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(rows, items)`` batch by batch: the rows of ``prompts`` and each row's prompt index.
+
+        A lazy sequence is encoded one batch at a time.
+        """
         size = self.config.batch_size
         show = self.config.progress and desc is not None
         with tqdm(total=len(prompts), desc=desc, unit="seq", disable=not show) as bar:
             for first in range(0, len(prompts), size):
                 batch = prompts[first : first + size]  # (batch_size,) encoded prompts
-                yield from iter_span_activations(
-                    self.model,
-                    [p.input_ids for p in batch],
-                    [p.span(span) for p in batch],
-                    layer=self.layer,
-                    batch_size=len(batch),
-                    pad_token_id=self.pad_id,
-                    exclude_token_ids=self.exclude,
+                rows = torch.cat(
+                    list(
+                        iter_span_activations(
+                            self.model,
+                            [p.input_ids for p in batch],
+                            [p.span(span) for p in batch],
+                            layer=self.layer,
+                            batch_size=len(batch),
+                            pad_token_id=self.pad_id,
+                            exclude_token_ids=self.exclude,
+                        )
+                    )
                 )
+                counts = [count_rows([p.input_ids], [p.span(span)], self.exclude) for p in batch]
+                if len(rows) != sum(counts):
+                    raise RuntimeError("the captured rows do not match the prompts' span tokens")
+                items = torch.arange(first, first + len(batch)).repeat_interleave(
+                    torch.tensor(counts)
+                )
+                yield rows, items
                 bar.update(len(batch))
 
     def run(self, pairs: Sequence[Pair], span: str, desc: str, stats: Statistics) -> dict[str, int]:
@@ -216,8 +237,9 @@ class Extractor:
         # One bar: the ICL pass advances in lockstep with the base one.
         icl_it = self._rows(_side(pairs, "icl"), span, None) if stats.paired else None
         kept = dropped = 0
-        for base in base_it:
-            icl = next(icl_it) if icl_it is not None else None
+        stats.begin(len(pairs))
+        for base, items in base_it:
+            icl = next(icl_it)[0] if icl_it is not None else None
             keep = self.keep(base)
             if icl is not None:
                 if icl.shape != base.shape:  # cannot happen with aligned spans; never pair wrongly
@@ -225,11 +247,13 @@ class Extractor:
                 keep &= self.keep(icl)
             kept, dropped = kept + int(keep.sum()), dropped + int((~keep).sum())
             base, icl = base[keep], None if icl is None else icl[keep]  # (n_kept, d_model)
+            items = items[keep.cpu()]
             # Fixed-size slices: the (rows, d_sae) latents and scratch of an update never exceed
             # one slice, so the peak does not follow the largest batch a bigger budget draws.
             for first in range(0, len(base), self.rows_per_update):
                 rows = slice(first, first + self.rows_per_update)
-                stats.update(self.sae, base[rows], None if icl is None else icl[rows])
+                icl_rows = None if icl is None else icl[rows]
+                stats.update(self.sae, base[rows], icl_rows, items=items[rows])
         return {"n_tokens": kept, "n_dropped": dropped}
 
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sts_lightning.data.choice_format import EncodedChoice
-from sts_lightning.monitor.evaluation import scored_logits
+from sts_lightning.monitor.teacher_forcing import pad_batch, scoring_pass, target_logprobs
 
 __all__ = ["ChoiceScores", "choice_margin", "score_choices"]
 
@@ -112,24 +112,12 @@ def _jobs(items: Sequence[EncodedChoice]) -> list[tuple[int, int, bool]]:
     return sorted(jobs, key=lambda j: -len(items[j[0]].sequences[j[1]]))  # less padding
 
 
-def _hidden_hook(store: list[Tensor]):
-    def hook(module, args, output):
-        store.append(output[0] if isinstance(output, tuple) else output)
-
-    return hook
-
-
 def _batch_tensors(items, batch, pad_token_id: int):
     """Padded ids ``(B, T)``, mask, and the answer / content target masks of one batch."""
-    width = max(len(items[i].sequences[k]) for i, k, _ in batch)
-    ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
+    ids, mask = pad_batch([items[i].sequences[k] for i, k, _ in batch], pad_token_id)
     answer = torch.zeros_like(ids, dtype=torch.bool)  # tokens whose log-prob is the option's
     content = torch.zeros_like(answer)  # tokens of the item NLL (correct option only)
     for b, (i, k, is_correct) in enumerate(batch):
-        seq = items[i].sequences[k]
-        ids[b, : len(seq)] = torch.tensor(seq)
-        mask[b, : len(seq)] = 1
         answer[b, slice(*items[i].answer_spans[k])] = True
         if is_correct:
             for start, end in items[i].content_spans:
@@ -139,18 +127,14 @@ def _batch_tensors(items, batch, pad_token_id: int):
 
 def _score_batch(model, items, batch, out: dict, pad_token_id: int, store, excluded) -> None:
     """One forward over ``batch``; adds its scores to ``out``'s per-item accumulators."""
-    device = next(model.parameters()).device
     ids, mask, answer, content = _batch_tensors(items, batch, pad_token_id)
     targets = answer | content
-    predictors = F.pad(targets[:, 1:], (0, 1), value=False)  # position t predicts t + 1
     store.clear()
-    logits = scored_logits(model, ids.to(device), mask.to(device), predictors.to(device)).float()
-    token_logp = -F.cross_entropy(logits, ids[targets].to(device), reduction="none")
-    token_logp = token_logp.double().cpu()  # (N,) in (B, T) order, as the predictors
+    token_logp, logits = target_logprobs(model, ids, mask, targets)  # (N,) in (B, T) order
     where = targets.nonzero()  # (N, 2): (b, t) of each scored token
     is_answer, is_content = answer[targets], content[targets]
-    row_of = torch.full(ids.shape, -1, dtype=torch.long)
-    row_of[predictors] = torch.arange(len(where))
+    logit_row = torch.full(ids.shape, -1, dtype=torch.long)  # (b, t) -> row of `logits`
+    logit_row[F.pad(targets[:, 1:], (0, 1), value=False)] = torch.arange(len(where))
     for b, (i, k, is_correct) in enumerate(batch):
         mine = where[:, 0] == b
         out["logp"][i, k] = token_logp[mine & is_answer].sum()
@@ -161,12 +145,12 @@ def _score_batch(model, items, batch, out: dict, pad_token_id: int, store, exclu
         e = items[i]
         if e.single_token:  # every option's token is scored at the same position
             start = e.answer_spans[0][0]
-            dist = torch.log_softmax(logits[row_of[b, start - 1]].double(), -1).cpu()
+            dist = torch.log_softmax(logits[logit_row[b, start - 1]].double(), -1).cpu()
             for j, seq in enumerate(e.sequences):
                 out["logp"][i, j] = dist[seq[start]]
         if store:  # the last forward's hidden state (a fallback ran twice)
             keep = content[b] & ~torch.isin(ids[b], excluded)
-            out["rows"][i] = store[-1][b][keep.to(device)].float().cpu()
+            out["rows"][i] = store[-1][b][keep.to(store[-1].device)].float().cpu()
 
 
 @torch.no_grad()
@@ -194,17 +178,9 @@ def score_choices(
     Returns:
         ``{name: ChoiceScores}``, items in the given order.
     """
-    from sts_lightning.model.capture import decoder_layers
-
-    was_training = model.training
-    model.eval()
     excluded = torch.tensor(sorted(set(exclude_token_ids)), dtype=torch.long)
-    store: list[Tensor] = []
-    handle = None
-    if layer is not None:
-        handle = decoder_layers(model)[layer].register_forward_hook(_hidden_hook(store))
-    try:
-        out = {}
+    out = {}
+    with scoring_pass(model, layer) as store:
         for name, items in encoded.items():
             n, width = len(items), max((len(e.sequences) for e in items), default=1)
             acc = {
@@ -228,8 +204,4 @@ def score_choices(
                 item_tokens=acc["tokens"],
                 rows=torch.cat(acc["rows"]) if layer is not None and n else None,
             )
-        return out
-    finally:
-        if handle is not None:
-            handle.remove()
-        model.train(was_training)
+    return out

@@ -2,11 +2,11 @@
 
 What the STS callback measures while a model trains (:class:`~sts_lightning.monitor.tracker.
 STSTracker`): the teacher-forced NLL of held-out items per domain (:func:`item_losses`, the
-answer tokens, or every token of plain texts; > 0 change: worse), logits only where a token is
-scored (:func:`scored_logits`), and the agreement of the forecast with the realised latent shift
-(:func:`latent_spearman`, :func:`shift_metrics`) and with the per-domain deltas
-(:func:`forecast_correlations`). The experiment's pre-registered, answer-level realised change
-(the correct option's log-odds among the choices) is
+answer tokens, or every token of plain texts; > 0 change: worse; the forward is
+:mod:`~sts_lightning.monitor.teacher_forcing`'s), and the agreement of the forecast with the
+realised latent shift (:func:`latent_spearman`, :func:`shift_metrics`) and with the per-domain
+deltas (:func:`forecast_correlations`). The experiment's pre-registered, answer-level realised
+change (the correct option's log-odds among the choices) is
 :mod:`sts_lightning.monitor.answer_scores`; its item-level NLL stays here.
 """
 
@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from scipy import stats as sps
 from torch import Tensor
 
@@ -27,6 +26,12 @@ from sts_lightning.data.prompts import EncodedPrompt, Example, encode_example
 from sts_lightning.forecast.prediction import Prediction
 from sts_lightning.functional import overlap_at_k, top_shifted
 from sts_lightning.metric import TransferabilityCorrelation
+from sts_lightning.monitor.teacher_forcing import (
+    pad_batch,
+    scored_logits,
+    scoring_pass,
+    target_logprobs,
+)
 
 __all__ = [
     "EVAL_SPANS",
@@ -73,37 +78,6 @@ def encode_eval_set(
     return out
 
 
-def scored_logits(
-    model,
-    input_ids: Tensor,
-    attention_mask: Tensor | None,
-    positions: Tensor,
-    position_ids: Tensor | None = None,
-) -> Tensor:
-    """Logits ``(N, V)`` at the ``N`` True ``positions`` ``(B, T)`` only.
-
-    Uses the model's own ``logits_to_keep`` with a boolean mask, so the vocabulary projection
-    runs only where a next token is scored; a model without it (or one whose ``logits_to_keep``
-    takes no mask, as in older transformers) falls back to full logits, selected here.
-    ``position_ids`` ``(B, T)`` of packed rows (``attention_mask`` ``None``) keep their examples
-    apart (:mod:`sts_lightning.data.packing`).
-    """
-    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
-    if position_ids is not None:
-        config = getattr(model, "config", None)
-        if "flash" in str(getattr(config, "_attn_implementation", None)):
-            # Flash attention finds packed examples in one row only: (B, T) -> (1, B * T).
-            input_ids, positions, position_ids = (
-                x.reshape(1, -1) for x in (input_ids, positions, position_ids)
-            )
-        inputs |= {"input_ids": input_ids, "position_ids": position_ids}
-    try:
-        logits = model(**inputs, logits_to_keep=positions).logits
-    except (TypeError, IndexError):  # no `logits_to_keep`, or one that takes no mask
-        logits = model(**inputs).logits
-    return logits[positions] if logits.dim() == 3 else logits
-
-
 @dataclass
 class ItemLosses:
     """One model's pass over one named set of items."""
@@ -116,13 +90,6 @@ class ItemLosses:
     """``(n_rows, d_model)`` float32: layer-L residual rows of the scored tokens (special tokens
     excluded), in item then position order (the same rows for every model); ``None`` without a
     ``layer``."""
-
-
-def _hidden_hook(store: list[Tensor]):
-    def hook(module, args, output):
-        store.append(output[0] if isinstance(output, tuple) else output)
-
-    return hook
 
 
 @torch.no_grad()
@@ -146,54 +113,30 @@ def item_losses(
         exclude_token_ids: Token ids left out of ``rows`` (special tokens).
         batch_size: Sequences per forward.
     """
-    from sts_lightning.model.capture import decoder_layers
-
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     excluded = torch.tensor(sorted(set(exclude_token_ids)), dtype=torch.long)
-    store: list[Tensor] = []
-    handle = None
-    if layer is not None:
-        handle = decoder_layers(model)[layer].register_forward_hook(_hidden_hook(store))
-    try:
-        out = {}
+    out = {}
+    with scoring_pass(model, layer) as store:
         for name, items in encoded.items():
             nll, counts, rows = [], [], []
             for first in range(0, len(items), batch_size):
                 batch = items[first : first + batch_size]
-                width = max(len(e.input_ids) for e in batch)
-                ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-                mask = torch.zeros_like(ids)
+                ids, mask = pad_batch([e.input_ids for e in batch], pad_token_id)
                 scored = torch.zeros_like(ids, dtype=torch.bool)  # tokens whose loss counts
                 for i, e in enumerate(batch):
-                    ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
-                    mask[i, : len(e.input_ids)] = 1
                     start, end = e.span(getattr(e, "scored", "all"))
                     scored[i, max(start, 1) : end] = True  # position 0 has no context
-                predictors = F.pad(scored[:, 1:], (0, 1), value=False)  # position t predicts t+1
                 store.clear()
-                logits = scored_logits(
-                    model, ids.to(device), mask.to(device), predictors.to(device)
-                )
-                token_nll = F.cross_entropy(
-                    logits.float(), ids[scored].to(device), reduction="none"
-                ).double()
-                item = scored.nonzero()[:, 0].to(device)
-                per_item = torch.zeros(len(batch), dtype=torch.float64, device=device)
-                nll.append(per_item.index_add_(0, item, token_nll).cpu())
+                logp, _ = target_logprobs(model, ids, mask, scored)
+                per_item = torch.zeros(len(batch), dtype=torch.float64)
+                nll.append(per_item.index_add_(0, scored.nonzero()[:, 0], -logp))
                 counts.append(scored.sum(1))
                 if layer is not None:  # the last forward's hidden state (a fallback ran twice)
                     keep = scored & ~torch.isin(ids, excluded)
-                    rows.append(store[-1][keep.to(device)].float().cpu())
+                    rows.append(store[-1][keep.to(store[-1].device)].float().cpu())
             out[name] = ItemLosses(
                 torch.cat(nll), torch.cat(counts), torch.cat(rows) if layer is not None else None
             )
-        return out
-    finally:
-        if handle is not None:
-            handle.remove()
-        model.train(was_training)
+    return out
 
 
 def sequence_losses(

@@ -28,7 +28,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from sts_lightning.data.batching import ResumableDataLoader, SFTCollator, collate_rows
-from sts_lightning.data.packing import PackedCollator, pack_sequences
+from sts_lightning.data.packing import pack_sequences
 from sts_lightning.data.prompts import Example
 from sts_lightning.data.sft_format import SFTFormat, tokenize_rows
 from sts_lightning.training.data_source import SourceDataModule
@@ -158,8 +158,7 @@ class SFTDataModule(SourceDataModule):
         }
 
     def _collator(self, name: str | None = None):
-        collate = PackedCollator if self.packing else SFTCollator
-        return collate(self.tokenizer.pad_token_id, name=name)
+        return SFTCollator(self.tokenizer.pad_token_id, name=name)  # packed rows too
 
     def train_dataloader(self) -> ResumableDataLoader:
         return self._train_loader(self.train_dataset, self._collator())

@@ -31,7 +31,7 @@ from sts_lightning.model.loading import (
     check_model_init_kwargs,
     load_model_and_tokenizer,
 )
-from sts_lightning.monitor.evaluation import scored_logits
+from sts_lightning.monitor.teacher_forcing import scored_logits
 from sts_lightning.training import base, optim
 from sts_lightning.training.base import HFModelMixin
 from sts_lightning.training.lora import LoraConfig
