@@ -46,22 +46,57 @@ log = logging.getLogger(__name__)
 
 
 class _Stages:
-    """One line per stage on stderr, with the elapsed time: the run's progress display."""
+    """The run's progress display: one line per stage on stderr.
 
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.start = total, 0, time.perf_counter()
+    Each line gives the stages done, the time elapsed, the stage's own time and an estimate of
+    the time left: the mean time of each remaining stage's kind so far (no estimate until every
+    remaining kind has run once).
+
+    Args:
+        plan: The ``key`` of every stage to come, in order.
+    """
+
+    def __init__(self, plan: list[str]) -> None:
+        self.plan, self.done, self.start = list(plan), 0, time.perf_counter()
         self.timings: dict[str, float] = {}
-        self._t = self.start
+        self.durations: dict[str, list[float]] = {}
+        self._t = self._stage_start = self.start
+
+    @property
+    def total(self) -> int:
+        return len(self.plan)
+
+    def left(self) -> float | None:
+        """Estimated seconds for the stages not yet done; ``None`` while a kind is unseen."""
+        rest = self.plan[self.done :]
+        if any(key not in self.durations for key in rest):
+            return None
+        return sum(sum(self.durations[k]) / len(self.durations[k]) for k in rest)
 
     def __call__(self, what: str, key: str | None = None) -> None:
         now = time.perf_counter()
         if key is not None:
             self.timings[key] = self.timings.get(key, 0.0) + now - self._t
         self._t = now
-        if what:
-            self.done += 1
-            minutes, seconds = divmod(int(now - self.start), 60)
-            print(f"[{self.done}/{self.total} {minutes:02d}:{seconds:02d}] {what}", file=sys.stderr)
+        if not what:
+            return
+        took, self._stage_start = now - self._stage_start, now
+        if key is not None:
+            self.durations.setdefault(key, []).append(took)
+        self.done += 1
+        left = self.left() if self.done < self.total else 0.0
+        eta = "" if left is None else f", ~{_clock(left)} left"
+        print(
+            f"[{self.done}/{self.total} {_clock(now - self.start)} | {_clock(took)}{eta}] {what}",
+            file=sys.stderr,
+        )
+
+
+def _clock(seconds: float) -> str:
+    """``mm:ss`` (``h:mm:ss`` from an hour)."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
 def _task_pool(job: ExperimentConfig, task: str) -> tuple[str, bool, list[Example]]:
@@ -213,7 +248,8 @@ def run_experiment(job: ExperimentConfig) -> dict[str, Any]:
     from sts_lightning.experiment.report import write_report
     from sts_lightning.experiment.summary import summarise_runs
 
-    stage = _Stages(5 + 3 * len(job.tasks) * len(job.seeds))
+    per_run = ["forecast", "finetune", "evaluation"] * (len(job.tasks) * len(job.seeds))
+    stage = _Stages(["load_model", "sae", "domain_statistics", "evaluation", *per_run, "report"])
     device = resolve_device(job.device)  # a bad device fails before anything loads
     model, tokenizer, sae, layer = _load(job, device, stage)
 
