@@ -28,6 +28,7 @@ def test_wilson_interval_by_hand():
     assert wilson_interval(5, 10) == pytest.approx((0.5 - half, 0.5 + half))
     # 0 of 10: low 0, high z²/10 / (1 + z²/10) (the interval does not collapse at 0).
     assert wilson_interval(0, 10) == pytest.approx((0.0, Z**2 / 10 / (1 + Z**2 / 10)))
+    assert wilson_interval(0, 64)[0] == 0.0 and wilson_interval(64, 64)[1] == 1.0  # exact ends
     assert all(math.isnan(x) for x in wilson_interval(0, 0))
 
 
