@@ -332,3 +332,14 @@ def test_progress_lines_give_each_stage_time_and_the_time_left(monkeypatch, caps
     assert lines[4] == "[5/5 03:20 | 00:40, ~00:00 left] e"
     assert stage.timings == {"load": 10.0, "tune": 120.0, "eval": 70.0}
     assert run._clock(3725) == "1:02:05"
+
+
+def test_report_tables_escape_pipes_inside_cells():
+    import re
+
+    from sts_lightning.experiment.report import _table
+
+    lines = _table(["vector", "r with |Δ|"], [["realised |Δ|", 0.5]])
+    # A markdown reader splits on unescaped pipes only: every line keeps two cells.
+    assert [len(re.split(r"(?<!\\)\|", line)) - 2 for line in lines] == [2, 2, 2]
+    assert lines[2] == "| realised \\|Δ\\| | 0.5 |"

@@ -50,8 +50,8 @@ def _f(value: Any, digits: int = 3) -> str:
 
 
 def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    lines = [head, ["---"] * len(head), *rows]  # a "|" in a cell (|Δ|) would split it: escaped
+    return ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in lines]
 
 
 def _figures(results: dict[str, Any], out: Path) -> dict[str, Path]:
