@@ -321,16 +321,16 @@ def test_progress_lines_give_each_stage_time_and_the_time_left(monkeypatch, caps
 
     clock = iter([0.0, 10.0, 70.0, 100.0, 160.0, 200.0])  # start, then one reading per stage
     monkeypatch.setattr(run.time, "perf_counter", lambda: next(clock))
-    stage = run._Stages(["load", "tune", "eval", "tune", "eval"])
-    for what, key in [("a", "load"), ("b", "tune"), ("c", "eval"), ("d", "tune"), ("e", "eval")]:
+    stage = run._Stages(["load", "tune", "eval", "tune", "report"])
+    for what, key in [("a", "load"), ("b", "tune"), ("c", "eval"), ("d", "tune"), ("e", "report")]:
         stage(what, key)
     lines = capsys.readouterr().err.splitlines()
-    # Hand computation: after "c", one "tune" (60 s) and one "eval" (30 s) remain: 90 s.
-    assert lines[0] == "[1/5 00:10 | 00:10] a"  # "tune" and "eval" not yet seen: no estimate
-    assert lines[2] == "[3/5 01:40 | 00:30, ~01:30 left] c"
-    assert lines[3] == "[4/5 02:40 | 01:00, ~00:30 left] d"
+    # Hand computation: after "c", one "tune" (60 s) and the unseen final "report" (0) remain.
+    assert lines[0] == "[1/5 00:10 | 00:10] a"  # "tune" not yet seen: no estimate
+    assert lines[2] == "[3/5 01:40 | 00:30, ~01:00 left] c"
+    assert lines[3] == "[4/5 02:40 | 01:00, ~00:00 left] d"
     assert lines[4] == "[5/5 03:20 | 00:40, ~00:00 left] e"
-    assert stage.timings == {"load": 10.0, "tune": 120.0, "eval": 70.0}
+    assert stage.timings == {"load": 10.0, "tune": 120.0, "eval": 30.0, "report": 40.0}
     assert run._clock(3725) == "1:02:05"
 
 

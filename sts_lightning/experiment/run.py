@@ -50,7 +50,7 @@ class _Stages:
 
     Each line gives the stages done, the time elapsed, the stage's own time and an estimate of
     the time left: the mean time of each remaining stage's kind so far (no estimate until every
-    remaining kind has run once).
+    remaining kind has run once; the last stage, the report, counts as instant until then).
 
     Args:
         plan: The ``key`` of every stage to come, in order.
@@ -69,6 +69,8 @@ class _Stages:
     def left(self) -> float | None:
         """Estimated seconds for the stages not yet done; ``None`` while a kind is unseen."""
         rest = self.plan[self.done :]
+        if rest and rest[-1] not in self.durations:
+            rest = rest[:-1]  # the final stage (the report) takes seconds
         if any(key not in self.durations for key in rest):
             return None
         return sum(sum(self.durations[k]) / len(self.durations[k]) for k in rest)
