@@ -161,3 +161,54 @@ def test_code_mutation_and_pair_choices_are_deterministic():
         assert len(set(item.options)) == 4
     alone = pair_choices([Example("a?", "same"), Example("b?", "same")])
     assert [len(i.options) for i in alone] == [1, 1]
+
+
+def test_rotations_average_each_option_over_every_letter(tiny_llama, tiny_tokenizer):
+    from sts_lightning.data.choices import rotations
+    from sts_lightning.monitor.answer_scores import average_rotations
+
+    items = LISTED + CODE
+    flat = [(i, j, r) for i, item in enumerate(items) for j, r in enumerate(rotations(item), 1)]
+    assert [(i, j) for i, j, _ in flat][:3] == [(0, 1), (0, 2), (0, 3)] and len(flat) == 3 + 1 + 2
+    encoded = {"d": items, "r": [r for *_, r in flat]}
+    encoded = {n: encode_choices(tiny_tokenizer, its) for n, its in encoded.items()}
+    got = score_choices(tiny_llama, encoded, pad_token_id=0)
+    merged = average_rotations(got["d"], got["r"], [(i, j) for i, j, _ in flat])
+    # Oracle: each listing scored on its own, each option's log-prob found by its text.
+    for i, item in enumerate(items):
+        listings = [item] + [r for k, _, r in flat if k == i]
+        for o, text in enumerate(item.options):
+            want = []
+            for listing in listings:
+                e = encode_choice(tiny_tokenizer, listing)
+                letter = listing.options.index(text)
+                want.append(
+                    _logp_by_hand(tiny_llama, e.sequences[letter], *e.answer_spans[letter])[0]
+                )
+            got_o = float(merged.option_logp[i, o])
+            assert got_o == pytest.approx(sum(want) / len(want), rel=1e-5, abs=1e-6)
+    assert torch.equal(merged.item_nll, got["d"].item_nll)  # the original listing's NLL stays
+    with pytest.raises(ValueError, match="is not rotation 2 of item 0"):
+        average_rotations(got["d"], got["r"], [(0, 2), (0, 1), (0, 3), (1, 1), (2, 1), (2, 2)])
+
+
+def test_a_pure_letter_preference_cancels_from_the_rotated_margin():
+    from sts_lightning.monitor.answer_scores import ChoiceScores, average_rotations
+
+    g = torch.Generator().manual_seed(0)
+    content, bias = torch.randn(4, generator=g).double(), 3 * torch.randn(4, generator=g).double()
+
+    def listed(j):  # rotation j: letter o' holds option o' + j
+        return (content.roll(-j) + bias)[None]
+
+    def scores(logp, correct):
+        zeros = torch.zeros(len(logp))
+        return ChoiceScores(logp, torch.tensor(correct), zeros, zeros, zeros)
+
+    base = scores(listed(0), [2])
+    rotated = scores(torch.cat([listed(j) for j in (1, 2, 3)]), [1, 0, 3])
+    merged = average_rotations(base, rotated, [(0, 1), (0, 2), (0, 3)])
+    # Hand computation: the letter preference is gone, the content's log-odds remain.
+    want = content[2] - torch.logsumexp(content[[0, 1, 3]], 0)
+    torch.testing.assert_close(merged.margin, want[None])
+    assert not torch.allclose(base.margin, want[None])  # the raw margin carries the bias

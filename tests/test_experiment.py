@@ -304,9 +304,11 @@ def test_experiment_grpo_variant_runs_and_reports(recipe, tmp_path):
     args = [*recipe, "--seeds", "[0]", "--finetune.method", "grpo", "--finetune.steps", "2"]
     args += ["--finetune.batch_size", "2", "--finetune.num_generations", "2"]
     args += ["--finetune.max_completion_length", "4", "--finetune.lr", "1e-3", "--wandb", "false"]
+    args += ["--evaluation.rotate_options", "true"]  # letter preference averaged out
     assert main(["experiment", *args]) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["config"]["finetune"]["method"] == "grpo"
+    assert "options rotated" in (tmp_path / "out" / "report.md").read_text()
     assert [h["step"] for h in results["runs"][0]["history"]][-1] == 2
     assert not list((tmp_path / "out").glob("wandb"))  # W&B off when asked
     # A random tiny model earns equal rewards in a group (zero advantage), so the update may be

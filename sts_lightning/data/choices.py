@@ -34,7 +34,14 @@ from sts_lightning.data.domains import (
 )
 from sts_lightning.data.prompts import Example
 
-__all__ = ["LETTERS", "ChoiceItem", "load_choice_domain", "mutate_code", "pair_choices"]
+__all__ = [
+    "LETTERS",
+    "ChoiceItem",
+    "load_choice_domain",
+    "mutate_code",
+    "pair_choices",
+    "rotations",
+]
 
 LETTERS = "ABCDEFGH"
 """Option labels of listed items, in order."""
@@ -67,6 +74,33 @@ class ChoiceItem:
             raise ValueError(
                 f"`correct` must index `options` (0..{len(self.options) - 1}), got {self.correct!r}"
             )
+
+
+def rotations(item: ChoiceItem) -> list[ChoiceItem]:
+    """The item with its listed options rotated by 1, 2, … K − 1 places (text items: none).
+
+    Rotation ``j`` lists ``options[j:] + options[:j]``, so original option ``o`` sits under
+    letter ``(o − j) mod K``; over the item and its rotations every option appears under every
+    letter once (a Latin square), which lets a preference for a letter be averaged out
+    (:func:`~sts_lightning.monitor.answer_scores.average_rotations`).
+
+    Example:
+        >>> [(r.options, r.correct) for r in rotations(ChoiceItem("Q?", ("a", "b", "c"), 1))]
+        [(('b', 'c', 'a'), 0), (('c', 'a', 'b'), 2)]
+    """
+    if not item.listed:
+        return []
+    k = len(item.options)
+    return [
+        ChoiceItem(
+            item.question,
+            item.options[j:] + item.options[:j],
+            (item.correct - j) % k,
+            item.listed,
+            item.topic,
+        )
+        for j in range(1, k)
+    ]
 
 
 @functools.cache

@@ -90,6 +90,12 @@ class EvalConfig:
     its default system prompt). Template tokens are never scored."""
     items_per_domain: int = 40
     """Held-out items per domain (fewer when a domain's held-out half is smaller)."""
+    rotate_options: bool = False
+    """Also score each listed item (MMLU) with its options rotated, so that every option sits
+    under every letter once, and average each option's log-prob over the rotations
+    (:func:`~sts_lightning.monitor.answer_scores.average_rotations`): a preference for a letter,
+    which a fine-tune can move in every domain alike, then cancels from ``choice_margin``
+    (and from accuracy and answer NLL). Costs K forwards per K-option item instead of one."""
     vary_items: bool = True
     """Each seed draws its own held-out items (seeded by the run's seed; one base-model pass
     per seed); ``false``: every run is measured on the items of seed 0 (one base pass)."""

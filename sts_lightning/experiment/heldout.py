@@ -11,20 +11,29 @@ once per seed and reused by every task at that seed (tasks stay paired on the sa
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sts_lightning.data.choice_format import encode_choices
-from sts_lightning.data.choices import ChoiceItem, load_choice_domain, pair_choices
+from sts_lightning.data.choices import ChoiceItem, load_choice_domain, pair_choices, rotations
 from sts_lightning.data.prompts import Example
 from sts_lightning.experiment.config import ExperimentConfig
 from sts_lightning.experiment.realised import compare, exact_match, score_choices
+from sts_lightning.monitor.answer_scores import average_rotations
 
 __all__ = ["Evaluation", "choice_sets"]
 
 log = logging.getLogger(__name__)
+
+
+def _rotated(items: Sequence[ChoiceItem], encode) -> tuple[list, list[tuple[int, int]]]:
+    """Every rotation of every listed item, encoded, with its ``(item, j)``."""
+    entries = [(i, j) for i, item in enumerate(items) for j in range(1, len(rotations(item)) + 1)]
+    flat = [r for item in items for r in rotations(item)]
+    return encode(flat), entries
 
 
 def choice_sets(
@@ -72,8 +81,11 @@ class Evaluation:
     """Whether each run's seed picks its items (else seed 0's items for every run)."""
     task_items: dict
     """``{task: examples}``: held-out problems of the built-in source tasks."""
-    base_accuracy: dict
+    base_accuracy: dict = field(default_factory=dict)
     """``{task: exact match}`` of the base model."""
+    rotated: dict = field(default_factory=dict)
+    """``{item seed: {domain: (encoded rotations, [(item, j)])}}`` with
+    ``evaluation.rotate_options``; empty without."""
 
     @classmethod
     def measure(cls, model, tokenizer, job: ExperimentConfig, layer: int, heldout, task_items):
@@ -87,26 +99,41 @@ class Evaluation:
             exclude_token_ids=sorted(set(tokenizer.all_special_ids)),
             batch_size=settings.batch_size,
         )
-        encoded, base = {}, {}
+        encode = functools.partial(
+            encode_choices, tokenizer, text_format=settings.format, max_length=settings.max_length
+        )
+        encoded, rotated, base = {}, {}, {}
         for seed in job.seeds if settings.vary_items else [0]:
-            encoded[seed] = {
-                name: encode_choices(
-                    tokenizer, items, text_format=settings.format, max_length=settings.max_length
-                )
-                for name, items in choice_sets(job, heldout, seed).items()
-            }
-            base[seed] = score_choices(model, encoded[seed], **score_kw)
-        accuracy = {
+            sets = choice_sets(job, heldout, seed)
+            encoded[seed] = {name: encode(items) for name, items in sets.items()}
+            if settings.rotate_options:
+                rotated[seed] = {name: _rotated(items, encode) for name, items in sets.items()}
+        evaluation = cls(
+            encoded, base, score_kw, settings.metric, settings.vary_items, task_items, {}, rotated
+        )
+        for seed in encoded:
+            base[seed] = evaluation.scores(model, seed)
+        evaluation.base_accuracy = {
             n: exact_match(model, tokenizer, ex, task_reward(n)) for n, ex in task_items.items()
         }
-        return cls(
-            encoded, base, score_kw, settings.metric, settings.vary_items, task_items, accuracy
-        )
+        return evaluation
+
+    def scores(self, model, key: int) -> dict:
+        """``{domain: ChoiceScores}`` of ``model`` on item set ``key``, rotations averaged."""
+        scores = score_choices(model, self.encoded[key], **self.score_kw)
+        if key not in self.rotated:
+            return scores
+        flat = {name: encoded for name, (encoded, _) in self.rotated[key].items()}
+        extra = score_choices(model, flat, **(self.score_kw | {"layer": None}))  # no rows
+        return {
+            name: average_rotations(s, extra[name], self.rotated[key][name][1])
+            for name, s in scores.items()
+        }
 
     def realised(self, model, sae, max_norm: float, seed: int) -> dict[str, dict]:
         """:func:`compare` of ``model``'s pass over ``seed``'s items with the base model's."""
         key = seed if self.vary_items else 0
-        now = score_choices(model, self.encoded[key], **self.score_kw)
+        now = self.scores(model, key)
         return compare(self.base[key], now, sae, max_norm, metric=self.metric)
 
     def task_accuracy(self, model, tokenizer, task: str) -> dict[str, float]:

@@ -254,10 +254,10 @@ def _markdown(results: dict[str, Any], figures: dict[str, Path]) -> str:
         f"Source tasks: {', '.join(dict.fromkeys(r['task'] for r in results['runs']))}; "
         f"seeds {cfg['seeds']}; "
         f"{len(results['runs'][0]['realised'])} pre-registered domains. Fine-tuning: "
-        f"{ft['method']}, {ft['steps']} steps × {ft['batch_size']}, lr {ft['lr']}"
-        f"{', LoRA' if ft['lora'] else ', full'}. Realised change: `{ev['metric']}` on "
-        f"{ev['items_per_domain']} held-out items per domain ({ev['format']} text), paired "
-        "by item.",
+        f"{ft['method']}, {ft['steps']} steps × {ft['batch_size'] * ft.get('accumulate', 1)}, "
+        f"lr {ft['lr']}{', LoRA' if ft['lora'] else ', full'}. Realised change: `{ev['metric']}` "
+        f"on {ev['items_per_domain']} held-out items per domain ({ev['format']} text"
+        f"{', options rotated' if ev.get('rotate_options') else ''}), paired by item.",
         "",
         f"Realised Δ = {METRIC_TEXT[ev['metric']]} (> 0: worse); correlations "
         "are with |Δ| (the paper predicts magnitude), over domains: seed-mean correlations "

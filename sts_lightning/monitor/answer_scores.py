@@ -22,7 +22,7 @@ answer of the correct option's sequence, template tokens excluded): the whole-it
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ from torch import Tensor
 from sts_lightning.data.choice_format import EncodedChoice
 from sts_lightning.monitor.teacher_forcing import pad_batch, scoring_pass, target_logprobs
 
-__all__ = ["ChoiceScores", "choice_margin", "score_choices"]
+__all__ = ["ChoiceScores", "average_rotations", "choice_margin", "score_choices"]
 
 
 def choice_margin(option_logp: Tensor, correct: Tensor) -> Tensor:
@@ -96,6 +96,46 @@ class ChoiceScores:
     def answer_nll(self) -> Tensor:
         """``(n_items,)`` float64: NLL of the correct option's answer tokens."""
         return -self.option_logp[torch.arange(len(self.correct)), self.correct]
+
+
+def average_rotations(
+    scores: ChoiceScores, rotated: ChoiceScores, entries: Sequence[tuple[int, int]]
+) -> ChoiceScores:
+    """``scores`` with each option's log-prob averaged over the item and its option rotations.
+
+    A model's preference for a letter adds ``b(letter)`` to whichever option is listed under
+    it. Over the rotations of :func:`~sts_lightning.data.choices.rotations` every option sits
+    under every letter once, so the average is ``s(option) + mean(b)``: the same constant for
+    every option, which :func:`choice_margin` ignores. What is left is the preference for the
+    options' content. Item NLL, token counts and rows stay those of the original listing.
+
+    Args:
+        scores: The items as listed, ``(n_items, K)``.
+        rotated: Their rotations, flat: entry ``f`` is rotation ``entries[f] = (item, j)``,
+            which lists option ``(o' + j) mod K`` under letter ``o'``.
+        entries: ``(item index, rotation j)`` of each row of ``rotated``.
+
+    Example:
+        >>> bias = torch.tensor([2.0, 0.0, -2.0])  # the model likes "A"
+        >>> content = torch.tensor([-1.0, -2.0, -3.0])  # ... and option 0
+        >>> logp = lambda j: content.roll(-j) + bias  # rotation j lists option o' + j at o'
+        >>> one = lambda x: ChoiceScores(x[None], torch.tensor([0]), *[torch.zeros(1)] * 3)
+        >>> flat = ChoiceScores(torch.stack([logp(1), logp(2)]), torch.tensor([2, 1]),
+        ...                     *[torch.zeros(2)] * 3)
+        >>> average_rotations(one(logp(0)), flat, [(0, 1), (0, 2)]).option_logp
+        tensor([[-1., -2., -3.]])
+    """
+    if len(entries) != len(rotated.correct):
+        raise ValueError(f"`entries` has {len(entries)} rows, `rotated` {len(rotated.correct)}")
+    total = scores.option_logp.clone()
+    count = torch.ones(len(scores.correct), dtype=total.dtype)
+    for f, (i, j) in enumerate(entries):
+        k = int(torch.isfinite(scores.option_logp[i]).sum())
+        if (scores.correct[i] - j) % k != rotated.correct[f]:
+            raise ValueError(f"rotation {f} is not rotation {j} of item {i}")
+        total[i, :k] += rotated.option_logp[f, (torch.arange(k) - j) % k]
+        count[i] += 1
+    return replace(scores, option_logp=total / count[:, None])
 
 
 def _jobs(items: Sequence[EncodedChoice]) -> list[tuple[int, int, bool]]:
