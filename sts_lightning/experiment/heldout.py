@@ -31,9 +31,8 @@ log = logging.getLogger(__name__)
 
 def _rotated(items: Sequence[ChoiceItem], encode) -> tuple[list, list[tuple[int, int]]]:
     """Every rotation of every listed item, encoded, with its ``(item, j)``."""
-    entries = [(i, j) for i, item in enumerate(items) for j in range(1, len(rotations(item)) + 1)]
-    flat = [r for item in items for r in rotations(item)]
-    return encode(flat), entries
+    pairs = [((i, j), r) for i, item in enumerate(items) for j, r in enumerate(rotations(item), 1)]
+    return encode([r for _, r in pairs]), [entry for entry, _ in pairs]
 
 
 def choice_sets(
