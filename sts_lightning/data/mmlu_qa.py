@@ -1,7 +1,7 @@
 """``mmlu_qa``: a knowledge-QA source task from MMLU questions of domains reserved for it.
 
 Every MMLU subject belongs to one of the 17 pre-registered MMLU domains
-(:data:`~sts_lightning.data.domains.MMLU_DOMAINS`), and each domain's two halves hold all of its
+(:data:`~sts_lightning.data.mmlu.MMLU_DOMAINS`), and each domain's two halves hold all of its
 items, so no MMLU item is outside every domain. Re-cutting the halves would change the
 pre-registered splits (and every cached SAE trained on them); instead the task owns the items of
 :data:`MMLU_QA_DOMAINS` (six social-science and general-knowledge domains, 3,922 questions) and
@@ -24,6 +24,7 @@ import random
 import re
 from collections.abc import Iterable
 
+from sts_lightning.data.mmlu import MMLU_DOMAINS, mmlu_by_topic
 from sts_lightning.data.prompts import Example
 
 __all__ = ["MMLU_QA_DOMAINS", "load_mmlu_qa", "mmlu_qa_letter", "score_mmlu_qa"]
@@ -51,9 +52,7 @@ def _key(example: Example) -> str:
 @functools.cache
 def _items() -> tuple[Example, ...]:
     """Every distinct question of the reserved domains, in canonical (hash) order."""
-    from sts_lightning.data.domains import MMLU_DOMAINS, _mmlu_by_topic
-
-    by_topic = _mmlu_by_topic()
+    by_topic = mmlu_by_topic()
     # MMLU repeats some questions verbatim across subjects: drop any another domain also holds.
     elsewhere = {
         row.prompt

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sts_lightning.config import positive_int
+from sts_lightning.data.mmlu_qa import load_mmlu_qa
 from sts_lightning.data.prompts import Example
 
 __all__ = ["TRAINING_SETS", "TrainingTask", "load_training_set", "score_training_answer"]
@@ -117,8 +118,6 @@ def load_training_set(
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"`seed` must be an int, got {seed!r}")
     if task.source == "mmlu":
-        from sts_lightning.data.mmlu_qa import load_mmlu_qa  # imports data.domains: lazy
-
         return load_mmlu_qa(n, seed, exclude=exclude)
     import reasoning_gym  # lazy: ~1 s of imports, only needed here
 
