@@ -323,15 +323,19 @@ def test_progress_lines_give_each_stage_time_and_the_time_left(monkeypatch, caps
 
     clock = iter([0.0, 10.0, 70.0, 100.0, 160.0, 200.0])  # start, then one reading per stage
     monkeypatch.setattr(run.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(run, "rss_mb", lambda: 1536.0)
+    monkeypatch.setattr(run, "peak_rss_mb", lambda: 2560.0)
     stage = run._Stages(["load", "tune", "eval", "tune", "report"])
     for what, key in [("a", "load"), ("b", "tune"), ("c", "eval"), ("d", "tune"), ("e", "report")]:
         stage(what, key)
     lines = capsys.readouterr().err.splitlines()
     # Hand computation: after "c", one "tune" (60 s) and the unseen final "report" (0) remain.
-    assert lines[0] == "[1/5 00:10 | 00:10] a"  # "tune" not yet seen: no estimate
-    assert lines[2] == "[3/5 01:40 | 00:30, ~01:00 left] c"
-    assert lines[3] == "[4/5 02:40 | 01:00, ~00:00 left] d"
-    assert lines[4] == "[5/5 03:20 | 00:40, ~00:00 left] e"
+    assert (
+        lines[0] == "[1/5 00:10 | 00:10] a (RSS 1.5 GB, peak 2.5 GB)"
+    )  # "tune" not yet seen: no estimate
+    assert lines[2] == "[3/5 01:40 | 00:30, ~01:00 left] c (RSS 1.5 GB, peak 2.5 GB)"
+    assert lines[3] == "[4/5 02:40 | 01:00, ~00:00 left] d (RSS 1.5 GB, peak 2.5 GB)"
+    assert lines[4] == "[5/5 03:20 | 00:40, ~00:00 left] e (RSS 1.5 GB, peak 2.5 GB)"
     assert stage.timings == {"load": 10.0, "tune": 120.0, "eval": 30.0, "report": 40.0}
     assert run._clock(3725) == "1:02:05"
 
@@ -345,3 +349,13 @@ def test_report_tables_escape_pipes_inside_cells():
     # A markdown reader splits on unescaped pipes only: every line keeps two cells.
     assert [len(re.split(r"(?<!\\)\|", line)) - 2 for line in lines] == [2, 2, 2]
     assert lines[2] == "| realised \\|Δ\\| | 0.5 |"
+
+
+def test_peak_rss_matches_the_kernels_high_water_mark():
+    from sts_lightning.experiment.memory import peak_rss_mb, rss_mb
+
+    # Oracle: the kernel's own high-water mark of this process (VmHWM, in kB).
+    with open("/proc/self/status") as status:
+        hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+    assert abs(peak_rss_mb() - hwm / 1024) < 64  # the two readings are moments apart
+    assert 0 < rss_mb() <= peak_rss_mb() + 1

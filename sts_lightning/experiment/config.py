@@ -17,6 +17,7 @@ from sts_lightning.config import (
 )
 from sts_lightning.experiment.task_learning import LearnedMargin
 from sts_lightning.forecast.config import PredictConfig
+from sts_lightning.model.precision import PRECISIONS
 from sts_lightning.model.sae_training import SAETrainConfig
 from sts_lightning.training.lora import LoraConfig
 
@@ -39,8 +40,10 @@ class FinetuneConfig:
     """Micro-batches accumulated per optimizer step (``batch_size`` is the micro-batch)."""
     lr: float = 1e-4
     """Peak learning rate."""
-    precision: str = "32-true"
-    """Lightning precision (``bf16-mixed`` on a GPU; fp32 is faster on CPUs)."""
+    precision: str = "auto"
+    """Lightning precision of fine-tuning: ``auto`` (bf16 autocast where the GPU or CPU has
+    native bf16, as :func:`~sts_lightning.model.precision.native_bf16` reports; fp32
+    otherwise), ``bf16-mixed`` or ``32-true`` to force either."""
     max_length: int = 512
     """SFT only: sequences are cut to this many tokens."""
     gradient_checkpointing: bool = False
@@ -64,6 +67,7 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         one_of("finetune.method", self.method, ("sft", "grpo"))
+        one_of("finetune.precision", self.precision, PRECISIONS)
         check_fields(self, positive_int, "steps", "batch_size", "num_generations")
         check_fields(self, positive_int, "max_completion_length", "track_every", "accumulate")
         positive_int("max_length", self.max_length)
@@ -107,6 +111,10 @@ class EvalConfig:
     no run counts as learned."""
     batch_size: int = 8
     """Sequences per forward pass."""
+    precision: str = "auto"
+    """Precision of the held-out scoring forwards (items and task problems, before and after):
+    ``auto``, ``bf16-mixed`` or ``32-true``, as ``finetune.precision``. The SAE encodes their
+    rows in fp32 either way."""
     target_reliability: float = 0.8
     """The split-half reliability of the realised |Δ| across domains this run needs to tell
     (pre-registered): a run below it says so at the top of its report."""
@@ -121,6 +129,7 @@ class EvalConfig:
         non_negative_int("evaluation.task_items", self.task_items)
         one_of("evaluation.metric", self.metric, ("choice_margin", "answer_nll", "item_nll"))
         one_of("evaluation.format", self.format, ("plain", "chat"))
+        one_of("evaluation.precision", self.precision, PRECISIONS)
         positive_int("evaluation.max_length", self.max_length)
         at_least("evaluation.max_length", self.max_length, 16)
 

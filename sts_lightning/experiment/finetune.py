@@ -115,12 +115,16 @@ def _trainer(job: ExperimentConfig, sft: bool, loggers: list[Any], callback: Any
     checkpoints, no validation."""
     from lightning.pytorch import Trainer
 
+    from sts_lightning.model.device import resolve_device
+    from sts_lightning.model.precision import resolve_precision
+
     ft = job.finetune
+    device = resolve_device(job.device)
     return Trainer(
         accelerator="auto",
         devices=1,
         max_steps=ft.steps,
-        precision=ft.precision,
+        precision=resolve_precision(ft.precision, device, "finetune.precision"),
         accumulate_grad_batches=ft.accumulate if sft else 1,
         logger=loggers,
         enable_checkpointing=False,

@@ -22,6 +22,7 @@ from sts_lightning.data.choices import ChoiceItem, load_choice_domain, pair_choi
 from sts_lightning.data.prompts import Example
 from sts_lightning.experiment.config import ExperimentConfig
 from sts_lightning.experiment.realised import compare, exact_match, score_choices
+from sts_lightning.model.precision import autocast, resolve_precision
 from sts_lightning.monitor.answer_scores import average_rotations
 
 __all__ = ["Evaluation", "choice_sets"]
@@ -85,6 +86,8 @@ class Evaluation:
     rotated: dict = field(default_factory=dict)
     """``{item seed: {domain: (encoded rotations, [(item, j)])}}`` with
     ``evaluation.rotate_options``; empty without."""
+    precision: str = "32-true"
+    """Of the scoring forwards (``evaluation.precision``, resolved for the model's device)."""
 
     @classmethod
     def measure(cls, model, tokenizer, job: ExperimentConfig, layer: int, heldout, task_items):
@@ -107,23 +110,36 @@ class Evaluation:
             encoded[seed] = {name: encode(items) for name, items in sets.items()}
             if settings.rotate_options:
                 rotated[seed] = {name: _rotated(items, encode) for name, items in sets.items()}
+        device = next(model.parameters()).device
         evaluation = cls(
-            encoded, base, score_kw, settings.metric, settings.vary_items, task_items, {}, rotated
+            encoded,
+            base,
+            score_kw,
+            settings.metric,
+            settings.vary_items,
+            task_items,
+            {},
+            rotated,
+            resolve_precision(settings.precision, device, "evaluation.precision"),
         )
         for seed in encoded:
             base[seed] = evaluation.scores(model, seed)
-        evaluation.base_accuracy = {
-            n: exact_match(model, tokenizer, ex, task_reward(n)) for n, ex in task_items.items()
-        }
+        with autocast(evaluation.precision, device):
+            evaluation.base_accuracy = {
+                n: exact_match(model, tokenizer, ex, task_reward(n)) for n, ex in task_items.items()
+            }
         return evaluation
 
     def scores(self, model, key: int) -> dict:
         """``{domain: ChoiceScores}`` of ``model`` on item set ``key``, rotations averaged."""
-        scores = score_choices(model, self.encoded[key], **self.score_kw)
+        device = next(model.parameters()).device
+        with autocast(self.precision, device):
+            scores = score_choices(model, self.encoded[key], **self.score_kw)
         if key not in self.rotated:
             return scores
         flat = {name: encoded for name, (encoded, _) in self.rotated[key].items()}
-        extra = score_choices(model, flat, **(self.score_kw | {"layer": None}))  # no rows
+        with autocast(self.precision, device):
+            extra = score_choices(model, flat, **(self.score_kw | {"layer": None}))  # no rows
         return {
             name: average_rotations(s, extra[name], self.rotated[key][name][1])
             for name, s in scores.items()
@@ -141,5 +157,6 @@ class Evaluation:
 
         after = float("nan")
         if task in self.task_items:
-            after = exact_match(model, tokenizer, self.task_items[task], task_reward(task))
+            with autocast(self.precision, next(model.parameters()).device):
+                after = exact_match(model, tokenizer, self.task_items[task], task_reward(task))
         return {"before": self.base_accuracy.get(task, float("nan")), "after": after}

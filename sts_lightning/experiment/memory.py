@@ -22,11 +22,13 @@ import functools
 import gc
 import logging
 import platform
+import resource
+import sys
 from collections.abc import Callable
 
 import torch
 
-__all__ = ["release_memory"]
+__all__ = ["peak_rss_mb", "release_memory", "rss_mb"]
 
 log = logging.getLogger(__name__)
 
@@ -59,3 +61,20 @@ def release_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MiB (``ru_maxrss``; what
+    ``/usr/bin/time -v`` reports as "Maximum resident set size")."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, else KiB
+
+
+def rss_mb() -> float:
+    """This process's resident set size now, in MiB (``/proc/self/statm``; the peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return peak_rss_mb()
+    return pages * resource.getpagesize() / 2**20

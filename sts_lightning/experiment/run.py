@@ -36,9 +36,10 @@ from sts_lightning.experiment.forecast import (
     to_prediction,
 )
 from sts_lightning.experiment.heldout import Evaluation
-from sts_lightning.experiment.memory import release_memory
+from sts_lightning.experiment.memory import peak_rss_mb, release_memory, rss_mb
 from sts_lightning.experiment.task_probe import TaskLearning, split_task_items
 from sts_lightning.model.device import resolve_device
+from sts_lightning.model.precision import resolve_precision
 
 __all__ = ["run_experiment"]
 
@@ -48,9 +49,10 @@ log = logging.getLogger(__name__)
 class _Stages:
     """The run's progress display: one line per stage on stderr.
 
-    Each line gives the stages done, the time elapsed, the stage's own time and an estimate of
-    the time left: the mean time of each remaining stage's kind so far (no estimate until every
-    remaining kind has run once; the last stage, the report, counts as instant until then).
+    Each line gives the stages done, the time elapsed, the stage's own time, an estimate of
+    the time left (the mean time of each remaining stage's kind so far; no estimate until every
+    remaining kind has run once; the last stage, the report, counts as instant until then) and
+    the resident memory, now and at its peak.
 
     Args:
         plan: The ``key`` of every stage to come, in order.
@@ -88,8 +90,10 @@ class _Stages:
         self.done += 1
         left = self.left() if self.done < self.total else 0.0
         eta = "" if left is None else f", ~{_clock(left)} left"
+        rss = f"RSS {rss_mb() / 1024:.1f} GB, peak {peak_rss_mb() / 1024:.1f} GB"
         print(
-            f"[{self.done}/{self.total} {_clock(now - self.start)} | {_clock(took)}{eta}] {what}",
+            f"[{self.done}/{self.total} {_clock(now - self.start)} | {_clock(took)}{eta}] {what}"
+            f" ({rss})",
             file=sys.stderr,
         )
 
@@ -102,49 +106,33 @@ def _clock(seconds: float) -> str:
 
 
 def _task_pool(job: ExperimentConfig, task: str) -> tuple[str, bool, list[Example]]:
-    """``(name, is_builtin, examples)`` of a source task: built-in, ``.jsonl`` or HF dataset."""
-    from sts_lightning.data.domains import TRAINING_SETS, load_training_set
-    from sts_lightning.data.sources import is_hf_source, load_rows
+    """``(name, is_builtin, examples)`` of a source task (:func:`~.inputs.task_pool`)."""
+    from sts_lightning.experiment.inputs import task_pool
 
-    if task in TRAINING_SETS:
-        return task, True, load_training_set(task, job.task_examples, seed=0)
-    if not is_hf_source(task) and not Path(task).is_file():
-        raise ValueError(
-            f"`tasks` entry {task!r} is not a built-in training set {list(TRAINING_SETS)}, "
-            "an existing .jsonl file or a datasets name"
-        )
-    rows = load_rows(
-        task,
-        prompt_column=job.prompt_column,
-        answer_column=job.answer_column,
-        argument="tasks",
-    )
-    examples = [Example(r["prompt"], r["answer"]) for r in rows][: job.task_examples]
-    name = Path(task).stem if Path(task).suffix else task.rstrip("/").rsplit("/", 1)[-1]
-    return name, False, examples
+    return task_pool(job, task)
 
 
 def _domains(job: ExperimentConfig) -> tuple[dict, dict]:
-    from sts_lightning.data.domains import load_domain
-    from sts_lightning.data.sources import read_examples
+    """``(scored, heldout)`` halves of every domain (:func:`~.inputs.domain_halves`)."""
+    from sts_lightning.experiment.inputs import domain_halves
 
-    scored = {n: load_domain(n, split="score") for n in job.domains}
-    heldout = {n: load_domain(n, split="heldout") for n in job.domains}
-    for name, path in job.domain_files.items():
-        items = read_examples(path)
-        if len(items) < 4:
-            raise ValueError(f"`domain_files[{name!r}]` has {len(items)} items; at least 4 needed")
-        scored[name], heldout[name] = items[: len(items) // 2], items[len(items) // 2 :]
-    return scored, heldout
+    return domain_halves(job)
 
 
 def _load(job: ExperimentConfig, device: torch.device, stage: _Stages) -> tuple[Any, Any, Any, int]:
-    """The model, tokenizer and SAE on ``device``, checked against each other, and the layer."""
+    """The model, tokenizer and SAE on ``device``, checked against each other, and the layer.
+
+    What needs no model is checked first (every task's name, file and columns; the domain
+    files), so that a bad input is refused before a model loads or an SAE trains.
+    """
+    from sts_lightning.experiment.inputs import check_inputs
     from sts_lightning.model.capture import model_width
     from sts_lightning.model.loading import default_cache_dir, load_model_and_tokenizer
-    from sts_lightning.model.sae import check_sae_fits, resolve_layer, sae_d_sae
+    from sts_lightning.model.run_inputs import resolve_sae_layer
+    from sts_lightning.model.sae import sae_d_sae
     from sts_lightning.model.sae_source import resolve_run_sae
 
+    check_inputs(job)  # tasks and domain files, before the model
     cache = Path(job.cache_dir) if job.cache_dir else default_cache_dir()
     model, tokenizer = load_model_and_tokenizer(
         job.model, dtype=job.dtype, trust_remote_code=job.trust_remote_code, cache_dir=cache
@@ -156,10 +144,7 @@ def _load(job: ExperimentConfig, device: torch.device, stage: _Stages) -> tuple[
     sae = resolve_run_sae(on_device, model, tokenizer, cache)  # trained and cached on first use
     if isinstance(sae, torch.nn.Module):
         sae.to(device)
-    layer = resolve_layer(sae, job.predict.layer)
-    check_sae_fits(sae, model, layer)
-    if job.predict.k > sae_d_sae(sae):
-        raise ValueError(f"`predict.k`={job.predict.k} exceeds the SAE's d_sae={sae_d_sae(sae)}")
+    layer = resolve_sae_layer(model, sae, job.predict.layer, job.predict.k, "predict")
     d_model = model_width(model)
     if job.raw_k > d_model:
         raise ValueError(f"`raw_k`={job.raw_k} exceeds the model's width d_model={d_model}")
@@ -269,7 +254,8 @@ def run_experiment(job: ExperimentConfig) -> dict[str, Any]:
     # The task problems are measured by TaskLearning (answer NLL and exact match, per item).
     evaluation = Evaluation.measure(model, tokenizer, job, layer, heldout, {})
     margin, batch = job.finetune.learned_margin, job.evaluation.batch_size
-    learning = TaskLearning.measure(model, tokenizer, problems, margin, batch)
+    precision = resolve_precision(job.evaluation.precision, device, "evaluation.precision")
+    learning = TaskLearning.measure(model, tokenizer, problems, margin, batch, precision)
     stage("base model evaluated on the held-out items", "evaluation")
 
     ctx = _Shared(job, device, forecaster, domain_stats, scored, evaluation, contrast, learning)
@@ -285,6 +271,7 @@ def run_experiment(job: ExperimentConfig) -> dict[str, Any]:
     results["config"] = asdict(job)
     results["timings"] = dict(stage.timings)
     results["timings"]["total"] = time.perf_counter() - stage.start  # up to the report
+    results["timings"]["peak_rss_mb"] = peak_rss_mb()
     results["domain_counts"] = {n: d.counts for n, d in domain_stats.items()}
     write_report(results, job.output_dir, wandb=job.wandb)
     stage(f"report written to {Path(job.output_dir) / 'report.md'}", "report")

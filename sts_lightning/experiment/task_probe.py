@@ -18,6 +18,7 @@ import numpy as np
 from sts_lightning.data.prompts import Example
 from sts_lightning.experiment.realised import exact_match, item_losses
 from sts_lightning.experiment.task_learning import LearnedMargin, is_learned, task_change
+from sts_lightning.model.precision import autocast
 
 __all__ = ["TaskLearning", "TaskProbe", "split_task_items"]
 
@@ -106,6 +107,8 @@ class TaskLearning:
     """The learned rule (``finetune.learned_margin``); ``None``: runs are not judged."""
     batch_size: int = 8
     """Sequences per forward pass."""
+    precision: str = "32-true"
+    """Of the probe's forwards and generations (``evaluation.precision``, resolved)."""
 
     @classmethod
     def measure(
@@ -115,17 +118,25 @@ class TaskLearning:
         items: dict[str, tuple[list[Example], Callable[[str, Example], float]]],
         margin: LearnedMargin | None,
         batch_size: int = 8,
+        precision: str = "32-true",
     ) -> TaskLearning:
         """Encode ``{task: (held-out problems, checker)}`` and run the base model over them."""
         probes = {n: TaskProbe.build(tokenizer, ex, score) for n, (ex, score) in items.items()}
-        base = {n: p.measure(model, tokenizer, batch_size=batch_size) for n, p in probes.items()}
-        return cls(probes, base, margin, batch_size)
+        learning = cls(probes, {}, margin, batch_size, precision)
+        learning.base = {n: learning.run(model, tokenizer, n) for n in probes}
+        return learning
+
+    def run(self, model, tokenizer, task: str) -> dict[str, np.ndarray]:
+        """``model``'s per-problem values on ``task``'s probe (:meth:`TaskProbe.measure`)."""
+        device = next(model.parameters()).device
+        with autocast(self.precision, device):
+            return self.probes[task].measure(model, tokenizer, batch_size=self.batch_size)
 
     def judge(self, model, tokenizer, task: str) -> dict:
         """The fine-tuned ``model``'s :func:`task_change` on ``task`` with ``learned`` (bool;
         ``None`` without a rule) and ``reasons`` (why not)."""
         before = self.base[task]
-        after = self.probes[task].measure(model, tokenizer, batch_size=self.batch_size)
+        after = self.run(model, tokenizer, task)
         change = task_change(
             before["nll"],
             after["nll"],
