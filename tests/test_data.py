@@ -1,4 +1,5 @@
-"""Sources, answer-only labels, padding, resumable shuffling and the two data modules."""
+"""Sources, answer-only labels, padding, length grouping, resumable shuffling and the two data
+modules."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sts_lightning.data.batching import SFTCollator, resumable_loader, tokenize_sft
+from sts_lightning.data.batching import (
+    SFTCollator,
+    length_grouped_indices,
+    resumable_loader,
+    tokenize_sft,
+)
 from sts_lightning.data.prompts import Example
 from sts_lightning.data.sources import load_rows
 from sts_lightning.training.data import PromptDataModule, SFTDataModule
@@ -172,6 +178,115 @@ def test_ranks_share_the_data():
         )
 
     assert sorted(rank(0) + rank(1)) == list(range(10))
+
+
+# Mixed lengths: 41 to 80 tokens, interleaved.
+MIXED = [Example("Q " + "ab " * (i % 20), f"A{i}") for i in range(96)]
+
+
+@pytest.mark.parametrize(("n", "batch_size", "mult"), [(96, 4, None), (7, 3, None), (50, 4, 2)])
+def test_length_grouping_is_transformers_group_by_length(n, batch_size, mult):
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    lengths = torch.randint(1, 30, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+    ours = length_grouped_indices(lengths, batch_size, torch.Generator().manual_seed(5), mult)
+    theirs = get_length_grouped_indices(
+        lengths, batch_size, mult, generator=torch.Generator().manual_seed(5)
+    )
+    assert ours == theirs and sorted(ours) == list(range(n))
+    assert lengths[ours[0]] == max(lengths)  # the longest first
+
+
+def _padding_share(loader) -> float:
+    masks = [batch["attention_mask"] for batch in loader]
+    return sum(int((m == 0).sum()) for m in masks) / sum(m.numel() for m in masks)
+
+
+def _sft(tokenizer, **kwargs) -> SFTDataModule:
+    kwargs = {"train_size": None, "batch_size": 4, "tokenizer": tokenizer, "seed": 3} | kwargs
+    data = SFTDataModule(MIXED, max_length=128, **kwargs)
+    data.setup("fit")
+    return data
+
+
+def test_grouped_batches_pad_less_and_see_every_row_once_per_epoch(tiny_tokenizer):
+    grouped, plain = _sft(tiny_tokenizer), _sft(tiny_tokenizer, group_by_length=False)
+    assert grouped.group_by_length and not plain.group_by_length  # the default groups
+    rows = sorted(tuple(item["input_ids"]) for item in grouped.train_dataset)
+    for epoch in range(3):
+        shares = []
+        for data in (grouped, plain):
+            loader = data.train_dataloader()
+            loader.sampler.set_epoch(epoch)
+            seen = [
+                tuple(ids[mask.bool()].tolist())
+                for batch in loader
+                for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)
+            ]
+            assert sorted(seen) == rows  # every row once: no repeat, no loss
+            shares.append(_padding_share(loader))
+        # A shuffled batch of 4 pads ~17% of itself here; a grouped one ~4%.
+        assert shares[0] < shares[1] / 3 and shares[1] > 0.1, shares
+
+
+def test_grouped_order_is_seeded_and_differs_per_epoch(tiny_tokenizer):
+    def order(data, epoch):
+        loader = data.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        return list(loader.sampler)
+
+    a, b = _sft(tiny_tokenizer), _sft(tiny_tokenizer)
+    assert order(a, 0) == order(b, 0) == order(a, 0)
+    assert order(a, 1) != order(a, 0) and sorted(order(a, 1)) == list(range(len(MIXED)))
+    assert order(_sft(tiny_tokenizer, seed=4), 0) != order(a, 0)
+    # Not sorted over the epoch: megabatches (here 6 batches of 4) come in shuffled order.
+    lengths = [len(item["input_ids"]) for item in a.train_dataset]
+    epoch = [lengths[i] for i in order(a, 0)]
+    assert epoch != sorted(epoch, reverse=True)
+    assert epoch[:24] == sorted(epoch[:24], reverse=True)  # within one megabatch: sorted
+
+
+def test_grouped_loader_resumes_mid_epoch_with_the_same_batches():
+    lengths = [(7 * i) % 23 for i in range(30)]
+
+    def loader():
+        return resumable_loader(
+            list(range(30)), batch_size=4, seed=2, lengths=lengths, collate_fn=list
+        )
+
+    full = loader()
+    full.sampler.set_epoch(1)
+    batches = list(full)
+    it = iter(full)
+    next(it), next(it), next(it)
+    resumed = loader()
+    resumed.load_state_dict(full.state_dict())
+    resumed.sampler.set_epoch(1)  # Lightning does this before the first batch
+    assert list(resumed) == batches[3:]
+    assert len(list(resumed)) == len(batches)  # the next pass starts the epoch again
+
+
+def test_grouped_ranks_share_the_data_in_batches_of_similar_lengths():
+    lengths = list(range(40))
+
+    def rank(r):
+        trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 2, "rank": r})
+        return list(resumable_loader(list(range(40)), batch_size=4, seed=0, trainer=trainer,
+                                     lengths=lengths, collate_fn=list))  # fmt: skip
+
+    ranks = rank(0), rank(1)
+    assert sorted(i for r in ranks for batch in r for i in batch) == list(range(40))
+    # Each step's 2 × 4 items are one batch of 8 grouped over all ranks' items.
+    whole = length_grouped_indices(lengths, 8, torch.Generator().manual_seed(0))
+    steps = [sorted(a + b) for a, b in zip(*ranks, strict=True)]
+    assert steps == [sorted(whole[i : i + 8]) for i in range(0, 40, 8)]
+
+
+def test_grouping_needs_one_length_per_item():
+    with pytest.raises(ValueError, match="`lengths` has 2 items, the dataset 3"):
+        resumable_loader([0, 1, 2], batch_size=1, seed=0, lengths=[1, 2])
+    with pytest.raises(ValueError, match="`group_by_length` must be a bool"):
+        SFTDataModule(MIXED, group_by_length="yes")
 
 
 def test_prompt_data_module_batches_are_dicts_of_lists(tmp_path):

@@ -1,4 +1,5 @@
-"""From rows to batches: answer-only labels, padding, and a training loader that can resume.
+"""From rows to batches: answer-only labels, padding, length grouping, and a training loader
+that can resume.
 
 :func:`tokenize_sft` renders each (prompt, answer) pair with the tokenizer's chat template
 (:func:`~sts_lightning.data.prompts.encode_example`) and labels the answer tokens plus the
@@ -9,11 +10,16 @@ prompt rows into a dict of lists.
 :class:`ResumableDataLoader` shuffles by ``(seed, epoch)`` and records how many batches of the
 epoch it has yielded in Lightning checkpoints (Lightning saves ``state_dict()`` of a training
 loader that has one), so a run resumed mid-epoch sees the same batches as one never stopped.
+Given the items' lengths it groups them as transformers' ``group_by_length``
+(:func:`length_grouped_indices`): batches of similar lengths, so little of a batch is padding,
+in an order that is still shuffled by ``(seed, epoch)``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +28,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from sts_lightning.data.prompts import Example, encode_example
 
-__all__ = ["ResumableDataLoader", "SFTCollator", "collate_rows", "resumable_loader", "tokenize_sft"]
+__all__ = [
+    "ResumableDataLoader",
+    "SFTCollator",
+    "collate_rows",
+    "length_grouped_indices",
+    "resumable_loader",
+    "tokenize_sft",
+]
 
 log = logging.getLogger(__name__)
 
@@ -126,16 +139,96 @@ def collate_rows(items: list[dict[str, Any]], name: str | None = None) -> dict[s
     return batch
 
 
+def length_grouped_indices(
+    lengths: Sequence[int],
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    mega_batch_mult: int | None = None,
+) -> list[int]:
+    """A random permutation whose consecutive ``batch_size`` items have similar lengths.
+
+    transformers' ``group_by_length`` (``trainer_pt_utils.get_length_grouped_indices``): the
+    shuffled indices are cut into megabatches of ``mega_batch_mult`` batches (default: 50, or
+    fewer so that there are at least 4 megabatches), each sorted by decreasing length; the
+    longest item overall is swapped to the front, so the first batch is the largest (memory
+    errors show at once).
+
+    Args:
+        lengths: Length of each item.
+        batch_size: Items per batch (all ranks' together in distributed training).
+        generator: Source of the permutation.
+        mega_batch_mult: Batches per megabatch.
+
+    Returns:
+        A permutation of ``range(len(lengths))``.
+
+    Example:
+        >>> lengths = [1, 9, 2, 8, 3, 7, 4, 6]
+        >>> g = torch.Generator().manual_seed(0)
+        >>> order = length_grouped_indices(lengths, 2, g, mega_batch_mult=2)
+        >>> [lengths[i] for i in order]  # 2 megabatches of 2 batches, each sorted
+        [9, 6, 3, 1, 8, 7, 4, 2]
+    """
+    if mega_batch_mult is None:
+        mega_batch_mult = max(1, min(len(lengths) // (batch_size * 4), 50))
+    indices = torch.randperm(len(lengths), generator=generator).tolist()
+    size = mega_batch_mult * batch_size
+    megabatches = [
+        sorted(indices[i : i + size], key=lambda j: lengths[j], reverse=True)
+        for i in range(0, len(indices), size)
+    ]
+    if not megabatches:
+        return []
+    # Each megabatch starts with its longest item: bring the longest of all to the front.
+    longest = max(range(len(megabatches)), key=lambda m: lengths[megabatches[m][0]])
+    first, top = megabatches[0], megabatches[longest]
+    first[0], top[0] = top[0], first[0]
+    return [i for megabatch in megabatches for i in megabatch]
+
+
 class _ResumableSampler(DistributedSampler):
     """Shuffles by ``(seed, epoch)``; starts ``skip`` items into the epoch once after a resume.
 
     A ``DistributedSampler`` (one replica when not distributed), so Lightning keeps it as is.
+    With ``lengths`` the epoch's permutation is length-grouped for batches of ``batch_size``
+    items per rank (:func:`length_grouped_indices` over all ranks' batches together), and each
+    rank takes every ``num_replicas``-th item, as ``DistributedSampler`` does: the ranks' k-th
+    batches come from the same stretch of sorted items.
     """
 
     skip: int = 0
 
+    def __init__(
+        self,
+        dataset,
+        *,
+        lengths: Sequence[int] | None = None,
+        batch_size: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(dataset, **kwargs)
+        if lengths is not None and len(lengths) != len(dataset):
+            raise ValueError(f"`lengths` has {len(lengths)} items, the dataset {len(dataset)}")
+        self.lengths = None if lengths is None else list(lengths)
+        self.batch_size = batch_size
+
+    def _epoch_indices(self) -> list[int]:
+        if self.lengths is None:
+            return list(super().__iter__())
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        indices = length_grouped_indices(
+            self.lengths, self.batch_size * self.num_replicas, generator
+        )
+        # DistributedSampler's padding (repeat the start) or cut, then this rank's share.
+        if self.drop_last:
+            indices = indices[: self.total_size]
+        else:
+            padding = self.total_size - len(indices)
+            indices += (indices * math.ceil(padding / len(indices)))[:padding]
+        return indices[self.rank : self.total_size : self.num_replicas]
+
     def __iter__(self):
-        indices = list(super().__iter__())
+        indices = self._epoch_indices()
         start, self.skip = self.skip, 0
         return iter(indices[start:])
 
@@ -168,7 +261,13 @@ class ResumableDataLoader(DataLoader):
 
 
 def resumable_loader(
-    dataset, *, batch_size: int, seed: int, trainer=None, **kwargs
+    dataset,
+    *,
+    batch_size: int,
+    seed: int,
+    trainer=None,
+    lengths: Sequence[int] | None = None,
+    **kwargs,
 ) -> ResumableDataLoader:
     """A shuffled :class:`ResumableDataLoader` over this rank's share of ``dataset``.
 
@@ -178,10 +277,17 @@ def resumable_loader(
         seed: Seed of the per-epoch permutation (the same on every rank).
         trainer: The Lightning trainer (its ``distributed_sampler_kwargs`` give rank and world
             size); ``None``: one process.
+        lengths: Each item's length: group batches by length
+            (:func:`length_grouped_indices`); ``None``: a plain shuffle.
         **kwargs: Other ``DataLoader`` arguments (``collate_fn``, ``num_workers``...).
     """
     dist = None if trainer is None else trainer.distributed_sampler_kwargs
     sampler = _ResumableSampler(
-        dataset, shuffle=True, seed=seed, **(dist or {"num_replicas": 1, "rank": 0})
+        dataset,
+        lengths=lengths,
+        batch_size=batch_size,
+        shuffle=True,
+        seed=seed,
+        **(dist or {"num_replicas": 1, "rank": 0}),
     )
     return ResumableDataLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs)

@@ -6,7 +6,9 @@ batches:
 - :class:`SFTDataModule` tokenizes rows in any TRL format (``messages``, prompt/completion,
   ``text``, and (prompt, answer) pairs through the chat template) and labels the tokens that
   carry the loss (:mod:`sts_lightning.data.sft_format`); with ``packing`` it packs them into rows
-  of ``max_length`` tokens (:mod:`sts_lightning.data.packing`). Validation loaders, one per named
+  of ``max_length`` tokens (:mod:`sts_lightning.data.packing`); with ``group_by_length`` (the
+  default) training batches hold sequences of similar lengths, so little of them is padding
+  (:func:`~sts_lightning.data.batching.length_grouped_indices`). Validation loaders, one per named
   domain, hold the ``"heldout"`` half of built-in domains
   (:func:`~sts_lightning.data.domains.load_domain`) and/or files.
 - :class:`PromptDataModule` yields ``{"prompt": [...], "answer": [...], <column>: [...]}``:
@@ -69,6 +71,11 @@ class SFTDataModule(SourceDataModule):
         label_end_of_turn: Pairs: also train on the end-of-turn token closing the answer.
         packing: Pack whole examples into rows of ``max_length`` tokens (best-fit decreasing,
             TRL's ``"bfd"``), training and validation alike; the loss sums are unchanged.
+        group_by_length: Training batches of similar lengths, as transformers'
+            ``group_by_length``: the epoch's shuffled order is cut into megabatches of 50
+            batches (fewer on small sets), each sorted by length, the longest batch first.
+            Every row is still seen once per epoch, in an order seeded by ``(seed, epoch)``,
+            and a resumed run continues with the same batches. ``False``: a plain shuffle.
         completion_only_loss: As TRL: loss on the completion (answer) only; ``None``: on
             prompt-completion rows and pairs.
         assistant_only_loss: As TRL: loss on assistant turns only (conversational rows).
@@ -100,6 +107,7 @@ class SFTDataModule(SourceDataModule):
         max_length: int = 512,
         label_end_of_turn: bool = True,
         packing: bool = False,
+        group_by_length: bool = True,
         completion_only_loss: bool | None = None,
         assistant_only_loss: bool = False,
         dataset_text_field: str = "text",
@@ -121,9 +129,11 @@ class SFTDataModule(SourceDataModule):
             prompt_column=prompt_column, answer_column=answer_column, system_prompt=system_prompt,
             label_end_of_turn=label_end_of_turn,
         )  # fmt: skip
-        if not isinstance(packing, bool):
-            raise ValueError(f"`packing` must be a bool, got {packing!r}")
+        for name, flag in (("packing", packing), ("group_by_length", group_by_length)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"`{name}` must be a bool, got {flag!r}")
         self.tokenizer, self.packing, self.max_length = tokenizer, packing, max_length
+        self.group_by_length = group_by_length
         self.train_dataset: list[dict[str, list[int]]] | None = None
         self.val_datasets: dict[str, list[dict[str, list[int]]]] = {}
 
@@ -161,7 +171,10 @@ class SFTDataModule(SourceDataModule):
         return SFTCollator(self.tokenizer.pad_token_id, name=name)  # packed rows too
 
     def train_dataloader(self) -> ResumableDataLoader:
-        return self._train_loader(self.train_dataset, self._collator())
+        lengths = None
+        if self.group_by_length:
+            lengths = [len(item["input_ids"]) for item in self.train_dataset]
+        return self._train_loader(self.train_dataset, self._collator(), lengths)
 
     def val_dataloader(self) -> list[DataLoader]:
         return self._val_loaders(self.val_datasets, self._collator)

@@ -132,12 +132,14 @@ class SourceDataModule(LightningDataModule):
             {name: len(rows) for name, rows in self.val_rows.items()},
         )
 
-    def _train_loader(self, dataset, collate_fn) -> ResumableDataLoader:
+    def _train_loader(self, dataset, collate_fn, lengths=None) -> ResumableDataLoader:
+        """The shuffled training loader; batches grouped by ``lengths`` (one per item) if given."""
         return resumable_loader(
             dataset,
             batch_size=self.batch_size,
             seed=self.seed,
             trainer=self.trainer,
+            lengths=lengths,
             collate_fn=collate_fn,
             num_workers=self.num_workers,
         )
