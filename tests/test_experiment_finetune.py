@@ -80,3 +80,55 @@ def test_release_memory_runs_everywhere(monkeypatch):
         memory.release_memory()
     finally:
         memory._malloc_trim.cache_clear()
+
+
+def test_a_task_budget_and_an_early_stop_come_from_the_recipe(run_inputs, one_thread):
+    """``task_steps`` caps the run; :class:`LearnedStop` ends it at the first check where the
+    learned rule holds on the stop probe (here: at step 2 of a 6-step budget)."""
+    import dataclasses
+
+    import numpy as np
+
+    from sts_lightning.experiment.learned_stop import LearnedStop
+    from sts_lightning.experiment.task_learning import LearnedMargin
+
+    job, sae, prediction, log_dir = run_inputs
+    ft = dataclasses.replace(job.finetune, steps=6, task_steps={})
+    n = 16
+    base = {"nll": np.full(n, 20.0), "counts": np.full(n, 4.0), "correct": np.zeros(n)}
+    calls = []
+
+    def measure(model, tokenizer):
+        calls.append(model.training)
+        # The answer NLL falls by 1 nat/token from the second check on (at step 2).
+        drop = 4.0 if len(calls) >= 2 else 0.0
+        nll = base["nll"] - drop + np.linspace(-0.1, 0.1, n)
+        return {"nll": nll, "counts": base["counts"], "correct": np.zeros(n)}
+
+    stop = LearnedStop(measure, base, LearnedMargin(nll_drop=0.5), check_every=1)
+    finetune(
+        dataclasses.replace(job, finetune=ft), "sums", False, TRAIN, 0, sae, prediction,
+        DOMAINS, log_dir, [stop],
+    )  # fmt: skip
+    assert stop.stopped_at == 2 and [c[:2] for c in stop.checks] == [(1, False), (2, True)]
+    assert "answer NLL fell 0" in " ".join(stop.checks[0][2])  # why not learned yet
+
+
+def test_task_budgets_are_checked_against_the_tasks():
+    from sts_lightning.experiment.config import ExperimentConfig, FinetuneConfig
+
+    ft = FinetuneConfig(steps=40, task_steps={"family": 20})
+    assert ft.steps_for("family") == 20 and ft.steps_for("arithmetic") == 40
+    with pytest.raises(ValueError, match=r"`finetune\.task_steps` names \['famly'\]"):
+        ExperimentConfig(
+            tasks=["arithmetic", "family"], finetune=FinetuneConfig(task_steps={"famly": 20})
+        )
+    with pytest.raises(ValueError, match=r"finetune\.task_steps\['family'\]"):
+        FinetuneConfig(task_steps={"family": 0})
+    with pytest.raises(ValueError, match=r"`finetune\.stop_when_learned` needs a rule"):
+        FinetuneConfig(stop_when_learned=True, learned_margin=None)
+    with pytest.raises(ValueError, match="`check_every` must be an int >= 1"):
+        from sts_lightning.experiment.learned_stop import LearnedStop
+        from sts_lightning.experiment.task_learning import LearnedMargin
+
+        LearnedStop(lambda m, t: {}, {}, LearnedMargin(), check_every=0)

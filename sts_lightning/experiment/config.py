@@ -21,7 +21,7 @@ from sts_lightning.model.precision import PRECISIONS
 from sts_lightning.model.sae_training import SAETrainConfig
 from sts_lightning.training.lora import LoraConfig
 
-__all__ = ["EvalConfig", "ExperimentConfig", "FinetuneConfig", "wandb_logger_kwargs"]
+__all__ = ["EvalConfig", "ExperimentConfig", "FinetuneConfig", "task_name", "wandb_logger_kwargs"]
 
 
 @dataclass
@@ -33,7 +33,19 @@ class FinetuneConfig:
     group-relative policy optimisation with the task's checker as reward
     (:class:`~sts_lightning.training.grpo.GRPOModule`)."""
     steps: int = 40
-    """Optimizer steps."""
+    """Optimizer steps (every task's budget unless ``task_steps`` names it)."""
+    task_steps: dict[str, int] = field(default_factory=dict)
+    """Per-task step budgets ``{task: steps}`` (a task's name as in ``tasks``; a file task by
+    its stem), for tasks that need fewer or more steps than ``steps``."""
+    stop_when_learned: bool = False
+    """Stop a fine-tune at the first check (every ``check_every`` steps) where the learned rule
+    (``learned_margin``) holds on a *stop probe*: ``stop_items`` problems of the task disjoint
+    from training and from the problems the run is judged on, so the judgement stays
+    unbiased. The step budget caps the run; the report gives each run's steps."""
+    check_every: int = 10
+    """Optimizer steps between stop-probe checks (``stop_when_learned``)."""
+    stop_items: int = 32
+    """Problems in each task's stop probe (``stop_when_learned``)."""
     batch_size: int = 32
     """Examples per step (SFT) or prompts per step (GRPO)."""
     accumulate: int = 1
@@ -65,11 +77,26 @@ class FinetuneConfig:
     the primary correlations and reported apart. ``None``: no rule, every run is analysed
     (the task metrics are still reported)."""
 
+    def steps_for(self, task: str) -> int:
+        """The step budget of ``task``: its ``task_steps`` entry, else ``steps``."""
+        return self.task_steps.get(task, self.steps)
+
     def __post_init__(self) -> None:
         one_of("finetune.method", self.method, ("sft", "grpo"))
         one_of("finetune.precision", self.precision, PRECISIONS)
         check_fields(self, positive_int, "steps", "batch_size", "num_generations")
         check_fields(self, positive_int, "max_completion_length", "track_every", "accumulate")
+        check_fields(self, positive_int, "check_every", "stop_items")
+        if not isinstance(self.task_steps, Mapping):
+            raise ValueError(
+                f"`finetune.task_steps` must map task names to steps, got {self.task_steps!r}"
+            )
+        for task, steps in self.task_steps.items():
+            positive_int(f"finetune.task_steps[{task!r}]", steps)
+        if self.stop_when_learned and self.learned_margin is None:
+            raise ValueError(
+                "`finetune.stop_when_learned` needs a rule: set `finetune.learned_margin`"
+            )
         positive_int("max_length", self.max_length)
         positive("finetune.lr", self.lr)
         non_negative_int("finetune.warmup_steps", self.warmup_steps)
@@ -229,6 +256,13 @@ class ExperimentConfig:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"`seeds` must be distinct ints, at least one, got {self.seeds!r}")
         _check_reserved_domains(self.tasks, self.domains)
+        names = {task_name(t) for t in self.tasks}
+        unknown = [t for t in self.finetune.task_steps if t not in names]
+        if unknown:
+            raise ValueError(
+                f"`finetune.task_steps` names {unknown}, which are not tasks of this experiment "
+                f"{sorted(names)}"
+            )
         if self.contrast_task is not None and self.contrast_task in self.tasks:
             raise ValueError(
                 f"`contrast_task`={self.contrast_task!r} is a source task; the contrast needs "
@@ -240,6 +274,12 @@ class ExperimentConfig:
             raise ValueError(
                 f"`wandb_project` must be a non-empty name, got {self.wandb_project!r}"
             )
+
+
+def task_name(task: str) -> str:
+    """A task's name in tables and ``task_steps``: built-in name, file stem or dataset name."""
+    path = Path(task)
+    return path.stem if path.suffix else task.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _check_reserved_domains(tasks: list[str], domains: list[str]) -> None:

@@ -110,7 +110,7 @@ def _loggers(job: ExperimentConfig, name: str, log_dir: Path) -> list[Any]:
     return loggers
 
 
-def _trainer(job: ExperimentConfig, sft: bool, loggers: list[Any], callback: Any):
+def _trainer(job: ExperimentConfig, sft: bool, loggers: list[Any], callbacks: list[Any]):
     """The Lightning ``Trainer`` of one fine-tuning run: ``job.finetune.steps`` steps, no
     checkpoints, no validation."""
     from lightning.pytorch import Trainer
@@ -133,7 +133,7 @@ def _trainer(job: ExperimentConfig, sft: bool, loggers: list[Any], callback: Any
         limit_val_batches=0,
         log_every_n_steps=1,
         gradient_clip_val=1.0 if sft else None,  # GRPO clips inside its manual optimisation
-        callbacks=[callback],
+        callbacks=callbacks,
     )
 
 
@@ -156,8 +156,12 @@ def finetune(
     prediction: Prediction,
     domains: Mapping[str, Sequence[Example]],
     log_dir: Path,
+    callbacks: Sequence[Any] = (),
 ):
     """Fit ``job.finetune.method`` on ``examples`` (seeded subset and order).
+
+    ``job.finetune.steps`` is the run's step budget; ``callbacks`` (e.g.
+    :class:`~sts_lightning.experiment.learned_stop.LearnedStop`) join the STS callback.
 
     Returns:
         ``(model, tokenizer, tracker)``: the fine-tuned HF model (a peft model with LoRA), its
@@ -189,7 +193,7 @@ def finetune(
         _sft(job, examples, n, seed) if sft else _grpo(job, task, builtin, examples, n, seed)
     )
     loggers = _loggers(job, f"{task}-seed{seed}", log_dir)
-    trainer = _trainer(job, sft, loggers, callback)
+    trainer = _trainer(job, sft, loggers, [callback, *callbacks])
     try:
         trainer.fit(module, datamodule=data)
     finally:

@@ -20,10 +20,13 @@ from sts_lightning.experiment.realised import exact_match, item_losses
 from sts_lightning.experiment.task_learning import LearnedMargin, is_learned, task_change
 from sts_lightning.model.precision import autocast
 
-__all__ = ["TaskLearning", "TaskProbe", "split_task_items"]
+__all__ = ["TaskLearning", "TaskProbe", "split_stop_items", "split_task_items"]
 
 HELDOUT_SEED = 10_000
 """Generator seed of built-in tasks' held-out problems (the training pool is drawn with 0)."""
+
+STOP_SEED = 20_000
+"""Generator seed of built-in tasks' stop-probe problems (``finetune.stop_when_learned``)."""
 
 _ALL_TOKENS = 1 << 30  # encode every problem: the probe's size is set by how many are drawn
 
@@ -91,6 +94,20 @@ def split_task_items(
         from sts_lightning.data.domains import load_training_set
 
         return pool, load_training_set(name, n, seed=HELDOUT_SEED, exclude=pool)
+    m = min(n, len(pool) // 4)
+    return (pool[:-m], pool[-m:]) if m else (pool, [])
+
+
+def split_stop_items(
+    name: str, builtin: bool, pool: list[Example], heldout: list[Example], n: int
+) -> tuple[list[Example], list[Example]]:
+    """``(training pool, stop-probe problems)``: ``n`` problems disjoint from both ``pool`` and
+    the judged ``heldout`` problems (a fresh draw for built-in tasks, the pool's tail, at most a
+    quarter of it, for file and dataset tasks)."""
+    if builtin:
+        from sts_lightning.data.domains import load_training_set
+
+        return pool, load_training_set(name, n, seed=STOP_SEED, exclude=[*pool, *heldout])
     m = min(n, len(pool) // 4)
     return (pool[:-m], pool[-m:]) if m else (pool, [])
 
