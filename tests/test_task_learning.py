@@ -222,3 +222,19 @@ def test_no_rule_analyses_every_run_but_a_run_without_a_record_is_left_out():
     assert split_learned([judged, bare]) == ([judged], [bare])
     assert [r["learned"] for r in learning_rows([judged, bare])] == [None, False]
     assert learning_rows([bare])[0]["reasons"] == ["no held-out task problems"]
+
+
+def test_the_report_gives_each_runs_steps(tmp_path):
+    from sts_lightning.experiment.summary import summarise_runs
+
+    rng = np.random.default_rng(2)
+    runs = [_run("sums", 0, 1.0, rng), _run("words", 0, 1.0, rng)]
+    runs[0] |= {"steps": 20, "step_budget": 40}  # stopped once learned
+    runs[1] |= {"steps": 40, "step_budget": 40}
+    results = summarise_runs(runs, k=10, d_sae=100, n_bootstrap=50)
+    assert [(r["steps"], r["step_budget"]) for r in results["task_learning"]] == [
+        (20, 40),
+        (40, 40),
+    ]
+    report = _report(results, tmp_path)
+    assert "| sums | 0 | 20 of 40 |" in report and "| words | 0 | 40 |" in report

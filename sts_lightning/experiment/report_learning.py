@@ -65,17 +65,26 @@ def learning_banner(results: dict[str, Any]) -> list[str]:
     return ["", f"All {total} runs learned their source task (rule: {_rule(results)})."]
 
 
+def _steps(row: dict[str, Any]) -> str:
+    """``"20 of 40"`` (stopped once learned), ``"40"``, or ``"n/a"`` in older results."""
+    steps, budget = row.get("steps"), row.get("step_budget")
+    if steps is None:
+        return "n/a"
+    return f"{steps} of {budget}" if budget is not None and steps != budget else str(steps)
+
+
 def learning_table(results: dict[str, Any]) -> list[Table]:
     """The per-run task-learning table (none for results without it)."""
     rows = results.get("task_learning")
     if rows is None:
         return []
-    head = ["task", "seed", "answer NLL before → after", "Δ answer NLL [CI]"]
+    head = ["task", "seed", "steps", "answer NLL before → after", "Δ answer NLL [CI]"]
     head += ["exact match before [CI]", "after [CI]", "change [CI]", "items", "learned"]
     table = [
         [
             r["task"],
             r["seed"],
+            _steps(r),
             f"{fmt(r['answer_nll_before'])} → {fmt(r['answer_nll_after'])}",
             f"{fmt(r['answer_nll_delta'])} {fmt_ci(r['answer_nll_ci'])}",
             f"{fmt(r['exact_match_before'])} {fmt_ci(r['exact_match_before_ci'])}",
@@ -89,7 +98,8 @@ def learning_table(results: dict[str, Any]) -> list[Table]:
     note = (
         "Held-out problems of each source task (never trained on), paired by item: answer NLL "
         "(nats per answer token, teacher-forced; item-clustered interval of the change) and "
-        "greedy exact match (Wilson intervals; paired interval of the change). "
+        "greedy exact match (Wilson intervals; paired interval of the change). Steps: "
+        "optimizer steps run, of the task's budget when it stopped early on its stop probe. "
         f"Learned: {_rule(results)}."
     )
     return [("task_learning", "Did fine-tuning learn each task?", note, head, table)]

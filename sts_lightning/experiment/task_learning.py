@@ -232,6 +232,7 @@ def learning_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for run in runs:
         judged = run.get("task_learning") or {}
         row = {"task": run["task"], "seed": run["seed"]}
+        row["steps"], row["step_budget"] = run.get("steps"), run.get("step_budget")
         row["learned"] = judged.get("learned", False)  # None: no rule set
         row["reasons"] = list(judged.get("reasons", ["no held-out task problems"]))
         rows.append(row | {k: judged.get(k, _NAN) for k in keys})
