@@ -53,7 +53,14 @@ def _reset_peak() -> None:
         f.write("5")
 
 
-def _experiment(args) -> dict:
+# What the runner did before bf16 autocast and length-grouped batches (``--before-after``).
+BEFORE = (
+    *("--finetune.precision", "32-true", "--evaluation.precision", "32-true"),
+    *("--finetune.group_by_length", "false"),
+)
+
+
+def _experiment(args, variant: str = "released") -> dict:
     """Run a small experiment; record each stage's peak and the resident size after each run."""
     import sts_lightning.experiment.run as run
     from sts_lightning.experiment.cli import load_experiment
@@ -87,10 +94,21 @@ def _experiment(args) -> dict:
             *("--finetune.max_length", "128", "--predict.train_tokens", "200"),
             *("--predict.domain_tokens", "200", "--evaluation.items_per_domain", "8"),
             *("--evaluation.task_items", "4", "--n_bootstrap", "50", "--output_dir", out),
+            *(BEFORE if variant == "before" else ()),
+            *(_REAL if args.real_tasks else ()),
         )
         _reset_peak()
         results = run.run_experiment(job)
     return {"timings": results["timings"], "peaks": peaks, "after_run": after_run}
+
+
+# ``--real-tasks``: the README run's three tasks at its batch shape and lengths.
+_REAL = (
+    *("--tasks", "[arithmetic, family, mmlu_qa]", "--task_examples", "512"),
+    *("--finetune.max_length", "512", "--finetune.batch_size", "8"),
+    *("--finetune.accumulate", "4", "--evaluation.items_per_domain", "16"),
+    *("--evaluation.task_items", "16", "--evaluation.max_length", "384"),
+)
 
 
 def _extraction(args, n_tokens: int) -> dict:
@@ -126,7 +144,7 @@ def _child(args) -> None:
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     kind, value = args.child
-    out = _experiment(args) if kind == "experiment" else _extraction(args, int(value))
+    out = _experiment(args, value) if kind == "experiment" else _extraction(args, int(value))
     print(json.dumps(out))
 
 
@@ -134,6 +152,7 @@ def _run(args, *child: str) -> dict:
     cmd = [sys.executable, __file__, "--child", *child, "--layer", str(args.layer)]
     cmd += ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
     cmd += ["--gc-only"] if child[1] == "gc-only" else []
+    cmd += ["--real-tasks"] if args.real_tasks else []
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline")
     env["TOKENIZERS_PARALLELISM"] = "false"
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -146,7 +165,7 @@ def _print_stages(runs: dict[str, dict]) -> None:
     names = list(runs)
     print("stage               " + "".join(f"{n + ' s':>12}{n + ' peak MB':>18}" for n in names))
     first = runs[names[0]]
-    for key in first["timings"]:
+    for key in (k for k in first["timings"] if k != "peak_rss_mb"):
         cells = "".join(
             f"{r['timings'].get(key, float('nan')):12.1f}{r['peaks'].get(key, float('nan')):18.0f}"
             for r in runs.values()
@@ -168,15 +187,35 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per fine-tune")
     parser.add_argument("--batch-size", type=int, default=2, help="examples per step")
     parser.add_argument("--gc-only", action="store_true", help="also run without memory release")
+    parser.add_argument(
+        "--before-after",
+        action="store_true",
+        help="also run as before bf16 autocast and length grouping (fp32, shuffled batches)",
+    )
+    parser.add_argument(
+        "--real-tasks", action="store_true", help="the README run's tasks and batch shape"
+    )
+    parser.add_argument("--no-extraction", action="store_true", help="skip part 3")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         _child(args)
         return
-    runs = {"released": _run(args, "experiment", "released")}
+    runs = {}
+    if args.before_after:  # first, so machine load drifts against the new settings
+        runs["before"] = _run(args, "experiment", "before")
+    runs["released" if not args.before_after else "after"] = _run(args, "experiment", "released")
     if args.gc_only:
         runs["gc-only"] = _run(args, "experiment", "gc-only")
     _print_stages(runs)
+    if args.before_after:
+        before, after = runs["before"]["timings"], runs["after"]["timings"]
+        print("\nspeed-up after / before (seconds ratio before ÷ after)")
+        for key in before:
+            if key != "peak_rss_mb" and after.get(key, 0) > 0:
+                print(f"  {key:<20}{before[key] / after[key]:8.2f}×")
+    if args.no_extraction:
+        return
     lo, hi = (_run(args, "extract", str(n)) for n in args.tokens)
     print(f"\nextraction (domain pass, layer {args.layer}): peak above the loaded model")
     for n, r in zip(args.tokens, (lo, hi), strict=True):

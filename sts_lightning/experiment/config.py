@@ -58,6 +58,9 @@ class FinetuneConfig:
     otherwise), ``bf16-mixed`` or ``32-true`` to force either."""
     max_length: int = 512
     """SFT only: sequences are cut to this many tokens."""
+    group_by_length: bool = True
+    """SFT only: batches of similar lengths (little padding work), seeded and shuffled as
+    transformers' ``group_by_length``; ``false``: uniformly shuffled batches."""
     gradient_checkpointing: bool = False
     """SFT only: recompute activations in the backward pass (long sequences, big models)."""
     warmup_steps: int = 4

@@ -64,6 +64,7 @@ def _sft(job: ExperimentConfig, examples: Sequence[Example], n: int, seed: int):
         batch_size=ft.batch_size,
         seed=seed,
         max_length=ft.max_length,
+        group_by_length=ft.group_by_length,
     )
     return module, data
 
