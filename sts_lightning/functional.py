@@ -27,6 +27,7 @@ __all__ = [
     "check_shift",
     "compute_dtype",
     "feature_shift",
+    "first_order_change",
     "match_pair",
     "overlap_at_k",
     "signed_shift",
@@ -273,3 +274,26 @@ def overlap_at_k(a: Tensor | Iterable[int], b: Tensor | Iterable[int]) -> int:
     set_a = {int(i) for i in (a.flatten().tolist() if isinstance(a, Tensor) else a)}
     set_b = {int(i) for i in (b.flatten().tolist() if isinstance(b, Tensor) else b)}
     return len(set_a & set_b)
+
+
+def first_order_change(domain_grad: Tensor, train_grad: Tensor, lr: float) -> Tensor:
+    """Change of a domain's loss, to first order, after one step ``θ ← θ − lr · g_train``.
+
+    ``L_d(θ − η g_t) ≈ L_d(θ) − η g_d · g_t`` (with randomly projected gradients, an estimate).
+
+    Args:
+        domain_grad: The domain loss's gradient ``(k,)``, or one per domain ``(n_domains, k)``.
+        train_grad: The training loss's gradient ``(k,)``.
+        lr: The step size η.
+
+    Returns:
+        The predicted change, scalar or ``(n_domains,)`` (> 0: the loss rises).
+
+    Example:
+        >>> first_order_change(torch.tensor([[1.0, 2.0], [0, -1]]), torch.tensor([3.0, 1]), 0.1)
+        tensor([-0.5000,  0.1000])
+    """
+    if train_grad.ndim != 1 or domain_grad.shape[-1] != train_grad.shape[0]:
+        raise ValueError(f"`domain_grad` {tuple(domain_grad.shape)}: not (..., k) as `train_grad`")
+    dtype = torch.promote_types(domain_grad.dtype, train_grad.dtype)
+    return -lr * (domain_grad.to(dtype) @ train_grad.to(dtype))
