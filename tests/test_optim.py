@@ -7,11 +7,12 @@ import csv
 import functools
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 
 from sts_lightning.model import loading
 from sts_lightning.training import optim
@@ -174,14 +175,48 @@ def test_sft_resume_restores_the_schedule(tmp_path, tiny_dir, tiny_tokenizer):
     assert full == pytest.approx([1e-2 * _cosine_min(s, 2, 6, 0.1) for s in range(6)])
 
 
-def test_mixed_precision_with_clipping_gets_an_unfused_adamw(tiny_dir):
-    """Lightning's AMP plugin refuses to clip a fused optimizer's gradients: the default AdamW
-    is fused only outside mixed precision."""
+class _GradNorms(Callback):
+    """The gradients' total norm as the optimizer stepped with them (after any clipping)."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_before_zero_grad(self, trainer, pl_module, optimizer) -> None:
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if grads:  # zero_grad runs before the first step too, with no gradients yet
+            self.norms.append(
+                float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+            )
+
+
+def _fit_one(tiny_dir, precision: str, clip: float | None, steps: int = 3):
+    norms = _GradNorms()
     module = SFTModule(tiny_dir, save_hf_on_fit_end=False)
     data = SFTDataModule(EXAMPLES, train_size=None, batch_size=4, max_length=64, seed=0)
-    trainer = Trainer(accelerator="cpu", precision="bf16-mixed", gradient_clip_val=1.0,
-                      max_steps=1, logger=False, enable_progress_bar=False,
+    trainer = Trainer(accelerator="cpu", precision=precision, gradient_clip_val=clip,
+                      max_steps=steps, logger=False, enable_progress_bar=False, callbacks=[norms],
                       enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
     trainer.fit(module, data)
-    assert trainer.global_step == 1 and not trainer.optimizers[0].defaults["fused"]
-    assert optim.fused_allowed(None) and not optim.fused_allowed(trainer)
+    return trainer, norms.norms
+
+
+def test_bf16_mixed_keeps_the_fused_adamw_and_clips_it(tiny_dir):
+    """bf16-mixed has no gradient scaler: the default AdamW stays fused, and Lightning's
+    plugin clips its gradients (it refuses optimizers that unscale a scaler's gradients)."""
+    trainer, clipped = _fit_one(tiny_dir, "bf16-mixed", clip=1e-3)
+    assert trainer.global_step == 3 and trainer.optimizers[0].defaults["fused"]
+    assert optim.fused_allowed(None) and optim.fused_allowed(trainer)
+    assert len(clipped) >= 2 and max(clipped) <= 1e-3 * (1 + 1e-4), clipped
+    _, unclipped = _fit_one(tiny_dir, "bf16-mixed", clip=None)
+    assert min(unclipped) > 1e-2, unclipped  # so the clip above did act
+
+
+def test_a_gradient_scaler_gets_an_unfused_adamw():
+    """16-mixed scales the loss: a fused kernel would unscale after Lightning clips."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    scaled = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    assert not optim.fused_allowed(SimpleNamespace(precision_plugin=scaled))
+    assert optim.fused_allowed(
+        SimpleNamespace(precision_plugin=MixedPrecision("bf16-mixed", "cpu"))
+    )

@@ -136,12 +136,28 @@ def _parameter_groups(module: torch.nn.Module, weight_decay: float) -> list[dict
     return [g for g in groups if g["params"]]
 
 
-def fused_allowed(trainer) -> bool:
-    """Whether a fused optimizer fits ``trainer``: Lightning's mixed-precision plugin refuses to
-    clip the gradients of an optimizer that unscales them itself, as fused kernels do."""
-    from lightning.pytorch.plugins.precision import MixedPrecision
+def _scaler(trainer):
+    """The trainer's gradient scaler (16-mixed), else ``None``."""
+    return getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
 
-    return trainer is None or not isinstance(trainer.precision_plugin, MixedPrecision)
+
+def fused_allowed(trainer) -> bool:
+    """Whether a fused optimizer fits ``trainer``: not with a gradient scaler (``16-mixed``).
+
+    A fused kernel unscales a scaler's gradients inside its step, after Lightning would clip
+    them, so Lightning's mixed-precision plugin refuses to clip its gradients. ``bf16-mixed``
+    has no scaler, so nothing is unscaled and the fused kernel (faster than ``foreach``) is
+    kept: :func:`configure` marks it as one that leaves scaling alone.
+    """
+    return _scaler(trainer) is None
+
+
+def _no_scaler_to_handle(optimizer: torch.optim.Optimizer, trainer) -> None:
+    # Lightning's mixed-precision plugin refuses to clip the gradients of an optimizer that says
+    # it unscales them in its step (fused kernels do). Without a scaler there is nothing to
+    # unscale: say so, and bf16-mixed clips the fused optimizer's gradients as fp32 does.
+    if _scaler(trainer) is None and getattr(optimizer, "_step_supports_amp_scaling", False):
+        optimizer._step_supports_amp_scaling = False
 
 
 def _default_adamw(groups: list[dict[str, Any]], fused: bool) -> torch.optim.Optimizer:
@@ -253,6 +269,7 @@ def configure(module, optimizer: OptimizerCallable | None, settings, total: floa
         weight_decay=settings.weight_decay,
         fused=fused_allowed(module._trainer),
     )
+    _no_scaler_to_handle(opt, module._trainer)
     scheduler = build_scheduler(
         opt,
         settings.lr_scheduler_type,
