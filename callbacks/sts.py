@@ -46,8 +46,9 @@ class STSCallback(Callback):
         train_examples: The fine-tuning data for the ICL forecast and the probe; ``None`` takes
             up to ``max_train_examples`` from the train dataloader (dicts with "prompt" and
             "answer", or Examples).
-        layer: Decoder layer; ``None`` reads it from the SAE's metadata.
-        k: Size of the shifted-latent set.
+        layer: Decoder layer; ``None`` keeps ``predict_config.layer`` (whose ``None`` reads it
+            from the SAE's metadata).
+        k: Size of the shifted-latent set; ``None`` keeps ``predict_config.k`` (100 by default).
         every_n_steps: Measure the realised shift every this many optimizer steps (once per
             optimizer step whatever ``accumulate_grad_batches``). Measured metrics are also
             logged through the module, so ``EarlyStopping`` / ``ModelCheckpoint`` can
@@ -74,7 +75,7 @@ class STSCallback(Callback):
         train_examples: Sequence[Example] | None = None,
         *,
         layer: int | None = None,
-        k: int = 100,
+        k: int | None = None,
         every_n_steps: int = 50,
         predict_config: PredictConfig | None = None,
         tracker_config: TrackerConfig | None = None,

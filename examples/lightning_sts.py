@@ -104,10 +104,11 @@ def embedded_sae(model, tokenizer):
     """The embedded default's SAE, trained and cached on first use exactly as `predict` does."""
     from pathlib import Path
 
-    from sts_lightning.forecast.job import load_job, resolve_sae
+    from sts_lightning.forecast.job import load_job
+    from sts_lightning.model.sae_source import resolve_run_sae
 
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "predict_arithmetic_smollm2.yaml"
-    return resolve_sae(load_job(recipe), model, tokenizer)
+    return resolve_run_sae(load_job(recipe), model, tokenizer)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ checkpoint in ``output_dir`` itself.
 from __future__ import annotations
 
 import weakref
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,7 @@ class STSTrainerCallback(TrainerCallback, ExportableState):
         domains: Any = None,
         train_examples: Any = None,
         layer: int | None = None,
-        k: int = 100,
+        k: int | None = None,
         every_n_steps: int = 50,
         predict_config: dict | PredictConfig | None = None,
         tracker_config: dict | TrackerConfig | None = None,
@@ -94,12 +94,9 @@ class STSTrainerCallback(TrainerCallback, ExportableState):
         positive_int("max_train_examples", max_train_examples)
         if train_examples is not None and not len(train_examples):
             raise ValueError("`train_examples` must hold the fine-tuning pairs, or be None")
-        pcfg, self.tracker_config = tracking_configs(
+        self.predict_config, self.tracker_config = tracking_configs(
             predict_config, tracker_config, k=k, layer=layer, every_n_steps=every_n_steps
         )
-        # Here `layer` has always won, None included (a `predict_config` layer is dropped),
-        # where STSCallback keeps the config's layer for None; kept until decided otherwise.
-        self.predict_config = replace(pcfg, layer=layer)
         self.sae, self.domains, self.heldout_items = sae, domains, heldout_items
         self.train_examples = None if train_examples is None else as_examples(train_examples)
         self.forecast = Prediction.load(forecast) if isinstance(forecast, (str, Path)) else forecast

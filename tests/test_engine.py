@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
@@ -90,17 +89,12 @@ def test_select_pairs_is_seeded_and_stops_at_the_budget(tiny_tokenizer):
     assert engine.select_pairs(tiny_tokenizer, TRAIN, 1, "all", 10**6, CFG, exclude)[1] < 10**6
 
 
-def test_check_examples_and_pad_id(tiny_tokenizer):
+def test_check_examples(tiny_tokenizer):
     assert engine.check_examples("x", tuple(TRAIN[:2]), 1) == TRAIN[:2]
     with pytest.raises(TypeError, match="`x` must be a sequence of Example"):
         engine.check_examples("x", "text", 0)
     with pytest.raises(ValueError, match="`x` has 1 examples; at least 2"):
         engine.check_examples("x", TRAIN[:1], 1)
-    assert engine.resolve_pad_id(tiny_tokenizer) == tiny_tokenizer.pad_token_id
-    tok = copy.deepcopy(tiny_tokenizer)
-    tok.pad_token = None
-    with pytest.warns(UserWarning, match="padding with the eos token"):
-        assert engine.resolve_pad_id(tok) == tok.eos_token_id
 
 
 def test_public_steps_compose_to_predict(tiny_llama, tiny_tokenizer, tiny_sae):

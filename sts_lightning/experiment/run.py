@@ -128,7 +128,7 @@ def _load(job: ExperimentConfig, device: torch.device, stage: _Stages) -> tuple[
     from sts_lightning.experiment.inputs import check_inputs
     from sts_lightning.model.capture import model_width
     from sts_lightning.model.loading import default_cache_dir, load_model_and_tokenizer
-    from sts_lightning.model.run_inputs import resolve_sae_layer
+    from sts_lightning.model.run_inputs import check_k, resolve_sae_layer
     from sts_lightning.model.sae import sae_d_sae
     from sts_lightning.model.sae_source import resolve_run_sae
 
@@ -144,7 +144,8 @@ def _load(job: ExperimentConfig, device: torch.device, stage: _Stages) -> tuple[
     sae = resolve_run_sae(on_device, model, tokenizer, cache)  # trained and cached on first use
     if isinstance(sae, torch.nn.Module):
         sae.to(device)
-    layer = resolve_sae_layer(model, sae, job.predict.layer, job.predict.k, "predict")
+    layer = resolve_sae_layer(model, sae, job.predict.layer, "predict")
+    check_k(job.predict.k, sae, "predict.k")
     d_model = model_width(model)
     if job.raw_k > d_model:
         raise ValueError(f"`raw_k`={job.raw_k} exceeds the model's width d_model={d_model}")

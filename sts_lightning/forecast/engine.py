@@ -17,7 +17,6 @@ No token row and no encoded prompt outlives its batch: memory does not grow with
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -32,6 +31,7 @@ from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.forecast.pairs import Pair, PairPlan, select_pairs
 from sts_lightning.model.capture import count_rows, iter_span_activations, model_width
 from sts_lightning.model.rows import RowFilter
+from sts_lightning.model.run_inputs import resolve_pad_id
 from sts_lightning.model.sae import ReconstructionQuality, encode, sae_d_sae
 from sts_lightning.stats import LatentMoments, PairedShift
 
@@ -42,7 +42,6 @@ __all__ = [
     "PairPlan",
     "Statistics",
     "check_examples",
-    "resolve_pad_id",
     "select_pairs",
 ]
 
@@ -69,17 +68,6 @@ def check_examples(name: str, examples: Any, n_demos: int) -> list[Example]:
             f"{n_demos} demonstrations plus the query"
         )
     return examples
-
-
-def resolve_pad_id(tokenizer) -> int:
-    """The id padding is filled with: the pad token, else the eos token (with a warning)."""
-    if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
-    if tokenizer.eos_token_id is None:
-        raise ValueError("`tokenizer` has neither a pad nor an eos token: set tokenizer.pad_token")
-    # Padding is masked out, so any valid id works; say so once rather than fail.
-    warnings.warn("`tokenizer` has no pad token; padding with the eos token", stacklevel=3)
-    return tokenizer.eos_token_id
 
 
 @dataclass

@@ -9,23 +9,24 @@ Any HF model id or path and sae-lens id (``release/sae_id``) or SAE directory wo
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from sts_lightning.config import at_least, one_of, positive_int
+from sts_lightning.data.prompts import Example
 from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.forecast.prediction import Prediction
 from sts_lightning.forecast.recipe import dataclass_parser, load_recipe
-from sts_lightning.model import sae_source
 from sts_lightning.model.sae_training import SAETrainConfig
 
 __all__ = [
     "PredictJobConfig",
     "job_parser",
+    "load_domains",
     "load_inputs",
     "load_job",
-    "resolve_sae",
+    "load_train",
     "run_predict",
 ]
 
@@ -133,56 +134,67 @@ def load_job(recipe: str | Path, *overrides: str) -> PredictJobConfig:
     return load_recipe(job_parser(), PredictJobConfig, recipe, *overrides)
 
 
-def resolve_sae(job: PredictJobConfig, model, tokenizer, cache: Path | None = None):
-    """The job's SAE: loaded from ``job.sae``, or trained on first use and cached.
+def load_domains(job: PredictJobConfig) -> dict[str, list[Example]]:
+    """The job's domains: each built-in one's "score" half, then each of ``domain_files``.
 
-    :func:`sts_lightning.model.sae_source.resolve_run_sae` with ``cache`` defaulting to
-    ``job.cache_dir`` (then the default cache).
+    Needs no model: :func:`load_inputs` and :func:`run_predict` call it before loading one, so
+    an unknown domain or a bad file is refused in seconds.
     """
-    return sae_source.resolve_run_sae(job, model, tokenizer, cache or job.cache_dir)
+    from sts_lightning.data.domains import load_domain
+    from sts_lightning.data.sources import read_examples
+
+    domains = {name: load_domain(name, split="score") for name in job.domains}
+    return domains | {name: read_examples(path) for name, path in job.domain_files.items()}
+
+
+def load_train(job: PredictJobConfig) -> list[Example]:
+    """The training pairs: ``train_file`` when given, else ``train_examples`` drawn from the
+    built-in ``train_set`` (seed ``predict.seed``). Needs no model."""
+    from sts_lightning.data.domains import load_training_set
+    from sts_lightning.data.sources import read_examples
+
+    if job.train_file:
+        return read_examples(job.train_file)
+    return load_training_set(job.train_set, job.train_examples, seed=job.predict.seed)
 
 
 def load_inputs(job: PredictJobConfig) -> tuple[Any, Any, Any, dict, dict[str, float]]:
     """``(model, tokenizer, sae, domains, timings)`` the job names (``timings``: load_model,
-    sae, and ``start``, the ``perf_counter`` when loading began)."""
-    from dataclasses import replace
+    sae, and ``start``, the ``perf_counter`` when loading began).
 
+    What needs no model is resolved first (the device, the domains), so that a bad setting
+    fails before a model is loaded or an SAE trained.
+    """
     import torch
 
-    from sts_lightning.data.domains import load_domain
-    from sts_lightning.data.sources import read_examples
-    from sts_lightning.model.device import resolve_device
     from sts_lightning.model.loading import default_cache_dir, load_model_and_tokenizer
+    from sts_lightning.model.run_inputs import resolve_device
+    from sts_lightning.model.sae_source import resolve_run_sae
 
     t0 = time.perf_counter()
     device = resolve_device(job.device)  # before any loading: a bad device fails at once
+    domains = load_domains(job)
     cache = Path(job.cache_dir) if job.cache_dir else default_cache_dir()
+    t_load = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(
         job.model, dtype=job.dtype, trust_remote_code=job.trust_remote_code, cache_dir=cache
     )
     model.to(device)
     t_model = time.perf_counter()
     on_device = replace(job, sae_training=replace(job.sae_training, device=str(device)))
-    sae = resolve_sae(on_device, model, tokenizer, cache)
+    sae = resolve_run_sae(on_device, model, tokenizer, cache)  # trained and cached on first use
     if isinstance(sae, torch.nn.Module):  # a loaded SAE starts on the CPU
         sae.to(device)
-    domains = {name: load_domain(name, split="score") for name in job.domains}
-    domains |= {name: read_examples(path) for name, path in job.domain_files.items()}
-    timings = {"start": t0, "load_model": t_model - t0, "sae": time.perf_counter() - t_model}
+    timings = {"start": t0, "load_model": t_model - t_load, "sae": time.perf_counter() - t_model}
     return model, tokenizer, sae, domains, timings
 
 
 def run_predict(job: PredictJobConfig) -> Prediction:
     """Load everything the job names, forecast, and write the outputs; returns the prediction."""
-    from sts_lightning.data.domains import load_training_set
-    from sts_lightning.data.sources import read_examples
     from sts_lightning.forecast.predict import predict
 
+    train = load_train(job)  # before the model: a missing file or unknown set fails at once
     model, tokenizer, sae, domains, timings = load_inputs(job)
-    if job.train_file:
-        train = read_examples(job.train_file)
-    else:
-        train = load_training_set(job.train_set, job.train_examples, seed=job.predict.seed)
     meta = {
         "model": job.model,
         "sae": job.sae or "trained (cached)",

@@ -33,12 +33,8 @@ from sts_lightning.data.prompts import Example
 from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.forecast.engine import LOCAL, Extractor, Statistics, check_examples
 from sts_lightning.forecast.prediction import DomainScore, Prediction
-from sts_lightning.model.sae import (
-    ReconstructionQuality,
-    check_sae_fits,
-    resolve_layer,
-    sae_d_sae,
-)
+from sts_lightning.model.run_inputs import check_k, resolve_sae_layer
+from sts_lightning.model.sae import ReconstructionQuality
 from sts_lightning.stats import LatentMoments, PairedShift
 
 __all__ = [
@@ -233,21 +229,14 @@ def checked_inputs(
     model, sae, train_examples, domains, cfg: PredictConfig
 ) -> tuple[int, list[Example], dict[str, list[Example]]]:
     """``(layer, train_examples, domains)`` once every input is checked, before any forward."""
-    try:
-        layer = resolve_layer(sae, cfg.layer)
-    except ValueError as err:
-        raise ValueError(
-            "`config.layer` is None and the SAE's metadata names no hook layer"
-        ) from err
-    check_sae_fits(sae, model, layer)
+    layer = resolve_sae_layer(model, sae, cfg.layer, "config")
     train_examples = check_examples("train_examples", train_examples, cfg.n_demos)
     if not isinstance(domains, Mapping) or not domains:
         raise ValueError("`domains` must be a non-empty mapping {name: examples}")
     domains = {
         n: check_examples(f"domains[{n!r}]", e, cfg.domain_demos) for n, e in domains.items()
     }
-    if cfg.k > sae_d_sae(sae):
-        raise ValueError(f"`config.k`={cfg.k} exceeds the SAE's d_sae={sae_d_sae(sae)}")
+    check_k(cfg.k, sae, "config.k")
     return layer, train_examples, domains
 
 

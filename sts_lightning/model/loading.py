@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sts_lightning.model.embedded import default_cache_dir, smollm2_dir
+from sts_lightning.model.run_inputs import resolve_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -40,14 +41,6 @@ _PREFIX = "embedded:"
 # from_pretrained arguments with a setting of their own (a second place would conflict).
 _OWN_SETTINGS = {"dtype", "torch_dtype", "trust_remote_code", "cache_dir"}
 
-_DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-}
 
 EMBEDDED_MODELS: dict[str, Callable[[str | Path | None], Path]] = {"smollm2": smollm2_dir}
 """Embedded aliases: ``"embedded:<name>"`` → a function ``(cache_dir) -> checkpoint dir``."""
@@ -79,18 +72,6 @@ def resolve_model(name_or_path: str | Path, *, cache_dir: str | Path | None = No
         known = ", ".join(f"{_PREFIX}{k}" for k in EMBEDDED_MODELS)
         raise ValueError(f"`model` must be one of the embedded models ({known}), got {name!r}")
     return os.fspath(EMBEDDED_MODELS[key](cache_dir))
-
-
-def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
-    import torch
-
-    if isinstance(dtype, torch.dtype) or dtype == "auto":
-        return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(
-            f"`dtype` must be one of {sorted(_DTYPES)}, 'auto' or a torch.dtype, got {dtype!r}"
-        )
-    return getattr(torch, _DTYPES[dtype])
 
 
 def _hf_offline() -> bool:
@@ -167,7 +148,7 @@ def load_model_and_tokenizer(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch_dtype = _torch_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype)
     path = resolve_model(name_or_path, cache_dir=cache_dir)
     t0 = time.perf_counter()
     try:

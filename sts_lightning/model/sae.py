@@ -8,7 +8,8 @@ importable from here):
    (:mod:`~sts_lightning.model.sae_load`).
 2. :func:`sae_layer`, :func:`sae_d_in`, :func:`sae_d_sae` and :func:`check_sae` make sure it reads
    the residual stream *after* decoder layer ``L`` of *this* model (the reference code encoded the
-   MLP output by mistake). The layer checks live here.
+   MLP output by mistake). The layer checks live here; which layer a run captures is decided
+   in :mod:`~sts_lightning.model.run_inputs`.
 3. :func:`~sts_lightning.model.rows.keep_rows` drops the rare "massive activation" tokens
    before anything is encoded.
 4. :func:`encode` gives float32 latents ``(n_tokens, d_sae)``
@@ -41,7 +42,6 @@ __all__ = [
     "evaluate_sae",
     "load_sae",
     "resid_post_hook",
-    "resolve_layer",
     "sae_d_in",
     "sae_d_sae",
     "sae_layer",
@@ -126,20 +126,6 @@ def check_sae(sae: Any, *, d_model: int, n_layers: int, layer: int) -> None:
             f"`sae` was trained on the residual stream after layer {trained_layer} "
             f"({_hook_name(sae)!r}) but `layer`={layer} was requested"
         )
-
-
-def resolve_layer(sae: Any, layer: int | None) -> int:
-    """The decoder layer to capture: ``layer`` when given, else the one the SAE's hook names.
-
-    Raises:
-        ValueError: ``layer`` is ``None`` and the SAE's metadata names no hook layer.
-    """
-    if layer is not None:
-        return layer
-    found = sae_layer(sae)
-    if found is None:
-        raise ValueError("`layer` is None and the SAE's metadata names no hook layer: set it")
-    return found
 
 
 def check_sae_fits(sae: Any, model: nn.Module, layer: int) -> None:

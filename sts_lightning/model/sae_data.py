@@ -15,6 +15,7 @@ from torch import Tensor
 from sts_lightning.data.prompts import Example, encode_example
 from sts_lightning.model.capture import iter_span_activations
 from sts_lightning.model.rows import RowFilter
+from sts_lightning.model.run_inputs import resolve_pad_id
 
 __all__ = ["collect_activations"]
 
@@ -72,7 +73,7 @@ def collect_activations(
         [e.span("all") for e in encoded],
         layer=layer,
         batch_size=batch_size,
-        pad_token_id=tokenizer.pad_token_id or 0,
+        pad_token_id=resolve_pad_id(tokenizer),
         exclude_token_ids=set(tokenizer.all_special_ids),
         progress=True,
         desc="SAE data",

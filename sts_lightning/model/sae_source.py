@@ -167,11 +167,16 @@ def resolve_run_sae(run: Any, model, tokenizer, cache_dir: str | Path | None = N
 
     Args:
         run: The run's settings (``PredictJobConfig``, ``ExperimentConfig``): its ``model``,
-            ``sae``, ``sae_training`` and ``sae_tokens`` fields, and ``predict.layer``,
-            ``predict.max_norm`` and ``predict.outlier_factor``.
+            ``sae``, ``sae_training``, ``sae_tokens`` and ``cache_dir`` fields, and
+            ``predict.layer``, ``predict.max_norm`` and ``predict.outlier_factor``.
         model: The loaded causal LM.
         tokenizer: Its tokenizer.
-        cache_dir: Cache root; ``None``: the default cache.
+        cache_dir: Cache root; ``None``: the run's ``cache_dir``, then the default cache.
+
+    Example:
+        >>> from sts_lightning.forecast.job import load_job
+        >>> job = load_job("recipes/predict_arithmetic_smollm2.yaml")  # doctest: +SKIP
+        >>> sae = resolve_run_sae(job, model, tokenizer)  # doctest: +SKIP
     """
     source = SAESourceConfig(sae=run.sae, training=run.sae_training, tokens=run.sae_tokens)
     rule = run.predict
@@ -183,7 +188,7 @@ def resolve_run_sae(run: Any, model, tokenizer, cache_dir: str | Path | None = N
         layer=rule.layer,
         max_norm=rule.max_norm,
         outlier_factor=rule.outlier_factor,
-        cache_dir=cache_dir,
+        cache_dir=cache_dir or getattr(run, "cache_dir", None),
     )
 
 

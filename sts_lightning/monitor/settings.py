@@ -3,8 +3,9 @@
 Both callbacks (Lightning ``STSCallback`` and HF/TRL ``STSTrainerCallback``) take a
 ``PredictConfig`` and a ``TrackerConfig`` (or, from an HF checkpoint, their fields as JSON
 dicts) plus ``k``, ``layer`` and ``every_n_steps`` as arguments of their own
-(:func:`tracking_configs` merges them), and an SAE and domains as the user names them
-(:func:`build_tracker` loads and resolves them into an :class:`STSTracker`).
+(:func:`tracking_configs` merges them; ``k`` and ``layer`` left ``None`` keep the forecast's),
+and an SAE and domains as the user names them (:func:`build_tracker` loads and resolves them
+into an :class:`STSTracker`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def tracking_configs(
     predict_config: PredictConfig | Mapping[str, Any] | None,
     tracker_config: TrackerConfig | Mapping[str, Any] | None,
     *,
-    k: int,
+    k: int | None,
     layer: int | None,
     every_n_steps: int,
 ) -> tuple[PredictConfig, TrackerConfig]:
@@ -38,8 +39,9 @@ def tracking_configs(
         predict_config: A ``PredictConfig``, or its fields as a dict (JSON, as HF checkpoints
             store it); ``None`` or a dict default to no progress bars (training has its own).
         tracker_config: A ``TrackerConfig``, or its fields as a dict.
-        k: Replaces ``predict_config.k``.
-        layer: Replaces ``predict_config.layer`` unless ``None``.
+        k: Replaces ``predict_config.k`` unless ``None`` (the forecast's ``k``).
+        layer: Replaces ``predict_config.layer`` unless ``None`` (the forecast's layer, which
+            ``None`` in turn reads from the SAE's metadata).
         every_n_steps: Replaces ``tracker_config.every_n_steps``.
 
     Returns:
@@ -50,7 +52,11 @@ def tracking_configs(
     if not isinstance(tracker_config, TrackerConfig):
         tracker_config = TrackerConfig(**(tracker_config or {}))
     return (
-        replace(predict_config, k=k, layer=predict_config.layer if layer is None else layer),
+        replace(
+            predict_config,
+            k=predict_config.k if k is None else k,
+            layer=predict_config.layer if layer is None else layer,
+        ),
         replace(tracker_config, every_n_steps=every_n_steps),
     )
 

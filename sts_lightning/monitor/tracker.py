@@ -32,6 +32,7 @@ from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.forecast.prediction import MODES, Prediction
 from sts_lightning.model.capture import iter_span_activations
 from sts_lightning.model.rows import keep_rows
+from sts_lightning.model.run_inputs import resolve_pad_id
 from sts_lightning.model.sae import check_sae_fits, encode, sae_d_sae
 from sts_lightning.monitor.evaluation import (
     EVAL_SPANS,
@@ -205,7 +206,7 @@ class STSTracker:
             probe["spans"],
             layer=self.prediction.layer,
             batch_size=self.predict_config.batch_size,
-            pad_token_id=tokenizer.pad_token_id or 0,
+            pad_token_id=resolve_pad_id(tokenizer),
             exclude_token_ids=exclude,
         )
         return torch.cat([r.cpu() for r in rows])
@@ -225,7 +226,7 @@ class STSTracker:
         return sequence_losses(
             model,
             self._eval_sets,
-            pad_token_id=tokenizer.pad_token_id or 0,
+            pad_token_id=resolve_pad_id(tokenizer),
             batch_size=self.predict_config.batch_size,
         )
 
