@@ -359,3 +359,35 @@ def test_peak_rss_matches_the_kernels_high_water_mark():
         hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
     assert abs(peak_rss_mb() - hwm / 1024) < 64  # the two readings are moments apart
     assert 0 < rss_mb() <= peak_rss_mb() + 1
+
+
+def test_near_far_labels_and_panel_skills_are_checked_by_name():
+    from sts_lightning.experiment.config import EvalConfig, ExperimentConfig
+
+    panel = ["chain_sum", "products", "letter_jumble", "knights_knaves"]
+    kw = dict(tasks=["arithmetic", "family"], domains=panel)
+    labels = {
+        "near": {"arithmetic": ["chain_sum", "products"], "family": ["knights_knaves"]},
+        "far": {"arithmetic": ["letter_jumble"], "family": ["products"]},
+    }
+    job = ExperimentConfig(**kw, near_far=labels, evaluation=EvalConfig(metric="answer_nll"))
+    assert job.labels().near["arithmetic"] == ("chain_sum", "products")
+    with pytest.raises(ValueError, match=r"names unknown domains \['chain_summ'\]"):
+        bad = {**labels, "near": {**labels["near"], "arithmetic": ["chain_summ"]}}
+        ExperimentConfig(**kw, near_far=bad, evaluation=EvalConfig(metric="answer_nll"))
+    with pytest.raises(ValueError, match=r"`near_far` labels \['syllogism'\]"):
+        bad = {k: {**v, "syllogism": ["products"]} for k, v in labels.items()}
+        ExperimentConfig(**kw, near_far=bad, evaluation=EvalConfig(metric="answer_nll"))
+    with pytest.raises(ValueError, match=r"set `evaluation\.metric: answer_nll`"):
+        ExperimentConfig(**kw)  # choice_margin: skills have no options
+
+
+def test_skill_domains_are_measured_as_one_option_items_from_their_heldout_split():
+    from sts_lightning.data.skills import load_skill
+    from sts_lightning.experiment.heldout import skill_items
+
+    items = skill_items("chain_sum", 6, seed=3)
+    score = {e.prompt for e in load_skill("chain_sum", 50, "score", seed=3)}
+    assert len(items) == 6 and all(i.options and len(i.options) == 1 for i in items)
+    assert all(not i.listed and i.correct == 0 for i in items)
+    assert not {i.question for i in items} & score  # never an item the forecast reads

@@ -201,6 +201,11 @@ class ExperimentConfig:
         default_factory=lambda: ["math", "physics", "law", "history", "health", "code"]
     )
     """Built-in domains: scored on their "score" half, measured on their "heldout" half."""
+    near_far: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    """Pre-registered positive control ``{"near": {task: [domains]}, "far": {task: [domains]}}``:
+    each task's *near* domains (the same skill through another generator or format) and *far*
+    ones (:class:`~sts_lightning.experiment.near_far.NearFarLabels`); a forecast that does not
+    put a task's near domains above its far ones fails it. Empty: no such control."""
     domain_files: dict[str, str] = field(default_factory=dict)
     """Extra domains ``{name: .jsonl}``: first half scored, second half held out."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -239,16 +244,29 @@ class ExperimentConfig:
     wandb_tags: list[str] = field(default_factory=list)
     """W&B tags of every run of the experiment."""
 
+    def labels(self):
+        """The ``near_far`` labels as :class:`~sts_lightning.experiment.near_far.NearFarLabels`
+        (checked against the tasks and domains), or ``None``."""
+        return _labels(self)
+
     def __post_init__(self) -> None:
         if len(self.tasks) < 1 or len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"`tasks` must name one or more distinct tasks, got {self.tasks!r}")
         from sts_lightning.data.domains import DOMAINS
+        from sts_lightning.data.skills import SKILLS
 
-        unknown = [d for d in self.domains if d not in DOMAINS]
+        unknown = [d for d in self.domains if d not in DOMAINS and d not in SKILLS]
         if unknown:
             raise ValueError(
                 f"`domains` entries {unknown} are not built-in domains; use names from "
-                f"{list(DOMAINS)} (or `domain_files` for your own)"
+                f"{list(DOMAINS)}, panel skills from {list(SKILLS)} (or `domain_files` for "
+                "your own)"
+            )
+        skills = [d for d in self.domains if d in SKILLS]
+        if skills and self.evaluation.metric == "choice_margin":
+            raise ValueError(
+                f"`domains` {skills} are panel skills, measured by the answer's NLL (they have "
+                "no options): set `evaluation.metric: answer_nll`"
             )
         n_domains = len(self.domains) + len(self.domain_files)
         if n_domains < 3:
@@ -272,11 +290,29 @@ class ExperimentConfig:
                 "demonstrations unrelated to every source task"
             )
         check_fields(self, positive_int, "sae_tokens", "task_examples", "raw_k", "n_bootstrap")
+        self.labels()  # near/far labels name known tasks and domains
         one_of("wandb_mode", self.wandb_mode, ("offline", "online"))
         if not isinstance(self.wandb_project, str) or not self.wandb_project.strip():
             raise ValueError(
                 f"`wandb_project` must be a non-empty name, got {self.wandb_project!r}"
             )
+
+
+def _labels(job: ExperimentConfig):
+    from sts_lightning.experiment.near_far import NearFarLabels
+
+    if not job.near_far:
+        return None
+    if set(job.near_far) != {"near", "far"}:
+        raise ValueError(
+            f"`near_far` must have the keys 'near' and 'far', got {sorted(job.near_far)}"
+        )
+    names = {task_name(t) for t in job.tasks}
+    labelled = set(job.near_far["near"]) | set(job.near_far["far"])
+    if unknown := sorted(labelled - names):
+        raise ValueError(f"`near_far` labels {unknown}, which are not tasks {sorted(names)}")
+    domains = [*job.domains, *job.domain_files]
+    return NearFarLabels(job.near_far["near"], job.near_far["far"], domains)
 
 
 def task_name(task: str) -> str:

@@ -2,8 +2,9 @@
 
 Held-out items come from each domain's "heldout" half (never scored by STS): MMLU questions with
 their options, HumanEval's canonical solution against a mutated one
-(:func:`~sts_lightning.data.choices.load_choice_domain`), or, for ``domain_files``, each answer
-among other answers of the same file (:func:`~sts_lightning.data.choices.pair_choices`). With
+(:func:`~sts_lightning.data.choices.load_choice_domain`), a panel skill's question and its oracle
+answer (:func:`skill_items`, answer NLL only), or, for ``domain_files``, each answer among other
+answers of the same file (:func:`~sts_lightning.data.choices.pair_choices`). With
 ``evaluation.vary_items`` each seed draws its own ``items_per_domain`` items, so the seed mean
 covers more items and the spread over seeds includes item sampling; the base model is scored
 once per seed and reused by every task at that seed (tasks stay paired on the same items).
@@ -25,7 +26,7 @@ from sts_lightning.experiment.realised import compare, exact_match, score_choice
 from sts_lightning.model.precision import autocast, resolve_precision
 from sts_lightning.monitor.answer_scores import average_rotations
 
-__all__ = ["Evaluation", "choice_sets"]
+__all__ = ["Evaluation", "choice_sets", "skill_items"]
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,14 @@ def choice_sets(
         seed: Picks and orders the items.
     """
     from sts_lightning.data.domains import domain_sizes
+    from sts_lightning.data.skills import SKILLS
 
     want = job.evaluation.items_per_domain
     out = {}
     for name, examples in heldout.items():
+        if name in SKILLS and name not in job.domain_files:
+            out[name] = skill_items(name, want, seed)
+            continue
         if name in job.domain_files:
             pool = pair_choices(list(examples))  # the whole half: distractors do not depend on n
             random.Random(seed).shuffle(pool)
@@ -63,6 +68,15 @@ def choice_sets(
             log.info("domain %r: %d held-out items (< items_per_domain=%d)", name, available, want)
         out[name] = pool[:want]
     return out
+
+
+def skill_items(name: str, n: int, seed: int) -> list[ChoiceItem]:
+    """``n`` held-out items of a panel skill as one-option text items: the question, then its
+    oracle answer, scored at the answer (its NLL; no options, so no margin)."""
+    from sts_lightning.data.skills import load_skill
+
+    examples = load_skill(name, n, "heldout", seed=seed)
+    return [ChoiceItem(e.prompt, (e.answer,), 0, listed=False) for e in examples]
 
 
 @dataclass

@@ -37,7 +37,7 @@ from sts_lightning.experiment.forecast import (
 )
 from sts_lightning.experiment.heldout import Evaluation
 from sts_lightning.experiment.memory import peak_rss_mb, release_memory, rss_mb
-from sts_lightning.experiment.task_probe import TaskLearning, split_task_items
+from sts_lightning.experiment.task_probe import TaskLearning, split_stop_items, split_task_items
 from sts_lightning.model.device import resolve_device
 from sts_lightning.model.precision import resolve_precision
 
@@ -168,6 +168,9 @@ class _Shared:
     """Held-out problems of each source task: was it learned? (answer NLL, exact match)"""
     halves: tuple[dict, dict] | None = None
     """Domain statistics on two disjoint halves of each domain's items (forecast reliability)."""
+    stopping: TaskLearning | None = None
+    """Stop probes of each source task with the base model's values
+    (``finetune.stop_when_learned``); ``None`` without."""
 
 
 def _final_shift(tracker, model, tokenizer, steps: int) -> torch.Tensor:
@@ -179,6 +182,18 @@ def _final_shift(tracker, model, tokenizer, steps: int) -> torch.Tensor:
     if tracker.last_shift is not None and last == steps:
         return tracker.last_shift
     return tracker.realised_shift(model, tokenizer)
+
+
+def _learned_stop(ctx: _Shared, task: str) -> list:
+    """``[LearnedStop]`` on ``task``'s stop probe with ``finetune.stop_when_learned``, else
+    ``[]``."""
+    from sts_lightning.experiment.learned_stop import LearnedStop
+
+    ft, stopping = ctx.job.finetune, ctx.stopping
+    if stopping is None or not stopping.probes[task].examples:
+        return []
+    measure = lambda model, tokenizer: stopping.run(model, tokenizer, task)  # noqa: E731
+    return [LearnedStop(measure, stopping.base[task], ft.learned_margin, ft.check_every)]
 
 
 def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, stage: _Stages) -> dict:
@@ -196,14 +211,19 @@ def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, stage: _St
     stage(f"forecast {tag}", "forecast")
 
     run_dir = Path(job.output_dir) / "runs" / f"{name}-seed{seed}"
+    budget = job.finetune.steps_for(name)
+    run_job = replace(job, finetune=replace(job.finetune, steps=budget, task_steps={}))
+    stop = _learned_stop(ctx, name)
     model, tokenizer, tracker = finetune(
-        job, name, builtin, pool, seed, sae, prediction, ctx.scored, run_dir
+        run_job, name, builtin, pool, seed, sae, prediction, ctx.scored, run_dir, stop
     )
-    stage(f"fine-tuned {tag} ({job.finetune.method}, {job.finetune.steps} steps)", "finetune")
+    steps = budget if not stop or stop[0].stopped_at is None else stop[0].stopped_at
+    how = f"{job.finetune.method}, {steps} of {budget} steps"
+    stage(f"fine-tuned {tag} ({how}{', learned early' if steps < budget else ''})", "finetune")
 
     model.to(ctx.device)  # Lightning hands the module back on the CPU after fit
     realised = ctx.evaluation.realised(model, sae, max_norm, seed)
-    real_top = F.top_shifted(_final_shift(tracker, model, tokenizer, job.finetune.steps), k)
+    real_top = F.top_shifted(_final_shift(tracker, model, tokenizer, steps), k)
     for domain, row in realised.items():  # the paper's "actual shifted dimensions" variant
         row["realised_sts"] = float(prediction.domain_means[domain][real_top].sum())
     overlap = {"icl": float(F.overlap_at_k(prediction.top_latents, real_top))}
@@ -219,6 +239,9 @@ def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, stage: _St
         "task_learning": learning,
         "task_accuracy": {k: learning[f"exact_match_{k}"] for k in ("before", "after")},
         "history": tracker.history,
+        "steps": steps,
+        "step_budget": budget,
+        "stop_checks": [list(c) for c in stop[0].checks] if stop else [],
         "sae_quality": tf.stats.sae_quality(),
         "train_counts": tf.stats.counts,
     }
@@ -242,11 +265,16 @@ def run_experiment(job: ExperimentConfig) -> dict[str, Any]:
     model, tokenizer, sae, layer = _load(job, device, stage)
 
     scored, heldout = _domains(job)
-    pools, problems = {}, {}
+    pools, problems, stops = {}, {}, {}
+    ft = job.finetune
     for name, builtin, examples in (_task_pool(job, t) for t in job.tasks):
         pool, held = split_task_items(name, builtin, examples, job.evaluation.task_items)
+        reward = task_reward(name if builtin else None)
+        if ft.stop_when_learned:
+            pool, stop_items = split_stop_items(name, builtin, pool, held, ft.stop_items)
+            stops[name] = (stop_items, reward)
         pools[name] = (builtin, pool)
-        problems[name] = (held, task_reward(name if builtin else None))
+        problems[name] = (held, reward)
     contrast = None if job.contrast_task is None else _task_pool(job, job.contrast_task)[2][:512]
     forecaster = Forecaster(model, tokenizer, sae, layer, job.predict)
     # Once (task-independent), as two disjoint item halves merged: the halves give reliability.
@@ -257,10 +285,12 @@ def run_experiment(job: ExperimentConfig) -> dict[str, Any]:
     margin, batch = job.finetune.learned_margin, job.evaluation.batch_size
     precision = resolve_precision(job.evaluation.precision, device, "evaluation.precision")
     learning = TaskLearning.measure(model, tokenizer, problems, margin, batch, precision)
+    stopping = TaskLearning.measure(model, tokenizer, stops, margin, batch, precision)
     stage("base model evaluated on the held-out items", "evaluation")
 
     ctx = _Shared(job, device, forecaster, domain_stats, scored, evaluation, contrast, learning)
     ctx.halves = None if halves[0] is None else tuple(halves)
+    ctx.stopping = stopping if stops else None
     runs = [
         _one_run(ctx, name, builtin, pool, seed, stage)
         for name, (builtin, pool) in pools.items()
