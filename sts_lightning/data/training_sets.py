@@ -63,6 +63,12 @@ TRAINING_SETS: dict[str, TrainingTask] = {
         dataset="syllogism",
         description="does a categorical conclusion follow from two premises? Yes/No (logic)",
     ),
+    # Words of 3-6 letters: SmolLM2-135M can spell short words; longer ones are far beyond it.
+    "spell_backward": TrainingTask(
+        dataset="spell_backward",
+        config={"min_word_len": 3, "max_word_len": 6},
+        description="spell a word of 3-6 letters backwards (string manipulation)",
+    ),
     # No MMLU item lies outside the domains: the task owns six domains' subjects, which an
     # experiment training on it may not score (see sts_lightning.data.mmlu_qa).
     "mmlu_qa": TrainingTask(

@@ -11,7 +11,11 @@ from pathlib import Path
 from sts_lightning.data.prompts import Example
 from sts_lightning.experiment.config import ExperimentConfig
 
-__all__ = ["check_inputs", "domain_halves", "task_pool"]
+__all__ = ["SKILL_SCORE_ITEMS", "check_inputs", "domain_halves", "task_pool"]
+
+SKILL_SCORE_ITEMS = 96
+"""Items drawn from a panel skill's "score" split for the forecast (more than the largest
+``predict.domain_tokens`` budget of the skills recipes reads: ~50 tokens an item)."""
 
 
 def task_pool(
@@ -59,17 +63,25 @@ def task_pool(
 def domain_halves(job: ExperimentConfig) -> tuple[dict, dict]:
     """``(scored, heldout)``: each domain's items to forecast on and to measure on.
 
-    Built-in domains give their fixed "score" and "heldout" halves; each of ``domain_files``
-    its first and second half.
+    Built-in domains give their fixed "score" and "heldout" halves, panel skills
+    :data:`SKILL_SCORE_ITEMS` items of each split (seed 0; the measured items are drawn per
+    seed, :func:`~sts_lightning.experiment.heldout.skill_items`); each of ``domain_files`` its
+    first and second half.
 
     Raises:
         ValueError: A domain file holds fewer than 4 items.
     """
     from sts_lightning.data.domains import load_domain
+    from sts_lightning.data.skills import SKILLS, load_skill
     from sts_lightning.data.sources import read_examples
 
-    scored = {n: load_domain(n, split="score") for n in job.domains}
-    heldout = {n: load_domain(n, split="heldout") for n in job.domains}
+    def half(name: str, split: str) -> list[Example]:
+        if name in SKILLS:  # procedural: as many items as the forecast's token budget reads
+            return load_skill(name, SKILL_SCORE_ITEMS, split, seed=0)
+        return load_domain(name, split=split)
+
+    scored = {n: half(n, "score") for n in job.domains}
+    heldout = {n: half(n, "heldout") for n in job.domains}
     for name, path in job.domain_files.items():
         items = read_examples(path)
         if len(items) < 4:
