@@ -13,6 +13,7 @@ from sts_lightning.forecast.first_order import (
     MeanGradient,
     RandomProjection,
     first_order_forecast,
+    first_order_scores,
     mean_answer_gradient,
     select_parameters,
 )
@@ -98,7 +99,7 @@ def test_projection_preserves_inner_products_within_jl(llama64, tiny_tokenizer, 
     raw_d = mean_answer_gradient(llama64, tiny_tokenizer, LAW, params)
     exact = float(raw_d.full @ raw_t.full)
     bound = 4 * math.sqrt(2 / 2048) * float(raw_d.full.norm() * raw_t.full.norm())
-    for kind in ("rademacher", "gaussian"):
+    for kind in ("rademacher", "gaussian", "sketch"):
         proj = RandomProjection(2048, seed=1, kind=kind)
         g_t = mean_answer_gradient(llama64, tiny_tokenizer, TRAIN, params, projection=proj)
         g_d = mean_answer_gradient(llama64, tiny_tokenizer, LAW, params, projection=proj)
@@ -109,10 +110,11 @@ def test_projection_preserves_inner_products_within_jl(llama64, tiny_tokenizer, 
 
 def test_projection_is_seeded_and_linear():
     x, y = torch.randn(10_000, dtype=torch.float64), torch.randn(10_000)
-    proj = RandomProjection(64, seed=3)
-    torch.testing.assert_close(proj(x), RandomProjection(64, seed=3)(x))
-    assert not torch.allclose(proj(x), RandomProjection(64, seed=4)(x))
-    torch.testing.assert_close(proj(2 * x + y), 2 * proj(x) + proj(y), atol=1e-3, rtol=1e-4)
+    for kind in ("rademacher", "sketch"):
+        proj = RandomProjection(64, seed=3, kind=kind)
+        torch.testing.assert_close(proj(x), RandomProjection(64, seed=3, kind=kind)(x))
+        assert not torch.allclose(proj(x), RandomProjection(64, seed=4, kind=kind)(x))
+        torch.testing.assert_close(proj(2 * x + y), 2 * proj(x) + proj(y), atol=1e-3, rtol=1e-4)
     with pytest.raises(ValueError, match="`dim`"):
         RandomProjection(0)
 
@@ -141,6 +143,20 @@ def test_forecast_scores_and_halves():
     out = first_order_forecast(train, domains, lr=0.5)
     assert out["scores"] == {"a": -1.0, "b": 0.5}
     assert out["halves"] == {"a": {"a": -0.5, "b": -0.0}, "b": {"a": -1.5, "b": 1.0}}
+
+
+def test_first_order_scores_end_to_end(llama64, tiny_tokenizer, one_thread):
+    out = first_order_scores(
+        llama64, tiny_tokenizer, TRAIN, {"math": TRAIN, "law": LAW}, lr=0.1, dim=None
+    )
+    params = select_parameters(llama64, "last_layer")
+    g_t = mean_answer_gradient(llama64, tiny_tokenizer, TRAIN, params).full
+    g_law = mean_answer_gradient(llama64, tiny_tokenizer, LAW, params).full
+    assert out["scores"]["law"] == pytest.approx(-0.1 * float(g_law @ g_t))
+    assert out["scores"]["math"] == pytest.approx(-0.1 * float(g_t @ g_t))
+    assert set(out["halves"]) == {"a", "b"} and out["dim"] is None
+    sketched = first_order_scores(llama64, tiny_tokenizer, TRAIN, {"law": LAW}, lr=0.1, dim=64)
+    assert sketched["dim"] == 64 and sketched["n_parameters"] == out["n_parameters"]
 
 
 def test_select_parameters_refuses_by_name(tiny_llama):

@@ -15,6 +15,7 @@ which gives the forecast's own split-half reliability.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
@@ -27,7 +28,7 @@ from sts_lightning.data.prompts import Example, encode_example
 from sts_lightning.functional import first_order_change
 
 __all__ = ["MeanGradient", "RandomProjection", "first_order_forecast", "mean_answer_gradient"]
-__all__ += ["select_parameters"]
+__all__ += ["first_order_scores", "select_parameters"]
 
 _BLOCK = 4096  # coordinates per block of the projection: memory dim × _BLOCK, seeded per block
 _LAYER = re.compile(r"\.(?:layers|h)\.(\d+)\.")
@@ -78,17 +79,26 @@ class RandomProjection:
     seed: int = 0
     """Seed of the projection."""
     kind: str = "rademacher"
-    """``"rademacher"`` (entries ±1/√k, as LESS) or ``"gaussian"`` (N(0, 1/k))."""
+    """``"rademacher"`` (dense, entries ±1/√k, as LESS), ``"gaussian"`` (dense, N(0, 1/k)) or
+    ``"sketch"`` (a count sketch: each coordinate added with a random sign to one random output;
+    the same inner-product error bound at O(n) cost instead of O(n·k), for large gradients)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
             raise ValueError(f"`dim` must be a positive int, got {self.dim!r}")
-        if self.kind not in ("rademacher", "gaussian"):
-            raise ValueError(f"`kind` must be 'rademacher' or 'gaussian', got {self.kind!r}")
+        if self.kind not in ("rademacher", "gaussian", "sketch"):
+            raise ValueError(
+                f"`kind` must be 'rademacher', 'gaussian' or 'sketch', got {self.kind!r}"
+            )
 
     def _block(self, b: int, width: int) -> Tensor:
+        """Columns of block ``b``, ``(dim, width)``; for a sketch, ``(2, width)``: the output
+        row and the sign of each column."""
         digest = hashlib.sha256(f"{self.seed}\x00{b}".encode()).digest()
         gen = torch.Generator().manual_seed(int.from_bytes(digest[:7], "big"))
+        if self.kind == "sketch":
+            rows = torch.randint(0, self.dim, (width,), generator=gen)
+            return torch.stack([rows, torch.randint(0, 2, (width,), generator=gen) * 2 - 1])
         if self.kind == "gaussian":
             return torch.randn(self.dim, width, generator=gen) / self.dim**0.5
         signs = torch.randint(0, 2, (self.dim, width), generator=gen).float().mul_(2).sub_(1)
@@ -100,7 +110,11 @@ class RandomProjection:
         out = torch.zeros(self.dim)
         for b, start in enumerate(range(0, len(x), _BLOCK)):
             chunk = x[start : start + _BLOCK]
-            out += self._block(b, len(chunk)) @ chunk  # (dim, w) @ (w,)
+            if self.kind == "sketch":
+                rows, signs = self._block(b, len(chunk))
+                out.index_add_(0, rows, signs * chunk)
+            else:
+                out += self._block(b, len(chunk)) @ chunk  # (dim, w) @ (w,)
         return out
 
 
@@ -210,10 +224,9 @@ def mean_answer_gradient(
             p.grad = None
         model.train(was_training)
     (ga, na), (gb, nb) = sums
-    full = _project((ga + gb) / (na + nb), projection)
-    return MeanGradient(
-        full, na + nb, (_project(ga / na, projection), _project(gb / nb, projection)), (na, nb)
-    )
+    pa, pb = _project(ga / na, projection), _project(gb / nb, projection)
+    full = (na * pa + nb * pb) / (na + nb)  # the projection is linear: one fewer to compute
+    return MeanGradient(full, na + nb, (pa, pb), (na, nb))
 
 
 def _project(g: Tensor, projection: RandomProjection | None) -> Tensor:
@@ -239,16 +252,48 @@ def first_order_forecast(
     grads = torch.stack([domains[d].full for d in names])  # (n_domains, k)
     out: dict[str, object] = {"scores": _named(names, first_order_change(grads, train.full, lr))}
     if names and all(domains[d].halves is not None for d in names):
+        halves = [torch.stack([domains[d].halves[i] for d in names]) for i in (0, 1)]
         out["halves"] = {
-            key: _named(
-                names,
-                first_order_change(
-                    torch.stack([domains[d].halves[i] for d in names]), train.full, lr
-                ),
-            )
-            for i, key in enumerate(("a", "b"))
+            k: _named(names, first_order_change(h, train.full, lr))
+            for k, h in zip("ab", halves, strict=True)
         }
     return out
+
+
+def first_order_scores(
+    model,
+    tokenizer,
+    train: Sequence[Example],
+    domains: Mapping[str, Sequence[Example]],
+    *,
+    lr: float,
+    which: str | Sequence[str] = "last_layer",
+    dim: int | None = 1024,
+    kind: str = "sketch",
+    seed: int = 0,
+    batch_size: int = 8,
+) -> dict[str, object]:
+    """The ``first_order`` predictor end to end: gradients of ``train`` and of every domain (on
+    two item halves), projected, then :func:`first_order_forecast`.
+
+    ``dim=None`` keeps the raw gradients (exact inner products; memory: the selected
+    parameters' size per domain). Returns :func:`first_order_forecast`'s dict plus
+    ``n_parameters`` and ``dim``.
+    """
+    params = select_parameters(model, which)
+    projection = None if dim is None else RandomProjection(dim, seed=seed, kind=kind)
+    grad = functools.partial(
+        mean_answer_gradient,
+        model,
+        tokenizer,
+        parameters=params,
+        projection=projection,
+        batch_size=batch_size,
+    )
+    g_train = grad(train)
+    g_domains = {d: grad(items, halves=True, split_seed=seed) for d, items in domains.items()}
+    out = first_order_forecast(g_train, g_domains, lr)
+    return out | {"n_parameters": sum(p.numel() for _, p in params), "dim": dim}
 
 
 def _named(names: list[str], values: Tensor) -> dict[str, float]:
