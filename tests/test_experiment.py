@@ -391,3 +391,23 @@ def test_skill_domains_are_measured_as_one_option_items_from_their_heldout_split
     assert len(items) == 6 and all(i.options and len(i.options) == 1 for i in items)
     assert all(not i.listed and i.correct == 0 for i in items)
     assert not {i.question for i in items} & score  # never an item the forecast reads
+
+
+@pytest.mark.slow
+def test_first_order_control_and_early_stop_run_in_the_experiment(recipe, tmp_path):
+    args = [*recipe, "--seeds", "[0]", "--wandb", "false", "--evaluation.metric", "answer_nll"]
+    args += ["--first_order", json.dumps({"dim": 64, "domain_items": 4, "train_items": 8})]
+    args += ["--finetune.learned_margin", json.dumps({"nll_drop": 0.0})]
+    args += ["--finetune.stop_when_learned", "true", "--finetune.check_every", "1"]
+    args += ["--finetune.stop_items", "4", "--finetune.task_steps", json.dumps({"sums": 2})]
+    assert main(["experiment", *args]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    for run in results["runs"]:
+        assert run["step_budget"] == (2 if run["task"] == "sums" else 3)
+        assert 1 <= run["steps"] <= run["step_budget"]
+        assert [c[0] for c in run["stop_checks"]] == list(range(1, len(run["stop_checks"]) + 1))
+        for row in run["scores"].values():
+            assert row["first_order"] == pytest.approx(abs(row["first_order_signed"]))
+        for half in run["score_halves"].values():
+            assert all("first_order" in row for row in half.values())
+    assert "first_order" in results["timings"]

@@ -21,7 +21,8 @@ from sts_lightning.model.precision import PRECISIONS
 from sts_lightning.model.sae_training import SAETrainConfig
 from sts_lightning.training.lora import LoraConfig
 
-__all__ = ["EvalConfig", "ExperimentConfig", "FinetuneConfig", "task_name", "wandb_logger_kwargs"]
+__all__ = ["EvalConfig", "ExperimentConfig", "FinetuneConfig", "FirstOrderConfig", "task_name"]
+__all__ += ["wandb_logger_kwargs"]
 
 
 @dataclass
@@ -103,6 +104,36 @@ class FinetuneConfig:
         positive_int("max_length", self.max_length)
         positive("finetune.lr", self.lr)
         non_negative_int("finetune.warmup_steps", self.warmup_steps)
+
+
+@dataclass
+class FirstOrderConfig:
+    """The ``first_order`` control: ``−η · g_domain · g_train`` from answer-NLL gradients before
+    training (:mod:`~sts_lightning.experiment.first_order`), a forecast beside STS."""
+
+    parameters: str = "last_layer"
+    """Whose gradients: ``last_layer`` (the last decoder layer) or ``lora`` (a LoRA model's
+    adapters)."""
+    dim: int | None = 4096
+    """Random-projection dimension of every gradient (LESS-style); ``None``: exact."""
+    kind: Literal["sketch", "rademacher", "gaussian"] = "sketch"
+    """The projection: a count sketch (O(n)) or a dense ±1 / Gaussian matrix (O(n·dim))."""
+    domain_items: int = 32
+    """Forecast ("score") items per domain whose mean gradient is taken (two halves too)."""
+    train_items: int = 64
+    """Training examples per (task, seed) whose mean gradient is taken (seeded subset)."""
+    batch_size: int = 8
+    """Sequences per forward/backward pass."""
+    seed: int = 0
+    """Seed of the projection and of the domains' item halves."""
+
+    def __post_init__(self) -> None:
+        one_of("first_order.parameters", self.parameters, ("last_layer", "lora"))
+        one_of("first_order.kind", self.kind, ("sketch", "rademacher", "gaussian"))
+        check_fields(self, positive_int, "domain_items", "train_items", "batch_size")
+        at_least("first_order.domain_items", self.domain_items, 2)
+        if self.dim is not None:
+            positive_int("first_order.dim", self.dim)
 
 
 @dataclass
@@ -223,6 +254,8 @@ class ExperimentConfig:
     """Fine-tuning of each (task, seed)."""
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     """Realised-change measurement."""
+    first_order: FirstOrderConfig | None = None
+    """The first-order gradient control (``first_order`` in every table); ``None``: skipped."""
     n_bootstrap: int = 2000
     """Bootstrap resamples of every Pearson CI."""
     output_dir: str = "runs/experiment"

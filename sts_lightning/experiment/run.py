@@ -168,6 +168,9 @@ class _Shared:
     """Held-out problems of each source task: was it learned? (answer NLL, exact match)"""
     halves: tuple[dict, dict] | None = None
     """Domain statistics on two disjoint halves of each domain's items (forecast reliability)."""
+    first_order: Any = None
+    """The first-order control's domain gradients (:class:`~.first_order.FirstOrderControl`),
+    with ``first_order`` set; ``None`` without."""
     stopping: TaskLearning | None = None
     """Stop probes of each source task with the base model's values
     (``finetune.stop_when_learned``); ``None`` without."""
@@ -204,6 +207,13 @@ def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, stage: _St
     tf = ctx.forecaster.task(pool, seed, ctx.contrast, desc=f"forecast {tag}")
     scores = score_domains(ctx.domain_stats, tf, k, job.raw_k)
     halves = [score_domains(h, tf, k, job.raw_k) for h in ctx.halves or ()]
+    if ctx.first_order is not None:  # the gradient control, its halves beside STS's
+        fo_scores, fo_halves = ctx.first_order.task(pool, seed)
+        for domain, row in fo_scores.items():
+            scores[domain].update(row)
+        for half, key in zip(halves, "ab", strict=False):
+            for domain, row in fo_halves.get(key, {}).items():
+                half[domain].update(row)
     max_norm = float(ctx.forecaster.max_norm)
     prediction = to_prediction(
         ctx.domain_stats, tf, layer=ctx.forecaster.layer, k=k, max_norm=max_norm, config=job.predict
@@ -260,7 +270,9 @@ def run_experiment(job: ExperimentConfig) -> dict[str, Any]:
     from sts_lightning.experiment.summary import summarise_runs
 
     per_run = ["forecast", "finetune", "evaluation"] * (len(job.tasks) * len(job.seeds))
-    stage = _Stages(["load_model", "sae", "domain_statistics", "evaluation", *per_run, "report"])
+    shared = ["load_model", "sae", "domain_statistics"]
+    shared += ["first_order"] if job.first_order is not None else []
+    stage = _Stages([*shared, "evaluation", *per_run, "report"])
     device = resolve_device(job.device)  # a bad device fails before anything loads
     model, tokenizer, sae, layer = _load(job, device, stage)
 
@@ -280,6 +292,13 @@ def run_experiment(job: ExperimentConfig) -> dict[str, Any]:
     # Once (task-independent), as two disjoint item halves merged: the halves give reliability.
     domain_stats, *halves = forecaster.domain_halves(scored, seed=job.predict.seed)
     stage(f"domain statistics ({len(scored)} domains)", "domain_statistics")
+    first_order = None
+    if job.first_order is not None:
+        from sts_lightning.experiment.first_order import FirstOrderControl
+
+        control = FirstOrderControl(model, tokenizer, job.first_order, job.finetune.lr)
+        first_order = control.domains(scored)
+        stage(f"first-order control: gradients of {len(scored)} domains", "first_order")
     # The task problems are measured by TaskLearning (answer NLL and exact match, per item).
     evaluation = Evaluation.measure(model, tokenizer, job, layer, heldout, {})
     margin, batch = job.finetune.learned_margin, job.evaluation.batch_size
@@ -291,6 +310,7 @@ def run_experiment(job: ExperimentConfig) -> dict[str, Any]:
     ctx = _Shared(job, device, forecaster, domain_stats, scored, evaluation, contrast, learning)
     ctx.halves = None if halves[0] is None else tuple(halves)
     ctx.stopping = stopping if stops else None
+    ctx.first_order = first_order
     runs = [
         _one_run(ctx, name, builtin, pool, seed, stage)
         for name, (builtin, pool) in pools.items()
