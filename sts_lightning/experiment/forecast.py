@@ -26,6 +26,7 @@ from sts_lightning import functional as F
 from sts_lightning.data.prompts import Example
 from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.forecast.engine import LOCAL, Extractor, Statistics, check_examples
+from sts_lightning.forecast.modes import MODES, contrast_modes
 from sts_lightning.forecast.predict import (
     assemble_prediction,
     domain_statistics,
@@ -37,10 +38,6 @@ from sts_lightning.stats import LatentMoments, PairedShift
 
 __all__ = ["DomainStats", "Forecaster", "TaskForecast", "merge_statistics", "score_domains"]
 __all__ += ["to_prediction"]
-
-SAE_MODES = ("act", "icl", "notebook", "signed")
-CONTRAST_MODES = ("act_contrast", "icl_contrast")
-BASELINES = ("raw_act", "raw_icl", "repsim_sae", "repsim_resid")
 
 DomainStats = Statistics
 """A domain's statistics: ``moments``/``shift`` (SAE), ``raw_moments``/``raw_shift`` (residual
@@ -198,8 +195,8 @@ def score_domains(
 ) -> dict[str, dict[str, float]]:
     """``{domain: {predictor: value}}`` for every forecast-time predictor.
 
-    Predictors: the paper's modes (``act``, ``icl``, ``notebook``, ``signed``) with
-    D = top-k(Δ); ``act_contrast``/``icl_contrast`` with D = top-k(Δ_task − Δ_unrelated);
+    Predictors: every mode of :data:`~sts_lightning.forecast.modes.MODES` with D = top-k(Δ);
+    each ``contrast`` mode again as ``<mode>_contrast`` with D = top-k(Δ_task − Δ_unrelated);
     ``raw_act``/``raw_icl``, the same pipeline on residual neurons (top-``raw_k``);
     ``repsim_sae``/``repsim_resid``, the cosine of the task's and the domain's mean latent /
     residual vectors. ``icl`` modes are NaN when the domains have no ICL pass.
@@ -222,9 +219,9 @@ def score_domains(
             "repsim_sae": _cosine(task_mean, d.moments.compute()["mean"]),
             "repsim_resid": _cosine(task_raw_mean, d.raw_moments.compute()["mean"]),
         }
-        if top_c is not None:
-            row["act_contrast"] = float(d.moments.sts_act(top_c))
-            row["icl_contrast"] = float(d.shift.sts_icl(top_c)) if icl else nan
+        for predictor in contrast_modes() if top_c is not None else ():
+            value = MODES[predictor.removesuffix("_contrast")].score(d, top_c, signed)
+            row[predictor] = nan if value is None else value
         out[name] = row
     return out
 

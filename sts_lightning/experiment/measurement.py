@@ -27,25 +27,17 @@ from typing import Any
 
 import numpy as np
 
+from sts_lightning.forecast.modes import PRIMARY, raw_twins
 from sts_lightning.paired import DomainItems, paired_bootstrap_diff, williams_test
 from sts_lightning.reliability import correlate_rows, noise_ceiling, spearman_brown
 from sts_lightning.reliability import split_half_reliability as split_half
 
 __all__ = ["CONTROLS", "PRIMARY", "RAW_TWIN", "measure_task", "realised_items"]
 
-PRIMARY = ("act", "icl")
-"""The pre-registered primary predictors (the paper's STS_act and STS_ICL)."""
 CONTROLS = ("repsim_sae", "repsim_resid", "base_loss")
 """Forecast-time controls an STS mode must beat."""
-RAW_TWIN = {
-    "act": "raw_act",
-    "notebook": "raw_act",
-    "signed": "raw_act",
-    "act_contrast": "raw_act",
-    "icl": "raw_icl",
-    "icl_contrast": "raw_icl",
-}
-"""Each STS mode and the same pipeline on raw residual neurons."""
+RAW_TWIN = raw_twins()
+"""Each STS mode (and contrast mode) and the same pipeline on raw residual neurons."""
 
 
 def _items(runs: Sequence[dict], domain: str, key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -26,10 +26,12 @@ from sts_lightning.experiment.report_measurement import (
     measurement_tables,
     sign_text,
 )
+from sts_lightning.forecast.modes import PRIMARY
 
 __all__ = ["write_report"]
 
-_SCATTER = ("act", "icl", "act_contrast", "raw_act", "repsim_sae", "base_loss", "post_shift_sae")
+_FORECAST_COLUMNS = (*PRIMARY, "act_contrast", "raw_act", "repsim_sae")  # tables and scatters
+_SCATTER = (*_FORECAST_COLUMNS, "base_loss", "post_shift_sae")
 
 
 def _clean(value: Any) -> Any:
@@ -195,8 +197,7 @@ def _domain_tables(results: dict[str, Any]) -> list[Table]:
     tables = []
     for task, table in results["tables"].items():
         first = next(iter(table.values()))
-        columns = ("act", "icl", "act_contrast", "raw_act", "repsim_sae", "post_shift_sae")
-        cols = [c for c in columns if c in first]
+        cols = [c for c in (*_FORECAST_COLUMNS, "post_shift_sae") if c in first]
         rows = [
             [
                 d,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from sts_lightning.experiment.measurement import PRIMARY
 from sts_lightning.experiment.report_learning import fmt, fmt_ci
+from sts_lightning.forecast.modes import PRIMARY
 
 __all__ = ["METRIC_TEXT", "measurement_banner", "measurement_tables", "sign_text"]
 

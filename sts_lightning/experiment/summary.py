@@ -25,12 +25,13 @@ from sts_lightning.experiment.analysis import (
 from sts_lightning.experiment.measurement import measure_task
 from sts_lightning.experiment.rank_agreement import rank_agreement
 from sts_lightning.experiment.task_learning import learning_rows, split_learned
+from sts_lightning.forecast.modes import MODES, contrast_modes
 
 __all__ = ["GROUPS", "PREDICTORS", "summarise_runs"]
 
 GROUPS: dict[str, tuple[str, ...]] = {
-    "STS (paper's definitions)": ("act", "icl", "notebook", "signed"),
-    "STS, task-specific ICL contrast": ("act_contrast", "icl_contrast"),
+    "STS (paper's definitions)": tuple(MODES),
+    "STS, task-specific ICL contrast": contrast_modes(),
     "baselines (forecast time)": ("raw_act", "raw_icl", "repsim_sae", "repsim_resid"),
     "control": ("base_loss",),
     "references (need the fine-tuned model)": (

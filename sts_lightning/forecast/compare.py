@@ -37,6 +37,7 @@ from sts_lightning.data.prompts import Example
 from sts_lightning.forecast.comparison import Comparison, ItemSums
 from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.forecast.engine import Extractor, Statistics, check_examples
+from sts_lightning.forecast.modes import MODES, RANK_MODES
 from sts_lightning.forecast.predict import (
     assemble_prediction,
     checked_inputs,
@@ -121,11 +122,11 @@ def _item_sums(stats: _ItemStatistics, n_candidates: int) -> ItemSums:
 
 
 def _domain_vectors(stats: Statistics) -> dict[str, Tensor]:
+    """``{mode: (d_sae,) vector}`` of every rankable mode the domain's statistics support."""
     moments = stats.moments.compute()
-    out = {"act": moments["mean"].cpu(), "notebook": moments["mean_sq"].cpu()}
-    if stats.shift is not None:
-        out["icl"] = stats.shift.feature_shift().cpu()
-    return out
+    shift = None if stats.shift is None else stats.shift.feature_shift()
+    vectors = {name: MODES[name].domain_vector(moments, shift) for name in RANK_MODES}
+    return {name: v.cpu() for name, v in vectors.items() if v is not None}
 
 
 def predict_many(

@@ -16,6 +16,7 @@ from typing import Any
 from sts_lightning.config import at_least, one_of, positive_int
 from sts_lightning.data.prompts import Example
 from sts_lightning.forecast.config import PredictConfig
+from sts_lightning.forecast.modes import MODES, RANK_MODES
 from sts_lightning.forecast.prediction import Prediction
 from sts_lightning.forecast.recipe import dataclass_parser, load_recipe
 from sts_lightning.model.sae_training import SAETrainConfig
@@ -81,7 +82,8 @@ class PredictJobConfig:
     protected: list[str] = field(default_factory=list)
     """With ``train_sets``: domains whose movement is not wanted (they lower a set's rank)."""
     rank_mode: str = "act"
-    """STS mode the sets are ranked on (``act``, ``icl``, ``notebook``)."""
+    """STS mode the sets are ranked on: one of :data:`~sts_lightning.forecast.modes.RANK_MODES`
+    (``act``, ``icl``, ``notebook``)."""
     n_bootstrap: int = 1000
     """Bootstrap resamples of each set's training items for the intervals."""
     ci_level: float = 0.9
@@ -97,7 +99,7 @@ class PredictJobConfig:
         if not self.domains and not self.domain_files:
             raise ValueError("`domains` and `domain_files` are both empty: name at least one")
         positive_int("sae_tokens", self.sae_tokens)
-        one_of("rank_mode", self.rank_mode, ("act", "icl", "notebook"))
+        one_of("rank_mode", self.rank_mode, RANK_MODES)
         positive_int("n_bootstrap", self.n_bootstrap)
         positive_int("n_candidates", self.n_candidates)
         at_least("ci_level", self.ci_level, 0, strict=True)
@@ -115,8 +117,8 @@ class PredictJobConfig:
             raise ValueError(
                 "`train_file` and `train_sets` are both given: put the file in the sets"
             )
-        if self.rank_mode == "icl" and self.predict.domain_demos == 0:
-            raise ValueError("`rank_mode`='icl' needs `predict.domain_demos` > 0")
+        if MODES[self.rank_mode].needs_icl and self.predict.domain_demos == 0:
+            raise ValueError(f"`rank_mode`={self.rank_mode!r} needs `predict.domain_demos` > 0")
 
 
 def job_parser():

@@ -32,6 +32,7 @@ from sts_lightning import functional as F
 from sts_lightning.data.prompts import Example
 from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.forecast.engine import LOCAL, Extractor, Statistics, check_examples
+from sts_lightning.forecast.modes import MODES
 from sts_lightning.forecast.prediction import DomainScore, Prediction
 from sts_lightning.model.run_inputs import check_k, resolve_sae_layer
 from sts_lightning.model.sae import ReconstructionQuality
@@ -129,7 +130,7 @@ def domain_statistics(
 
 
 def paper_scores(domain: Statistics, top: Tensor, signed: Tensor) -> dict[str, float | None]:
-    """The paper's modes of one domain (``act``, ``icl``, ``notebook``, ``signed``).
+    """One domain's score in every mode of :data:`~sts_lightning.forecast.modes.MODES`.
 
     Args:
         domain: From :func:`domain_statistics`.
@@ -137,14 +138,9 @@ def paper_scores(domain: Statistics, top: Tensor, signed: Tensor) -> dict[str, f
         signed: δ ``(d_sae,)``.
 
     Returns:
-        ``{mode: score}``; ``icl`` is ``None`` without in-domain demonstrations.
+        ``{mode: score}``; ICL modes are ``None`` without in-domain demonstrations.
     """
-    return {
-        "act": float(domain.moments.sts_act(top)),
-        "icl": float(domain.shift.sts_icl(top)) if domain.shift is not None else None,
-        "notebook": float(domain.moments.sts_notebook(top)),
-        "signed": float(domain.moments.sts_signed(signed, top)),
-    }
+    return {name: mode.score(domain, top, signed) for name, mode in MODES.items()}
 
 
 def assemble_prediction(

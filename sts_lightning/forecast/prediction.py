@@ -19,14 +19,15 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-__all__ = ["DomainScore", "Prediction"]
+from sts_lightning.forecast.modes import MODES, PRIMARY, check_mode
 
-MODES = ("act", "icl", "notebook", "signed")
+__all__ = ["DomainScore", "Prediction"]
 
 
 @dataclass
 class DomainScore:
-    """STS of one domain in every mode, and the tokens behind it."""
+    """STS of one domain in every mode (a field per :data:`~.modes.MODES` entry), and the
+    tokens behind it."""
 
     act: float
     """Paper STS_act: mean over tokens of Σ_{j∈D} h_j."""
@@ -76,21 +77,18 @@ class Prediction:
     """Free-form provenance (model, SAE, training set)."""
 
     def scores(self, mode: str = "act") -> dict[str, float]:
-        """``{domain: score}`` in one of :data:`MODES`."""
-        if mode not in MODES:
-            raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
+        """``{domain: score}`` in one of :data:`~.modes.MODES`."""
+        check_mode("mode", mode)
         return {name: getattr(s, mode) for name, s in self.domains.items()}
 
     def table(self) -> str:
         """A fixed-width per-domain table with the training summary underneath."""
-        head = f"{'domain':<18}{'STS_act':>10}{'STS_ICL':>10}{'notebook':>10}{'signed':>10}"
+        head = f"{'domain':<18}" + "".join(f"{m.label:>10}" for m in MODES.values())
         lines = [head + f"{'tokens':>8}{'dropped':>8}", "-" * (len(head) + 16)]
         for name, s in self.domains.items():
-            icl = "n/a" if s.icl is None else f"{s.icl:.4g}"
-            lines.append(
-                f"{name:<18}{s.act:>10.4g}{icl:>10}{s.notebook:>10.4g}{s.signed:>10.4g}"
-                f"{s.n_tokens:>8}{s.n_dropped:>8}"
-            )
+            values = (getattr(s, mode) for mode in MODES)
+            cells = "".join("{:>10}".format("n/a" if v is None else f"{v:.4g}") for v in values)
+            lines.append(f"{name:<18}{cells}{s.n_tokens:>8}{s.n_dropped:>8}")
         q = self.quality
         lines.append(
             f"layer {self.layer}, k = {len(self.top_latents)}, "
@@ -180,18 +178,21 @@ class Prediction:
             ) from err
 
     def save_chart(self, path: str | os.PathLike) -> Path:
-        """A PNG bar chart of the per-domain scores (STS_act and, when present, STS_ICL)."""
+        """A PNG bar chart of the per-domain scores in each primary mode (STS_act and, when
+        present, STS_ICL)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         names = list(self.domains)
-        modes = ["act"] + (["icl"] if all(s.icl is not None for s in self.domains.values()) else [])
+        scores = self.domains.values()
+        modes = [m for m in PRIMARY if all(getattr(s, m) is not None for s in scores)]
         fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 0.4 * len(names) + 1.5))
-        for ax, mode in zip(axes if len(modes) > 1 else [axes], modes, strict=True):
+        colors = ("tab:blue", "tab:orange")
+        for ax, mode, color in zip(axes if len(modes) > 1 else [axes], modes, colors, strict=True):
             values = [getattr(self.domains[n], mode) for n in names]
-            ax.barh(names, values, color="tab:blue" if mode == "act" else "tab:orange")
+            ax.barh(names, values, color=color)
             ax.invert_yaxis()
             ax.set_title(f"STS_{mode} (layer {self.layer}, k = {len(self.top_latents)})")
         fig.tight_layout()

@@ -29,11 +29,9 @@ from torch import Tensor
 
 from sts_lightning.config import at_least, positive_int
 from sts_lightning.forecast.comparison import Comparison, ItemSums
+from sts_lightning.forecast.modes import RANK_MODES, check_mode
 
 __all__ = ["RANK_MODES", "Ranking", "bootstrap_scores", "rank_sets"]
-
-RANK_MODES = ("act", "icl", "notebook")
-"""Modes a ranking can use (non-negative scores, so a relative scale is meaningful)."""
 
 
 def bootstrap_scores(
@@ -60,8 +58,7 @@ def bootstrap_scores(
         ``(n_bootstrap, n_domains)`` float64, domains in ``domain_vectors``' order.
     """
     positive_int("n_bootstrap", n_bootstrap)
-    if mode not in RANK_MODES:
-        raise ValueError(f"`mode` must be one of {RANK_MODES}, got {mode!r}")
+    scoring = check_mode("mode", mode, RANK_MODES)
     n_items, n_cand = items.sum_sq.shape
     if n_cand < k:
         raise ValueError(f"`k`={k} exceeds the {n_cand} candidate latents kept per item")
@@ -76,7 +73,7 @@ def bootstrap_scores(
     top = torch.topk(delta, k, dim=1).indices  # (B, k), positions among the candidates
     vectors = torch.stack([v[mode][items.candidates].double() for v in domain_vectors.values()])
     picked = vectors[:, top]  # (n_domains, B, k)
-    scores = picked.mean(-1) if mode == "notebook" else picked.sum(-1)
+    scores = scoring.combine(picked)
     return scores.T.contiguous()
 
 
@@ -215,8 +212,7 @@ def rank_sets(
     at_least("separation", separation, 0.5, strict=True)
     if level >= 1 or separation >= 1:
         raise ValueError(f"`level` and `separation` must be < 1, got {level}, {separation}")
-    if mode not in RANK_MODES:
-        raise ValueError(f"`mode` must be one of {RANK_MODES}, got {mode!r}")
+    check_mode("mode", mode, RANK_MODES)
     doms = comparison.domains
     points, draws = _points_and_draws(comparison, mode, n_bootstrap, seed)
     scale = torch.stack(list(points.values())).mean(0)

@@ -29,7 +29,8 @@ from torch import Tensor
 from sts_lightning.config import check_fields, one_of, positive, positive_int
 from sts_lightning.data.prompts import Example, encode_example
 from sts_lightning.forecast.config import PredictConfig
-from sts_lightning.forecast.prediction import MODES, Prediction
+from sts_lightning.forecast.modes import MODES
+from sts_lightning.forecast.prediction import Prediction
 from sts_lightning.model.capture import iter_span_activations
 from sts_lightning.model.rows import keep_rows
 from sts_lightning.model.run_inputs import resolve_pad_id
@@ -82,7 +83,7 @@ class TrackerConfig:
     def __post_init__(self) -> None:
         check_fields(self, positive_int, "every_n_steps", "probe_tokens", "eval_tokens")
         one_of("eval_span", self.eval_span, EVAL_SPANS)
-        one_of("mode", self.mode, MODES)
+        one_of("mode", self.mode, tuple(MODES))
         positive("alarm_threshold", self.alarm_threshold, optional=True)
         check_fields(self, positive, "sae_max_fvu", "sae_max_dead")
 
