@@ -16,8 +16,8 @@ For each source task (its learned runs):
   (:func:`~sts_lightning.paired.paired_bootstrap_diff`). Pearson throughout, as Williams' test
   assumes.
 
-The pre-registered primary hypothesis is :data:`PRIMARY`: STS_act and STS_ICL correlate
-positively with |Δ| of the recipe's primary metric.
+The pre-registered primary hypothesis is :data:`~sts_lightning.forecast.modes.PRIMARY`: STS_act
+and STS_ICL correlate positively with |Δ| of the recipe's primary metric.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from sts_lightning.forecast.modes import PRIMARY, raw_twins
+from sts_lightning.forecast.modes import raw_twins
 from sts_lightning.paired import DomainItems, paired_bootstrap_diff, williams_test
 from sts_lightning.reliability import correlate_rows, noise_ceiling, spearman_brown
 from sts_lightning.reliability import split_half_reliability as split_half
 
-__all__ = ["CONTROLS", "PRIMARY", "RAW_TWIN", "measure_task", "realised_items"]
+__all__ = ["CONTROLS", "RAW_TWIN", "measure_task", "realised_items"]
 
 CONTROLS = ("repsim_sae", "repsim_resid", "base_loss")
 """Forecast-time controls an STS mode must beat."""
