@@ -82,11 +82,12 @@ def main() -> None:
     p.add_argument("--forecast", default=None, help="a `sts-lightning predict` output dir to reuse")
     args = p.parse_args()
 
-    from sts_lightning.forecast.job import load_job, resolve_sae
+    from sts_lightning.forecast.job import load_job
+    from sts_lightning.model.sae_source import resolve_run_sae
     from sts_lightning.model.loading import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer("embedded:smollm2")
-    sae = args.sae or resolve_sae(load_job("recipes/predict_arithmetic_smollm2.yaml"), model, tok)
+    sae = args.sae or resolve_run_sae(load_job("recipes/predict_arithmetic_smollm2.yaml"), model, tok)
     train = load_training_set("arithmetic", 256, seed=0)
     callback = STSCallback(
         sae,

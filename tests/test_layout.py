@@ -131,12 +131,17 @@ def _function_lengths(source: str) -> list[tuple[str, int]]:
     return out
 
 
+MAX_FILE_LINES = 500
+"""A guard against run-away files only: files are split where a concept ends, not at a count."""
+
+
 def test_files_and_functions_stay_small():
-    """Files of at most 300 lines, functions of at most 60 (docstrings aside)."""
+    """Files of at most 500 lines (a run-away guard), functions of at most 60 (docstrings
+    aside)."""
     too_long = []
     for name, path in package_modules().items():
         source = path.read_text()
-        if len(source.splitlines()) > 300:
+        if len(source.splitlines()) > MAX_FILE_LINES:
             too_long.append(f"{name}: {len(source.splitlines())} lines")
         too_long += [f"{name}.{f}: {n} lines" for f, n in _function_lengths(source) if n > 60]
     assert too_long == []

@@ -24,6 +24,7 @@ from sts_lightning.data.prompts import Example
 from sts_lightning.experiment.config import ExperimentConfig
 from sts_lightning.experiment.realised import compare, exact_match, score_choices
 from sts_lightning.model.precision import autocast, resolve_precision
+from sts_lightning.model.run_inputs import resolve_pad_id
 from sts_lightning.monitor.answer_scores import average_rotations
 
 __all__ = ["Evaluation", "choice_sets", "skill_items"]
@@ -111,7 +112,7 @@ class Evaluation:
         settings = job.evaluation
         score_kw = dict(
             layer=layer,
-            pad_token_id=tokenizer.pad_token_id,
+            pad_token_id=resolve_pad_id(tokenizer),
             exclude_token_ids=sorted(set(tokenizer.all_special_ids)),
             batch_size=settings.batch_size,
         )

@@ -38,6 +38,7 @@ from sts_lightning.experiment.forecast import (
 from sts_lightning.experiment.heldout import Evaluation
 from sts_lightning.experiment.memory import peak_rss_mb, release_memory, rss_mb
 from sts_lightning.experiment.task_probe import TaskLearning, split_stop_items, split_task_items
+from sts_lightning.forecast.modes import MODES
 from sts_lightning.model.device import resolve_device
 from sts_lightning.model.precision import resolve_precision
 
@@ -199,11 +200,10 @@ def _learned_stop(ctx: _Shared, task: str) -> list:
     return [LearnedStop(measure, stopping.base[task], ft.learned_margin, ft.check_every)]
 
 
-def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, stage: _Stages) -> dict:
-    """Forecast, fine-tune and measure one (task, seed); returns its record for the summary."""
-    from sts_lightning.experiment.finetune import finetune
-
-    job, tag, k, sae = ctx.job, f"{name} seed {seed}", ctx.job.predict.k, ctx.forecaster.sae
+def _forecast(ctx: _Shared, pool, seed: int, tag: str):
+    """Every forecast of one (task, seed): ``(task features, scores, score halves,
+    prediction)``; the first-order control's scores join STS's."""
+    job, k = ctx.job, ctx.job.predict.k
     tf = ctx.forecaster.task(pool, seed, ctx.contrast, desc=f"forecast {tag}")
     scores = score_domains(ctx.domain_stats, tf, k, job.raw_k)
     halves = [score_domains(h, tf, k, job.raw_k) for h in ctx.halves or ()]
@@ -214,28 +214,50 @@ def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, stage: _St
         for half, key in zip(halves, "ab", strict=False):
             for domain, row in fo_halves.get(key, {}).items():
                 half[domain].update(row)
-    max_norm = float(ctx.forecaster.max_norm)
     prediction = to_prediction(
-        ctx.domain_stats, tf, layer=ctx.forecaster.layer, k=k, max_norm=max_norm, config=job.predict
-    )
-    stage(f"forecast {tag}", "forecast")
+        ctx.domain_stats, tf, layer=ctx.forecaster.layer, k=k,
+        max_norm=float(ctx.forecaster.max_norm), config=job.predict,
+    )  # fmt: skip
+    return tf, scores, halves, prediction
 
+
+def _fit(ctx: _Shared, name: str, builtin: bool, pool, seed: int, prediction):
+    """Fine-tune one (task, seed) within its step budget: ``(model, tokenizer, tracker, steps,
+    budget, stop checks)``."""
+    from sts_lightning.experiment.finetune import finetune
+
+    job = ctx.job
     run_dir = Path(job.output_dir) / "runs" / f"{name}-seed{seed}"
     budget = job.finetune.steps_for(name)
     run_job = replace(job, finetune=replace(job.finetune, steps=budget, task_steps={}))
     stop = _learned_stop(ctx, name)
+    sae = ctx.forecaster.sae
     model, tokenizer, tracker = finetune(
         run_job, name, builtin, pool, seed, sae, prediction, ctx.scored, run_dir, stop
     )
     steps = budget if not stop or stop[0].stopped_at is None else stop[0].stopped_at
+    checks = [list(c) for c in stop[0].checks] if stop else []
+    model.to(ctx.device)  # Lightning hands the module back on the CPU after fit
+    return model, tokenizer, tracker, steps, budget, checks
+
+
+def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, stage: _Stages) -> dict:
+    """Forecast, fine-tune and measure one (task, seed); returns its record for the summary."""
+    job, tag, k, sae = ctx.job, f"{name} seed {seed}", ctx.job.predict.k, ctx.forecaster.sae
+    tf, scores, halves, prediction = _forecast(ctx, pool, seed, tag)
+    stage(f"forecast {tag}", "forecast")
+
+    model, tokenizer, tracker, steps, budget, checks = _fit(
+        ctx, name, builtin, pool, seed, prediction
+    )
     how = f"{job.finetune.method}, {steps} of {budget} steps"
     stage(f"fine-tuned {tag} ({how}{', learned early' if steps < budget else ''})", "finetune")
 
-    model.to(ctx.device)  # Lightning hands the module back on the CPU after fit
-    realised = ctx.evaluation.realised(model, sae, max_norm, seed)
+    realised = ctx.evaluation.realised(model, sae, float(ctx.forecaster.max_norm), seed)
     real_top = F.top_shifted(_final_shift(tracker, model, tokenizer, steps), k)
+    act = MODES["act"]
     for domain, row in realised.items():  # the paper's "actual shifted dimensions" variant
-        row["realised_sts"] = float(prediction.domain_means[domain][real_top].sum())
+        row["realised_sts"] = float(act.combine(prediction.domain_means[domain][real_top]))
     overlap = {"icl": float(F.overlap_at_k(prediction.top_latents, real_top))}
     if tf.contrast is not None:
         overlap["contrast"] = float(F.overlap_at_k(F.top_shifted(contrast_shift(tf), k), real_top))
@@ -251,7 +273,7 @@ def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, stage: _St
         "history": tracker.history,
         "steps": steps,
         "step_budget": budget,
-        "stop_checks": [list(c) for c in stop[0].checks] if stop else [],
+        "stop_checks": checks,
         "sae_quality": tf.stats.sae_quality(),
         "train_counts": tf.stats.counts,
     }
@@ -263,20 +285,12 @@ def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, stage: _St
     return record
 
 
-def run_experiment(job: ExperimentConfig) -> dict[str, Any]:
-    """Run the experiment the job describes, write its report, return the results dict."""
+def _task_inputs(job: ExperimentConfig) -> tuple[dict, dict, dict]:
+    """``(pools, problems, stops)``: each task's training pool (and whether it is built in),
+    its judged held-out problems and, with ``stop_when_learned``, its stop probe (each with
+    the task's checker)."""
     from sts_lightning.experiment.finetune import task_reward
-    from sts_lightning.experiment.report import write_report
-    from sts_lightning.experiment.summary import summarise_runs
 
-    per_run = ["forecast", "finetune", "evaluation"] * (len(job.tasks) * len(job.seeds))
-    shared = ["load_model", "sae", "domain_statistics"]
-    shared += ["first_order"] if job.first_order is not None else []
-    stage = _Stages([*shared, "evaluation", *per_run, "report"])
-    device = resolve_device(job.device)  # a bad device fails before anything loads
-    model, tokenizer, sae, layer = _load(job, device, stage)
-
-    scored, heldout = _domains(job)
     pools, problems, stops = {}, {}, {}
     ft = job.finetune
     for name, builtin, examples in (_task_pool(job, t) for t in job.tasks):
@@ -287,6 +301,21 @@ def run_experiment(job: ExperimentConfig) -> dict[str, Any]:
             stops[name] = (stop_items, reward)
         pools[name] = (builtin, pool)
         problems[name] = (held, reward)
+    return pools, problems, stops
+
+
+def _plan(job: ExperimentConfig) -> list[str]:
+    """The stage keys of a run, in order (the progress display's plan)."""
+    per_run = ["forecast", "finetune", "evaluation"] * (len(job.tasks) * len(job.seeds))
+    shared = ["load_model", "sae", "domain_statistics"]
+    shared += ["first_order"] if job.first_order is not None else []
+    return [*shared, "evaluation", *per_run, "report"]
+
+
+def _shared(job, device, model, tokenizer, sae, layer, stage: _Stages) -> tuple[_Shared, dict]:
+    """Everything computed once before the first fine-tune, and the task pools."""
+    scored, heldout = _domains(job)
+    pools, problems, stops = _task_inputs(job)
     contrast = None if job.contrast_task is None else _task_pool(job, job.contrast_task)[2][:512]
     forecaster = Forecaster(model, tokenizer, sae, layer, job.predict)
     # Once (task-independent), as two disjoint item halves merged: the halves give reliability.
@@ -306,24 +335,34 @@ def run_experiment(job: ExperimentConfig) -> dict[str, Any]:
     learning = TaskLearning.measure(model, tokenizer, problems, margin, batch, precision)
     stopping = TaskLearning.measure(model, tokenizer, stops, margin, batch, precision)
     stage("base model evaluated on the held-out items", "evaluation")
-
     ctx = _Shared(job, device, forecaster, domain_stats, scored, evaluation, contrast, learning)
     ctx.halves = None if halves[0] is None else tuple(halves)
     ctx.stopping = stopping if stops else None
     ctx.first_order = first_order
+    return ctx, pools
+
+
+def run_experiment(job: ExperimentConfig) -> dict[str, Any]:
+    """Run the experiment the job describes, write its report, return the results dict."""
+    from sts_lightning.experiment.report import write_report
+    from sts_lightning.experiment.summary import summarise_runs
+
+    stage = _Stages(_plan(job))
+    device = resolve_device(job.device)  # a bad device fails before anything loads
+    model, tokenizer, sae, layer = _load(job, device, stage)
+    ctx, pools = _shared(job, device, model, tokenizer, sae, layer, stage)
     runs = [
         _one_run(ctx, name, builtin, pool, seed, stage)
         for name, (builtin, pool) in pools.items()
         for seed in job.seeds
     ]
-    results = summarise_runs(
-        runs, k=job.predict.k, d_sae=forecaster.extractor.d_sae, n_bootstrap=job.n_bootstrap
-    )
+    d_sae = ctx.forecaster.extractor.d_sae
+    results = summarise_runs(runs, k=job.predict.k, d_sae=d_sae, n_bootstrap=job.n_bootstrap)
     results["config"] = asdict(job)
     results["timings"] = dict(stage.timings)
     results["timings"]["total"] = time.perf_counter() - stage.start  # up to the report
     results["timings"]["peak_rss_mb"] = peak_rss_mb()
-    results["domain_counts"] = {n: d.counts for n, d in domain_stats.items()}
+    results["domain_counts"] = {n: d.counts for n, d in ctx.domain_stats.items()}
     write_report(results, job.output_dir, wandb=job.wandb)
     stage(f"report written to {Path(job.output_dir) / 'report.md'}", "report")
     return results

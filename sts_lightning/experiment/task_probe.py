@@ -19,6 +19,7 @@ from sts_lightning.data.prompts import Example
 from sts_lightning.experiment.realised import exact_match, item_losses
 from sts_lightning.experiment.task_learning import LearnedMargin, is_learned, task_change
 from sts_lightning.model.precision import autocast
+from sts_lightning.model.run_inputs import resolve_pad_id
 
 __all__ = ["TaskLearning", "TaskProbe", "split_stop_items", "split_task_items"]
 
@@ -60,7 +61,7 @@ class TaskProbe:
         losses = item_losses(
             model,
             {"task": self.encoded},
-            pad_token_id=tokenizer.pad_token_id,
+            pad_token_id=resolve_pad_id(tokenizer),
             batch_size=batch_size,
         )["task"]
         correct: list[float] = []
