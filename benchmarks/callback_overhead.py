@@ -83,11 +83,12 @@ def main() -> None:
     args = p.parse_args()
 
     from sts_lightning.forecast.job import load_job
-    from sts_lightning.model.sae_source import resolve_run_sae
     from sts_lightning.model.loading import load_model_and_tokenizer
+    from sts_lightning.model.sae_source import resolve_run_sae
 
     model, tok = load_model_and_tokenizer("embedded:smollm2")
-    sae = args.sae or resolve_run_sae(load_job("recipes/predict_arithmetic_smollm2.yaml"), model, tok)
+    recipe = load_job("recipes/predict_arithmetic_smollm2.yaml")
+    sae = args.sae or resolve_run_sae(recipe, model, tok)
     train = load_training_set("arithmetic", 256, seed=0)
     callback = STSCallback(
         sae,
