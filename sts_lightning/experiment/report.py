@@ -26,6 +26,7 @@ from sts_lightning.experiment.report_measurement import (
     measurement_tables,
     sign_text,
 )
+from sts_lightning.experiment.report_specific import specificity_banner, specificity_tables
 from sts_lightning.forecast.modes import PRIMARY
 
 __all__ = ["write_report"]
@@ -231,6 +232,7 @@ def _tables(results: dict[str, Any]) -> list[Table]:
     timings = [[name, f"{v:.1f}"] for name, v in results["timings"].items()]
     return [
         *learning_table(results),
+        *specificity_tables(results),
         *correlations,
         *measurement_tables(results),
         *_cross_task_tables(results),
@@ -247,6 +249,7 @@ def _markdown(results: dict[str, Any], figures: dict[str, Path]) -> str:
     ft, ev = cfg["finetune"], cfg["evaluation"]
     lines = [
         "# STS crystal-ball experiment",
+        *specificity_banner(results),
         *measurement_banner(results),
         *learning_banner(results),
         "",

@@ -357,7 +357,10 @@ def run_experiment(job: ExperimentConfig) -> dict[str, Any]:
         for seed in job.seeds
     ]
     d_sae = ctx.forecaster.extractor.d_sae
-    results = summarise_runs(runs, k=job.predict.k, d_sae=d_sae, n_bootstrap=job.n_bootstrap)
+    results = summarise_runs(
+        runs, k=job.predict.k, d_sae=d_sae, n_bootstrap=job.n_bootstrap,
+        target_reliability=job.evaluation.target_reliability, labels=job.labels(),
+    )  # fmt: skip
     results["config"] = asdict(job)
     results["timings"] = dict(stage.timings)
     results["timings"]["total"] = time.perf_counter() - stage.start  # up to the report

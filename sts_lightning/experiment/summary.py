@@ -25,6 +25,7 @@ from sts_lightning.experiment.analysis import (
 from sts_lightning.experiment.measurement import measure_task
 from sts_lightning.experiment.rank_agreement import rank_agreement
 from sts_lightning.experiment.task_learning import learning_rows, split_learned
+from sts_lightning.experiment.task_specific import summarise_task_specific
 from sts_lightning.forecast.modes import MODES, contrast_modes
 
 __all__ = ["GROUPS", "PREDICTORS", "summarise_runs"]
@@ -34,6 +35,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "STS, task-specific ICL contrast": contrast_modes(),
     "baselines (forecast time)": ("raw_act", "raw_icl", "repsim_sae", "repsim_resid"),
     "control": ("base_loss",),
+    "first-order gradient control (forecast time)": ("first_order", "first_order_signed"),
     "references (need the fine-tuned model)": (
         "realised_sts",
         "post_shift_sae",
@@ -180,14 +182,24 @@ def _n_predictors(tables: dict[str, dict[str, dict[str, float]]]) -> int:
 
 
 def summarise_runs(
-    runs: list[dict[str, Any]], *, k: int, d_sae: int, n_bootstrap: int = 2000
+    runs: list[dict[str, Any]],
+    *,
+    k: int,
+    d_sae: int,
+    n_bootstrap: int = 2000,
+    target_reliability: float = 0.8,
+    labels: Any = None,
 ) -> dict[str, Any]:
     """The report's numbers from the runs (each a dict written by the experiment runner).
 
     Returns:
         ``{"runs", "tasks", "tables", "correlations", "partial", "cross_task", "sign",
         "overlap", "task_accuracy", "predictors", "rank_agreement", "task_learning",
-        "n_learned", "not_learned", "measurement", "n_predictors"}``; see ``docs/results.md``
+        "n_learned", "not_learned", "measurement", "n_predictors", "task_specificity",
+        "across_tasks", "set_ranking", "near_far"}`` (the last four from
+        :func:`~sts_lightning.experiment.task_specific.summarise_task_specific`, ``None`` where
+        they do not apply: fewer than 2 learned tasks, 3 for ``set_ranking``, no labels for
+        ``near_far``); see ``docs/results.md``
         for how to read them. ``tasks`` and every analysis cover the learned runs only;
         ``task_learning`` has a row per run.
     """
@@ -206,8 +218,17 @@ def summarise_runs(
             "before": rs[0]["task_accuracy"]["before"],
             "after": summarise([r["task_accuracy"]["after"] for r in rs]),
         }
+    forecast_time = [p for p in PREDICTORS if p not in _POST]
+    specific = summarise_task_specific(
+        by_task, tables, forecast_time, target_reliability=target_reliability, labels=labels,
+        n_bootstrap=n_bootstrap,
+    )  # fmt: skip
     return {
         "tasks": tasks,
+        "task_specificity": specific.get("task_specificity"),
+        "across_tasks": specific.get("across_tasks"),
+        "set_ranking": specific.get("set_ranking"),
+        "near_far": specific.get("near_far"),
         "predictors": {g: [p for p in ps] for g, ps in GROUPS.items()},
         "k": k,
         "d_sae": d_sae,
