@@ -23,8 +23,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
 from sts_lightning.config import positive_int
-from sts_lightning.data.examples import DomainSpec, as_examples
+from sts_lightning.data.examples import DomainSpec
 from sts_lightning.data.prompts import Example
+from sts_lightning.data.row_reader import as_examples, dataset_examples, has_row_format
 from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.forecast.prediction import Prediction
 from sts_lightning.monitor.guard import MonitorGuard
@@ -44,8 +45,9 @@ class STSCallback(Callback):
         domains: Built-in domain names (scored on their "score" half, deltas on "heldout"), or
             ``{name: examples or texts}`` (first half scored, second half held out).
         train_examples: The fine-tuning data for the ICL forecast and the probe; ``None`` takes
-            up to ``max_train_examples`` from the train dataloader (dicts with "prompt" and
-            "answer", or Examples).
+            up to ``max_train_examples`` from the train dataloader's dataset (Examples, or rows
+            in any TRL format, read as the HF callback reads its ``train_dataset``:
+            :mod:`sts_lightning.data.row_reader`).
         layer: Decoder layer; ``None`` keeps ``predict_config.layer`` (whose ``None`` reads it
             from the SAE's metadata).
         k: Size of the shifted-latent set; ``None`` keeps ``predict_config.k`` (100 by default).
@@ -228,15 +230,12 @@ class STSCallback(Callback):
         rows = []
         for item in (dataset[i] for i in range(n)):  # a packed row lists its examples
             rows += item.get("examples", [item]) if isinstance(item, Mapping) else [item]
-        # Items of other kinds (token ids, tensors) are skipped: only prompt/answer pairs serve.
-        items = as_examples([x for x in rows[: self.max_train_examples] if _is_example_like(x)])
-        if len(items) < self._predict_config.n_demos + 1:
+        # Items of other kinds (token ids, tensors) are skipped; the rest are read as the HF
+        # callback reads its `train_dataset` (a conversation with earlier turns is refused).
+        rows = [x for x in rows if has_row_format(x)][: self.max_train_examples]
+        if len(rows) < self._predict_config.n_demos + 1:
             raise ValueError(
                 "STSCallback found no prompt/answer items in the train dataloader's "
                 "dataset: pass `train_examples=`"
             )
-        return items
-
-
-def _is_example_like(item: Any) -> bool:
-    return isinstance(item, Example) or (isinstance(item, Mapping) and "prompt" in item)
+        return dataset_examples(rows, caller="STSCallback", argument="train dataloader's dataset")

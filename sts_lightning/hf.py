@@ -8,7 +8,7 @@ the trainer::
 
 Metrics go through ``trainer.log``: ``report_to`` integrations (W&B, TensorBoard…) receive them
 and they land in ``state.log_history``. ``train_examples`` default to the trainer's
-``train_dataset`` in any TRL format (:func:`~sts_lightning.data.examples.examples_from_rows`).
+``train_dataset`` in any TRL format (:mod:`~sts_lightning.data.row_reader`, the one row reader).
 
 Resuming (``TrainingArguments(restore_callback_states_from_checkpoint=True)``): HF rebuilds the
 callback from the JSON it saved (:meth:`STSTrainerCallback.state`) and drops the one you
@@ -32,7 +32,8 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from sts_lightning.config import positive_int
-from sts_lightning.data.examples import as_examples, examples_from_rows, examples_to_json
+from sts_lightning.data.examples import examples_to_json
+from sts_lightning.data.row_reader import as_examples, dataset_examples
 from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.forecast.prediction import Prediction
 from sts_lightning.monitor.guard import MonitorGuard
@@ -205,15 +206,13 @@ class STSTrainerCallback(TrainerCallback, ExportableState):
         dataset = dataset if dataset is not None else getattr(loader, "dataset", None)
         if dataset is None:
             raise ValueError("STSTrainerCallback found no `train_dataset`: pass `train_examples=`")
-        try:
-            return examples_from_rows(
-                dataset,
-                argument="train_dataset",
-                eos_token=getattr(tokenizer, "eos_token", None),
-                limit=self.max_train_examples,
-            )
-        except ValueError as err:
-            raise ValueError(f"{err}; or pass `train_examples=` to STSTrainerCallback") from err
+        return dataset_examples(
+            dataset,
+            caller="STSTrainerCallback",
+            argument="train_dataset",
+            eos_token=getattr(tokenizer, "eos_token", None),
+            limit=self.max_train_examples,
+        )
 
     def _measure(self, state, control, model, tokenizer) -> None:
         metrics, alarms = self.tracker.measure(model, tokenizer, state.global_step)

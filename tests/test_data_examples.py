@@ -1,18 +1,14 @@
-"""The example and domain rules both STS callbacks share (sts_lightning.data.examples)."""
+"""The example and domain rules both STS callbacks share (sts_lightning.data.examples and
+sts_lightning.data.row_reader)."""
 
 from __future__ import annotations
 
 import pytest
 
 from sts_lightning.data.domains import load_domain
-from sts_lightning.data.examples import (
-    as_examples,
-    example_from_row,
-    examples_from_rows,
-    examples_to_json,
-    resolve_domains,
-)
+from sts_lightning.data.examples import examples_to_json, resolve_domains
 from sts_lightning.data.prompts import Example
+from sts_lightning.data.row_reader import as_examples, example_from_row, examples_from_rows
 
 
 def test_as_examples_takes_examples_texts_and_dicts_in_order():

@@ -126,7 +126,10 @@ def test_our_rewards_score_conversational_completions():
     assert format_reward(prompts, chat) == [1.0, 0.0]
 
 
-def test_trl_rewards_run_through_the_prompt_data_module(tiny_llama, tiny_tokenizer, tmp_path):
+@pytest.mark.parametrize("columns", [{"answer_column": None}, {}], ids=["no-answer", "default"])
+def test_trl_rewards_run_through_the_prompt_data_module(
+    tiny_llama, tiny_tokenizer, tmp_path, columns
+):
     from trl.rewards import accuracy_reward, think_format_reward
 
     from sts_lightning.training.data import PromptDataModule
@@ -142,8 +145,9 @@ def test_trl_rewards_run_through_the_prompt_data_module(tiny_llama, tiny_tokeniz
         calls.append((prompts, completions, solution))
         return [0.0] * len(completions)
 
-    # TRL's prompt-only format: no answer column, `solution` passed through by its name.
-    data = PromptDataModule(str(path), train_size=None, answer_column=None, batch_size=2)
+    # TRL's prompt-only format: no answer column, `solution` passed through by its name; it
+    # loads as it is with the default `answer_column` too.
+    data = PromptDataModule(str(path), train_size=None, batch_size=2, **columns)
     trainer = fit_chat(
         tiny_llama, tiny_tokenizer, [accuracy_reward, think_format_reward, spy], data=data
     )

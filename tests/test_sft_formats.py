@@ -14,6 +14,7 @@ import pytest
 
 from sts_lightning.data.batching import tokenize_sft
 from sts_lightning.data.chat_masks import assistant_mask, chat_ids
+from sts_lightning.data.row_reader import examples_from_rows
 from sts_lightning.data.sft_format import SFTFormat, tokenize_rows
 from sts_lightning.data.sources import load_rows
 from sts_lightning.training.data import SFTDataModule
@@ -233,7 +234,8 @@ def test_bad_settings_name_the_argument(tiny_tokenizer):
 
 def test_data_module_reads_multi_turn_files(tiny_tokenizer, tmp_path):
     """A JSON-lines file of multi-turn conversations trains on every assistant turn; the
-    first exchange rides along for callbacks that read examples from the dataset."""
+    conversation rides along, so that callbacks reading examples from the dataset refuse it
+    as the one row reader does everywhere (an Example has no place for earlier turns)."""
     rows = [
         {
             "messages": [
@@ -253,8 +255,16 @@ def test_data_module_reads_multi_turn_files(tiny_tokenizer, tmp_path):
     data.setup("fit")
     for item in data.train_dataset:
         trained = [t for t in item["labels"] if t != -100]
-        assert tiny_tokenizer.decode(trained) == f"{item['answer']}{END}\nYes.{END}\n"
-    assert sorted(x["prompt"] for x in data.train_dataset) == ["0 + 1?", "1 + 1?", "2 + 1?"]
+        answer = item["messages"][1]["content"]
+        assert tiny_tokenizer.decode(trained) == f"{answer}{END}\nYes.{END}\n"
+    assert sorted(x["messages"][0]["content"] for x in data.train_dataset) == [
+        "0 + 1?",
+        "1 + 1?",
+        "2 + 1?",
+    ]
+    assert all("prompt" not in x for x in data.train_dataset)
+    with pytest.raises(ValueError, match=r"row 0 field 'messages'.*earlier turns"):
+        examples_from_rows(data.train_dataset)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"input": "x"}) + "\n")
     with pytest.raises(ValueError, match=r"row 0 of `train`: expected .*\['input'\]"):

@@ -131,7 +131,7 @@ def test_data_modules_take_chat_rows(tiny_tokenizer):
 
 
 def test_prompt_data_module_keeps_conversational_prompts(tmp_path):
-    from sts_lightning.data.examples import as_examples
+    from sts_lightning.data.row_reader import as_examples
 
     system = {"role": "system", "content": "Be brief."}
     rows = [
@@ -150,7 +150,7 @@ def test_prompt_data_module_keeps_conversational_prompts(tmp_path):
         (i, str(i + 1)) for i in range(4)
     ]
     assert next(iter(data.val_dataloader()[0]))["prompt"] == [r["prompt"] for r in rows[:2]]
-    # The STS callback's examples: the last user turn is the prompt.
+    # Explicit items (`train_examples=`, as_examples): the last user turn is the prompt.
     assert as_examples(data.train_rows[:1])[0].prompt in {f"{i} + 1?" for i in range(4)}
     plain = PromptDataModule([{"prompt": "2 + 2?", "answer": "4"}], train_size=None)
     plain.setup("fit")

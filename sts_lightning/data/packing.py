@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sts_lightning.config import positive_int
+from sts_lightning.data.row_reader import ROW_COLUMNS
 
 __all__ = ["pack_sequences"]
 
@@ -55,8 +56,9 @@ def pack_sequences(items: Sequence[dict[str, Any]], max_length: int) -> list[dic
     Returns:
         ``{"input_ids", "labels", "position_ids", "seq_lengths"}`` per row (``position_ids``
         restart at 0 at each example, whose first label becomes ``-100``), and ``examples``:
-        the ``{"prompt", "answer"?}`` of its examples that have them (for callbacks that read
-        training examples from the dataset).
+        the ``{"prompt", "answer"?}`` (or other :data:`~sts_lightning.data.row_reader.ROW_COLUMNS`)
+        of its examples that have them (for callbacks that read training examples from the
+        dataset).
 
     Raises:
         ValueError: An example longer than ``max_length``.
@@ -83,8 +85,8 @@ def pack_sequences(items: Sequence[dict[str, Any]], max_length: int) -> list[dic
             row["labels"] += [-100, *items[i]["labels"][1:]]  # nothing predicts a first token
             row["position_ids"] += range(lengths[i])
             row["seq_lengths"].append(lengths[i])
-            if "prompt" in items[i]:
-                text = {k: items[i][k] for k in ("prompt", "answer") if k in items[i]}
+            text = {k: items[i][k] for k in ROW_COLUMNS if k in items[i]}
+            if text:
                 row.setdefault("examples", []).append(text)
         rows.append(row)
     return rows

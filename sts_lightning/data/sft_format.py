@@ -35,8 +35,9 @@ from typing import Any
 
 from sts_lightning.config import at_least, positive_int
 from sts_lightning.data.chat_masks import assistant_mask, chat_ids, common_prefix_length
-from sts_lightning.data.examples import example_from_row
 from sts_lightning.data.prompts import Example, encode_example
+from sts_lightning.data.row_reader import example_fields, example_from_row
+from sts_lightning.data.row_reader import row_format as read_format
 
 __all__ = ["SFTFormat", "encode_row", "row_format", "tokenize_rows"]
 
@@ -82,36 +83,20 @@ class SFTFormat:
 
 
 def row_format(row: Any, fmt: SFTFormat, where: str = "row") -> str:
-    """``"pair"``, ``"messages"``, ``"prompt_completion"`` or ``"text"``: the format of ``row``.
-
-    Raises:
-        ValueError: A row in none of the formats (its columns and the expected ones named).
+    """The format of ``row`` with ``fmt``'s columns
+    (:func:`~sts_lightning.data.row_reader.row_format`).
 
     Example:
         >>> row_format({"prompt": "2+2?", "completion": " 4"}, SFTFormat())
         'prompt_completion'
     """
-    if not isinstance(row, Mapping):
-        raise ValueError(f"{where}: expected a dict, got {type(row).__name__}")
-    if fmt.prompt_column in row and fmt.answer_column in row:
-        return "pair"
-    if "messages" in row:
-        return "messages"
-    if "prompt" in row and "completion" in row:
-        return "prompt_completion"
-    if fmt.dataset_text_field in row:
-        return "text"
-    expected = (
-        f"'messages' (conversational), 'prompt' + 'completion', {fmt.dataset_text_field!r} "
-        f"(`dataset_text_field`) or {fmt.prompt_column!r} + {fmt.answer_column!r} "
-        "(`prompt_column` + `answer_column`)"
+    return read_format(
+        row,
+        prompt_column=fmt.prompt_column,
+        answer_column=fmt.answer_column,
+        text_field=fmt.dataset_text_field,
+        where=where,
     )
-    if fmt.prompt_column in row:
-        raise ValueError(
-            f"{where} has no answer: SFT needs a completion or an answer; expected {expected}, "
-            f"got the columns {sorted(row)}"
-        )
-    raise ValueError(f"{where}: expected the columns {expected}, got the columns {sorted(row)}")
 
 
 def _messages(value: Any, where: str) -> list:
@@ -222,18 +207,12 @@ def encode_row(tokenizer, row: Mapping[str, Any], fmt: SFTFormat, where: str = "
     return ids, mask
 
 
-def _first_exchange(messages: list) -> dict[str, Any]:
-    """The first user turn and the assistant turn answering it, as a one-exchange row."""
-    roles = [m.get("role") for m in messages]
-    user = roles.index("user") if "user" in roles else len(roles)
-    turns = messages[user : user + 2]
-    return {"prompt": turns[:1], "completion": turns[1:2]} if len(turns) == 2 else {}
+def _example(row: Mapping[str, Any], fmt: SFTFormat) -> dict[str, Any]:
+    """What a tokenized item carries of its row
+    (:func:`~sts_lightning.data.row_reader.example_fields`).
 
-
-def _example(row: Mapping[str, Any], fmt: SFTFormat) -> dict[str, str]:
-    """``{"prompt", "answer"?}`` of a row (a conversation's first exchange), else ``{}``.
-
-    Callbacks that read training examples from the dataset (the STS forecast) take these.
+    Callbacks that read training examples from the dataset (the STS forecast) read these with
+    the one row reader, so a conversation with earlier turns is refused there as everywhere.
     """
     kind = row_format(row, fmt)
     try:
@@ -241,14 +220,13 @@ def _example(row: Mapping[str, Any], fmt: SFTFormat) -> dict[str, str]:
             example = _pair_example(row, fmt, "row")
         elif kind == "text":
             example = Example(row[fmt.dataset_text_field])
-        elif kind == "messages":
-            example = example_from_row(_first_exchange(row["messages"]))
         else:
             example = example_from_row(row)
     except ValueError:  # a prompt with earlier turns, no user turn, non-text content...
-        return {}
-    answer = {} if example.answer is None else {"answer": example.answer}
-    return {"prompt": example.prompt} | answer
+        if kind == "pair":
+            row = {"prompt": row[fmt.prompt_column], "answer": row[fmt.answer_column]}
+        return example_fields(row, None)
+    return example_fields(row, example)
 
 
 def tokenize_rows(
@@ -258,7 +236,9 @@ def tokenize_rows(
 
     ``labels`` is ``input_ids`` where the token carries loss and ``-100`` elsewhere (unshifted).
     A row that truncation leaves without a trained token (position 0 is never predicted) is
-    dropped with a warning. ``prompt`` / ``answer`` come along when the row is one exchange.
+    dropped with a warning. ``prompt`` / ``answer`` come along when the row is one exchange,
+    the row's format columns when it is not
+    (:func:`~sts_lightning.data.row_reader.example_fields`).
 
     Raises:
         ValueError: No rows, a row in no format (see :func:`encode_row`), or ``max_length``

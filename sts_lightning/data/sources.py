@@ -12,7 +12,7 @@ A source is:
 - an in-memory list of :class:`~sts_lightning.data.prompts.Example` or of dicts.
 
 Each row may be in any of TRL's dataset formats (read by
-:func:`~sts_lightning.data.examples.example_from_row`): ``{"prompt", "answer"?}``,
+:mod:`~sts_lightning.data.row_reader`, the one row reader): ``{"prompt", "answer"?}``,
 ``{"prompt", "completion"?}`` with plain strings or conversational message lists
 (``[{"role": "user", "content": ...}]``), ``{"messages"}`` (one user turn and the assistant's
 answer) or ``{"text"}``. ``prompt_column`` / ``answer_column`` name the prompt and answer
@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from sts_lightning.data.domains import TRAINING_SETS, load_training_set
-from sts_lightning.data.examples import example_from_row
 from sts_lightning.data.prompts import Example
+from sts_lightning.data.row_reader import conversational_prompt, example_from_columns
 
 __all__ = ["is_hf_source", "load_rows", "read_examples"]
 
@@ -103,82 +103,9 @@ def read_examples(path: str | Path) -> list[Example]:
             of the wrong shape (file, line and field named).
     """
     return [
-        _example(row, f"{path}:{i}", "prompt", "answer", answer_required=False)
+        example_from_columns(row, f"{path}:{i}", "prompt", "answer", answer_required=False)
         for i, row in _json_objects(path)
     ]
-
-
-# TRL's conversational columns; `completion` is also where `answer_column="answer"` falls back.
-_CHAT_COLUMNS = ("messages", "text")
-
-
-def _value(row: Mapping[str, Any], column: str, where: str, arg: str) -> Any:
-    """``row[column]`` when it is a text or a message list (numbers become their decimal text)."""
-    value = row[column]
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if value is None or isinstance(value, (str, list)):
-        return value
-    raise ValueError(
-        f"{where}: column {column!r} (`{arg}`) must be a string or a list of "
-        f"{{'role', 'content'}} messages, got {type(value).__name__} {_clip(value)}"
-    )
-
-
-def _example(
-    row: Mapping[str, Any],
-    where: str,
-    prompt_column: str,
-    answer_column: str | None,
-    *,
-    answer_required: bool = True,
-) -> Example:
-    """The :class:`Example` of one row: its named columns, else TRL's ``messages`` / ``text``.
-
-    ``answer_required=False``: a row without ``answer_column`` is a prompt without answer.
-    """
-    if prompt_column in row:
-        answer = None
-        if answer_column is not None:
-            column = answer_column
-            if column not in row and column == "answer" and "completion" in row:
-                column = "completion"  # TRL's prompt/completion format
-            if column not in row and answer_required:
-                raise ValueError(
-                    f"`answer_column`={answer_column!r} is not a column of {where} (it has "
-                    f"the columns {sorted(row)}); set `answer_column` to one of them"
-                )
-            answer = _value(row, column, where, "answer_column") if column in row else None
-        prompt = _value(row, prompt_column, where, "prompt_column")
-        return example_from_row({"prompt": prompt, "completion": answer}, where=where)
-    if any(c in row for c in _CHAT_COLUMNS):
-        return example_from_row(row, where=where)
-    raise ValueError(
-        f"`prompt_column`={prompt_column!r} is not a column of {where}: expected a JSON object "
-        f"with a {prompt_column!r} (plain or conversational), 'messages' or 'text', got the "
-        f"columns {sorted(row)}; set `prompt_column` to one of them"
-    )
-
-
-def _clip(value: Any, n: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= n else text[: n - 3] + "..."
-
-
-def _chat_prompt(row: Mapping[str, Any], column: str, where: str) -> list[dict] | None:
-    """A conversational ``row[column]`` as its checked messages; ``None`` for anything else."""
-    prompt = row.get(column)
-    if not (isinstance(prompt, list) and prompt and isinstance(prompt[0], Mapping)):
-        return None
-    for i, m in enumerate(prompt):
-        if not (isinstance(m, Mapping) and isinstance(m.get("content"), str) and "role" in m):
-            raise ValueError(
-                f"{where}: column {column!r} (`prompt_column`) message {i} must be a "
-                f"{{'role', 'content'}} dict with text content, got {_clip(m)}"
-            )
-    if not any(m["role"] == "user" for m in prompt):
-        raise ValueError(f"{where}: column {column!r} (`prompt_column`) has no user turn")
-    return [dict(m) for m in prompt]
 
 
 def _rename(
@@ -186,15 +113,18 @@ def _rename(
     prompt_column: str,
     answer_column: str | None,
     keep_conversational: bool = False,
+    answer_required: bool = True,
 ) -> list[dict[str, Any]]:
     """Rows ``{"prompt", "answer"?, **others}`` of ``(where, row)``; format columns dropped."""
-    used = {prompt_column, answer_column, "completion", *_CHAT_COLUMNS}
+    used = {prompt_column, answer_column, "completion", "messages", "text"}
     rows = []
     for where, row in raw:
-        chat = _chat_prompt(row, prompt_column, where) if keep_conversational else None
+        chat = conversational_prompt(row, prompt_column, where) if keep_conversational else None
         if chat is not None:  # the answer is read as for the last user turn alone
             row = {**row, prompt_column: [[m for m in chat if m["role"] == "user"][-1]]}
-        example = _example(row, where, prompt_column, answer_column)
+        example = example_from_columns(
+            row, where, prompt_column, answer_column, answer_required=answer_required
+        )
         out = {k: v for k, v in row.items() if k not in used}
         out["prompt"] = example.prompt if chat is None else chat
         if example.answer is not None:
@@ -216,6 +146,7 @@ def load_rows(
     argument: str = "train",
     keep_format: bool = False,
     keep_conversational: bool = False,
+    answer_required: bool = True,
 ) -> list[dict[str, Any]]:
     """Rows ``{"prompt", "answer", **other_columns}`` of a source (see the module docstring).
 
@@ -236,6 +167,8 @@ def load_rows(
             and :class:`Example` items still become ``{"prompt", "answer"}``.
         keep_conversational: Keep a conversational prompt as its message list (TRL's GRPO
             prompts; system and earlier turns kept); ``False``: its last user turn's text.
+        answer_required: A row without ``answer_column`` is an error; ``False``: a prompt
+            without answer (TRL's prompt-only format, other columns kept).
 
     Returns:
         The rows; built-in sets also carry ``"task"`` (the set name, for reward functions).
@@ -265,7 +198,7 @@ def load_rows(
             raw = [
                 (f"dataset {source!r} (split {split!r}) row {i}", r) for i, r in enumerate(loaded)
             ]
-        columns = (prompt_column, answer_column, keep_conversational)
+        columns = (prompt_column, answer_column, keep_conversational, answer_required)
         rows = [dict(r) for _, r in raw] if keep_format else _rename(raw, *columns)
     elif isinstance(source, Sequence):
         rows = []
@@ -275,7 +208,7 @@ def load_rows(
                 keep = item.answer is not None and answer_column is not None
                 rows.append({"prompt": item.prompt, **({"answer": item.answer} if keep else {})})
             elif isinstance(item, Mapping):
-                columns = (prompt_column, answer_column, keep_conversational)
+                columns = (prompt_column, answer_column, keep_conversational, answer_required)
                 rows += [dict(item)] if keep_format else _rename([(where, item)], *columns)
             else:
                 raise TypeError(f"{where} must be an Example or a dict, got {type(item)}")

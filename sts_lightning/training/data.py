@@ -198,7 +198,9 @@ class PromptDataModule(SourceDataModule):
         data_files: ``datasets`` ``data_files`` of ``train``.
         prompt_column: Column of the prompt (text or TRL's conversational message list).
         answer_column: Column of the reference answer (default ``answer``, else TRL's
-            ``completion``); ``None`` for prompts without one.
+            ``completion``); a row without it is a prompt without answer (TRL's prompt-only
+            format: ``prompt`` and, say, ``solution``, which reaches the reward functions by
+            its name). ``None``: never read an answer.
         val_domains: Built-in domains (their ``"heldout"`` half), one validation loader each.
         val_files: ``{name: .jsonl file}``, one validation loader each.
         val_size: Rows per validation loader (at most).
@@ -210,6 +212,7 @@ class PromptDataModule(SourceDataModule):
     """
 
     _keep_conversational = True
+    _answer_required = False  # TRL's prompt-only format: `prompt` and, say, `solution` load as is
 
     def setup(self, stage: str | None = None) -> None:
         self._read_rows()

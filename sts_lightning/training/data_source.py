@@ -34,6 +34,7 @@ class SourceDataModule(LightningDataModule):
 
     _keep_format = False  # rows as read (SFT), not {"prompt", "answer"} (GRPO)
     _keep_conversational = False  # conversational prompts as message lists (GRPO), not text
+    _answer_required = True  # a row without `answer_column` is an error, not a bare prompt
 
     def __init__(
         self,
@@ -95,6 +96,7 @@ class SourceDataModule(LightningDataModule):
             argument=argument,
             keep_format=self._keep_format,
             keep_conversational=self._keep_conversational,
+            answer_required=self._answer_required,
         )
         # A batch's first prompt tells GRPO whether completions are text or messages.
         if len({isinstance(row.get("prompt"), list) for row in rows}) > 1:
