@@ -63,7 +63,7 @@ BEFORE = (
 def _experiment(args, variant: str = "released") -> dict:
     """Run a small experiment; record each stage's peak and the resident size after each run."""
     import sts_lightning.experiment.run as run
-    from sts_lightning.experiment.cli import load_experiment
+    from sts_lightning.cli.experiment import load_experiment
 
     if args.gc_only:  # what the runner did before: collect, keep the pages
         import gc
@@ -113,8 +113,8 @@ _REAL = (
 
 def _extraction(args, n_tokens: int) -> dict:
     """Peak resident size of one domain pass over ``n_tokens`` tokens, above the loaded model."""
+    from sts_lightning.cli.experiment import load_experiment
     from sts_lightning.data.domains import load_training_set
-    from sts_lightning.experiment.cli import load_experiment
     from sts_lightning.experiment.forecast import Forecaster
     from sts_lightning.experiment.memory import release_memory
     from sts_lightning.model.loading import default_cache_dir, load_model_and_tokenizer

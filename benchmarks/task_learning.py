@@ -87,7 +87,7 @@ def measure(job, task: str, seed: int = 0) -> dict:
 
 
 def main() -> None:
-    from sts_lightning.experiment.cli import load_experiment
+    from sts_lightning.cli.experiment import load_experiment
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="recipes/experiment_smollm2.yaml")

@@ -124,7 +124,7 @@ def test_missing_recipe_file_is_named(tmp_path, capsys):
 
 
 def test_lightning_recipe_malformed_yaml(tmp_path, capsys):
-    from sts_lightning.training.cli import parse_config
+    from sts_lightning.cli.fit import parse_config
 
     recipe = tmp_path / "fit.yaml"
     recipe.write_text("trainer:\n  max_steps: [3\n")

@@ -125,7 +125,7 @@ def test_each_log_line_printed_once(tmp_path):
     script = tmp_path / "log_once.py"
     script.write_text(
         "import logging, lightning.pytorch\n"
-        "from sts_lightning import cli\n"
+        "from sts_lightning.cli import entry as cli\n"
         "def fake(argv):\n"
         "    logging.getLogger('lightning.pytorch.trainer').info('GPU available: False')\n"
         "    logging.getLogger('sts_lightning.forecast').info('forecast done')\n"

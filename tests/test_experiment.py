@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as sps
 
 from sts_lightning.cli import main
-from sts_lightning.experiment.cli import load_experiment
+from sts_lightning.cli.experiment import load_experiment
 from sts_lightning.experiment.summary import PREDICTORS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from sts_lightning.experiment.cli import load_experiment
+from sts_lightning.cli.experiment import load_experiment
 from sts_lightning.experiment.config import ExperimentConfig
 from sts_lightning.experiment.finetune import _loggers
 

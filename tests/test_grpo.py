@@ -247,7 +247,7 @@ def test_ddp_on_two_cpu_processes(tiny_llama, tiny_tokenizer, tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_recipe_runs_two_steps(tmp_path, monkeypatch):
-    from sts_lightning.training.cli import run
+    from sts_lightning.cli.fit import run
 
     monkeypatch.chdir(tmp_path)
     recipe = ROOT / "recipes" / "grpo_arithmetic_smollm2.yaml"
@@ -262,7 +262,7 @@ def test_smollm2_recipe_runs_two_steps(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("grpo_*.yaml")), ids=str)
 def test_recipes_parse(recipe):
-    from sts_lightning.training.cli import parse_config
+    from sts_lightning.cli.fit import parse_config
 
     cfg = parse_config(["--config", str(recipe)])
     assert cfg.model.class_path == "sts_lightning.training.grpo.GRPOModule"
@@ -274,7 +274,7 @@ def test_gpu_recipe_runs_on_cpu_with_the_tiny_model(
 ):
     """Everything in the 7B recipe but the model, the GPU and the dataset: LoRA, the KL to the
     adapter-off model, bf16-mixed, micro-batches, truncation masking, validation, loggers."""
-    from sts_lightning.training.cli import run
+    from sts_lightning.cli.fit import run
 
     tiny_llama.save_pretrained(tmp_path / "model")
     tiny_tokenizer.save_pretrained(tmp_path / "model")

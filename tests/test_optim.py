@@ -14,9 +14,9 @@ import torch
 import yaml
 from lightning.pytorch import Callback, Trainer
 
+from sts_lightning.cli.fit import build_cli
 from sts_lightning.model import loading
 from sts_lightning.training import optim
-from sts_lightning.training.cli import build_cli
 from sts_lightning.training.data import SFTDataModule
 from sts_lightning.training.sft import SFTModule
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from lightning.pytorch import Trainer
 
+from sts_lightning.cli.fit import build_cli, parse_config
 from sts_lightning.model import loading as embedded
-from sts_lightning.training.cli import build_cli, parse_config
 from sts_lightning.training.grpo import GRPOModule
 from sts_lightning.training.sft import SFTModule
 

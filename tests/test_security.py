@@ -231,7 +231,7 @@ def test_no_secret_in_any_written_file(tmp_path, monkeypatch, tiny_llama, tiny_t
 def test_cli_resumes_with_weights_only_unless_told_otherwise(monkeypatch, tmp_path):
     from lightning.pytorch import Trainer
 
-    from sts_lightning.training.cli import run
+    from sts_lightning.cli.fit import run
 
     seen = []
 

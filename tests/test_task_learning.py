@@ -204,7 +204,7 @@ def test_report_says_at_the_top_when_no_run_learned(tmp_path):
 def test_smollm2_recipes_fix_the_rule_and_train_three_kinds_of_task(name):
     from pathlib import Path
 
-    from sts_lightning.experiment.cli import load_experiment
+    from sts_lightning.cli.experiment import load_experiment
 
     job = load_experiment(Path(__file__).resolve().parents[1] / "recipes" / name)
     assert job.tasks == ["arithmetic", "family", "mmlu_qa"]

@@ -105,5 +105,8 @@ def safe_loading(argv: Sequence[str]) -> list[str]:
 
 def run(argv: list[str]) -> int:
     """Entry point of ``sts-lightning fit|validate ...``; returns the exit status."""
+    from sts_lightning.forecast.recipe import enable_field_docs
+
+    enable_field_docs()
     build_cli(safe_loading(argv))
     return 0
