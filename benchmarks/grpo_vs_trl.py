@@ -1,14 +1,18 @@
 """GRPO half of ``benchmarks/sft_vs_trl.py``: ``GRPOModule`` against TRL's ``GRPOTrainer``.
 
 Same checkpoint, prompts, reward function (our ``accuracy_reward``, which both call with TRL's
-signature), group size, completion budget, learning rate and AdamW; TRL with ``bf16=False``,
-``gradient_checkpointing=False`` and ``beta=0`` (its default, ours too), so neither side keeps a
-reference model. A step is one rollout (``B`` prompts × ``G`` completions), the loss and one
-optimizer step on both sides (``num_iterations=1``; TRL's ``per_device_train_batch_size`` counts
-completions, so it is ``B * G``). Sampling is random on both sides, so completion lengths differ
-between runs; the tiny random model rarely stops before the budget, SmolLM2 often does.
+signature), group size, completion budget, learning rate and AdamW, and ``beta=0`` (TRL's
+default, ours too), so neither side keeps a reference model. Both sides run in fp32 and, where
+the CPU has native bf16, under bf16 autocast (``precision="bf16-mixed"`` / ``bf16=True``); TRL
+without gradient checkpointing and also with its CPU defaults (bf16 and checkpointing), and the
+ratios are taken to its fastest run. A step is one rollout (``B`` prompts × ``G``
+completions), the loss and one optimizer step on both sides (``num_iterations=1``; TRL's
+``per_device_train_batch_size`` counts completions, so it is ``B * G``). Sampling is random on
+both sides, so completion lengths differ between runs; the tiny random model rarely stops
+before the budget, SmolLM2 often does.
 
-Run through ``sft_vs_trl.py --methods grpo`` (or both, the default).
+Run as ``sft_vs_trl.py --methods grpo`` (this script, run directly, does that; the same
+options).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ def _rows(examples) -> list[dict[str, str]]:
 
 
 def run_lightning_grpo(checkpoint: str, examples, *, batch_size: int, steps: int, lr: float,
-                       generations: int, completion_length: int) -> list[float]:  # fmt: skip
+                       generations: int, completion_length: int,
+                       precision: str = "fp32") -> list[float]:  # fmt: skip
     """Step-end times of ``GRPOModule`` under a Lightning ``Trainer``."""
     from lightning.pytorch import Callback, Trainer, seed_everything
 
@@ -45,6 +50,7 @@ def run_lightning_grpo(checkpoint: str, examples, *, batch_size: int, steps: int
     data = PromptDataModule(_rows(examples), train_size=None, batch_size=batch_size, seed=0)
     trainer = Trainer(
         accelerator="cpu",
+        precision={"fp32": "32-true", "bf16": "bf16-mixed"}[precision],
         max_steps=steps,
         logger=False,
         enable_checkpointing=False,
@@ -57,7 +63,8 @@ def run_lightning_grpo(checkpoint: str, examples, *, batch_size: int, steps: int
 
 
 def run_trl_grpo(checkpoint: str, examples, *, batch_size: int, steps: int, lr: float,
-                 generations: int, completion_length: int) -> list[float]:  # fmt: skip
+                 generations: int, completion_length: int, precision: str = "fp32",
+                 checkpointing: bool = False) -> list[float]:  # fmt: skip
     """Step-end times of TRL's ``GRPOTrainer`` on the same rows (conversational prompts)."""
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -84,8 +91,8 @@ def run_trl_grpo(checkpoint: str, examples, *, batch_size: int, steps: int, lr: 
             max_steps=steps,
             learning_rate=lr,
             optim="adamw_torch_fused",
-            bf16=False,
-            gradient_checkpointing=False,
+            bf16=precision == "bf16",
+            gradient_checkpointing=checkpointing,
             logging_steps=steps + 1,
             save_strategy="no",
             report_to="none",
@@ -103,3 +110,12 @@ def run_trl_grpo(checkpoint: str, examples, *, batch_size: int, steps: int, lr: 
         )
         trainer.train()
     return [b - a for a, b in itertools.pairwise(ends)]
+
+
+if __name__ == "__main__":
+    import sys
+
+    from sft_vs_trl import main
+
+    sys.argv[1:1] = ["--methods", "grpo"]  # a --methods given after it still wins
+    main()

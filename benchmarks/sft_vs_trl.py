@@ -1,14 +1,22 @@
 """Benchmark: per-step time and peak memory of ``SFTModule`` and ``GRPOModule`` (Lightning)
-against TRL's ``SFTTrainer`` and ``GRPOTrainer``, on CPU.
+against TRL's ``SFTTrainer`` and ``GRPOTrainer`` at its fastest setting, on CPU.
 
 Same model checkpoint, same examples, same batch size, same learning rate and optimizer
-(fused AdamW), loss on the completion only in both; TRL with ``bf16=False`` and
-``gradient_checkpointing=False`` (its CPU defaults are slower, see INSTALL.md). Each trainer runs
-``--steps`` optimizer steps; a step's time is the interval between consecutive step ends (data,
-forward, backward, optimizer, logging), and the median over the steps after the first is
-reported. Runs alternate (Lightning, TRL, Lightning, TRL...) so machine load hits both alike.
-Each run is a fresh process: its peak resident memory (``ru_maxrss``: imports, model, optimizer
-state, activations) is the run's own. GRPO's settings: see ``benchmarks/grpo_vs_trl.py``.
+(fused AdamW), loss on the completion only in both. Each side runs in every precision that can
+be its fastest on this machine: fp32, and, where the CPU computes bf16 natively (AVX512-BF16 or
+AMX, as ``torch.cpu`` reports them; ``--bf16`` overrides), bf16 autocast (Lightning's
+``precision="bf16-mixed"``, TRL's ``bf16=True``). TRL runs without gradient checkpointing (its
+CPU default, which recomputes activations: slower when memory is not short) and, where bf16
+runs, also with its CPU defaults as shipped (``bf16=True``, ``gradient_checkpointing=True``).
+Ratios are taken to TRL's fastest run. Where the CPU lacks native bf16, bf16 autocast is
+emulated and slower than fp32, so both sides run fp32 only.
+
+Each trainer runs ``--steps`` optimizer steps; a step's time is the interval between
+consecutive step ends (data, forward, backward, optimizer, logging), and the median over the
+steps after the first is reported. Runs alternate (ours, TRL, ours, TRL...) so machine load
+hits both alike. Each run is a fresh process: its peak resident memory (``ru_maxrss``:
+imports, model, optimizer state, activations) is the run's own. GRPO's settings: see
+``benchmarks/grpo_vs_trl.py``.
 
     .venv/bin/python benchmarks/sft_vs_trl.py                      # tiny + SmolLM2, SFT + GRPO
     .venv/bin/python benchmarks/sft_vs_trl.py --models tiny --methods grpo --threads 1
@@ -24,6 +32,8 @@ script: it prints.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import logging
 import multiprocessing
 import os
@@ -31,6 +41,7 @@ import resource
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,6 +53,10 @@ import torch
 
 from sts_lightning.data.domains import load_training_set
 from sts_lightning.model.loading import load_model_and_tokenizer, resolve_model
+from sts_lightning.model.precision import native_bf16
+
+PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}
+"""Precision labels → Lightning's names; TRL's ``bf16`` flag is ``label == "bf16"``."""
 
 CHATML = (
     "{% for message in messages %}"
@@ -101,7 +116,7 @@ class _StepClock:
 
 
 def run_lightning(
-    checkpoint: str, examples, *, batch_size: int, steps: int, lr: float
+    checkpoint: str, examples, *, batch_size: int, steps: int, lr: float, precision: str
 ) -> list[float]:
     from lightning.pytorch import Callback, Trainer, seed_everything
 
@@ -119,6 +134,7 @@ def run_lightning(
     data = SFTDataModule(examples, train_size=None, batch_size=batch_size, max_length=384)
     trainer = Trainer(
         accelerator="cpu",
+        precision=PRECISIONS[precision],
         max_steps=steps,
         logger=False,
         enable_checkpointing=False,
@@ -131,7 +147,15 @@ def run_lightning(
 
 
 def run_trl(
-    checkpoint: str, examples, *, batch_size: int, steps: int, lr: float, freeze_tied: bool
+    checkpoint: str,
+    examples,
+    *,
+    batch_size: int,
+    steps: int,
+    lr: float,
+    precision: str,
+    freeze_tied: bool,
+    checkpointing: bool = False,
 ) -> list[float]:
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -163,8 +187,8 @@ def run_trl(
             learning_rate=lr,
             lr_scheduler_type="cosine",
             optim="adamw_torch_fused",
-            bf16=False,
-            gradient_checkpointing=False,
+            bf16=precision == "bf16",
+            gradient_checkpointing=checkpointing,
             max_length=384,
             logging_steps=steps + 1,
             save_strategy="no",
@@ -184,10 +208,26 @@ def run_trl(
     return clock.step_times()
 
 
+def _quiet() -> None:
+    """Only the table: no banners, warnings or progress bars from the libraries."""
+    import datasets
+    import lightning.pytorch  # noqa: F401 (sets its loggers' levels: lowered below)
+    import transformers
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.simplefilter("ignore")
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
 def _child(queue, threads: int, fn, args, kwargs) -> None:
     if threads:
         torch.set_num_threads(threads)
-    times = fn(*args, **kwargs)
+    _quiet()
+    # stdout too: TRL prints its final metrics.
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+        times = fn(*args, **kwargs)
     queue.put((times, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))  # KiB → MiB
 
 
@@ -202,48 +242,77 @@ def in_child(threads: int, fn, *args, **kwargs) -> tuple[list[float], float]:
     return result
 
 
-def _runs(method: str, name: str, checkpoint: str, examples, args) -> dict[str, tuple]:
-    """``{label: (function, kwargs)}``; the first label is ours, the ratios' denominator."""
+def _runs(method: str, name: str, args) -> dict[str, tuple]:
+    """``{label: (function, kwargs)}``: ours first, then TRL's, in each of ``args.precisions``."""
     kw = dict(batch_size=args.batch_size, steps=args.steps, lr=args.lr)
     if method == "grpo":
         from grpo_vs_trl import run_lightning_grpo, run_trl_grpo
 
         kw |= dict(generations=args.generations, completion_length=args.completion_length)
         kw["batch_size"] = max(1, args.batch_size // args.generations)  # prompts per step
-        return {"GRPOModule": (run_lightning_grpo, kw), "TRL GRPOTrainer": (run_trl_grpo, kw)}
-    runs = {
-        "SFTModule": (run_lightning, kw),
-        "TRL SFTTrainer": (run_trl, kw | {"freeze_tied": False}),
-    }
+        ours = {f"GRPOModule {p}": (run_lightning_grpo, kw | {"precision": p})
+                for p in args.precisions}  # fmt: skip
+        trl = {f"TRL GRPOTrainer {p}": (run_trl_grpo, kw | {"precision": p})
+               for p in args.precisions}  # fmt: skip
+        if "bf16" in args.precisions:
+            trl["TRL GRPOTrainer CPU defaults"] = (
+                run_trl_grpo, kw | {"precision": "bf16", "checkpointing": True}
+            )  # fmt: skip
+        return ours | trl
+    ours = {f"SFTModule {p}": (run_lightning, kw | {"precision": p}) for p in args.precisions}
+    trl = {f"TRL SFTTrainer {p}": (run_trl, kw | {"precision": p, "freeze_tied": False})
+           for p in args.precisions}  # fmt: skip
+    if "bf16" in args.precisions:  # bf16 and gradient checkpointing, as TRL ships for CPU
+        trl["TRL SFTTrainer CPU defaults"] = (
+            run_trl, kw | {"precision": "bf16", "freeze_tied": False, "checkpointing": True}
+        )  # fmt: skip
     if name != "tiny":  # tied embeddings: also TRL with the matrix SFTModule freezes frozen
-        runs["TRL, tied embedding frozen"] = (run_trl, kw | {"freeze_tied": True})
-    return runs
+        for p in args.precisions:
+            trl[f"TRL {p}, tied embedding frozen"] = (
+                run_trl, kw | {"precision": p, "freeze_tied": True}
+            )  # fmt: skip
+    return ours | trl
 
 
 def bench(method: str, name: str, checkpoint: str, examples, args) -> None:
-    runs = _runs(method, name, checkpoint, examples, args)
+    runs = _runs(method, name, args)
     times: dict[str, list[float]] = {label: [] for label in runs}
     per_run: dict[str, list[float]] = {label: [] for label in runs}
     peak: dict[str, float] = dict.fromkeys(runs, 0.0)
+    ours = [label for label in runs if not label.startswith("TRL")]
+    trl = [label for label in runs if label.startswith("TRL")]
+    # Alternate ours and TRL's, so that a change in machine load hits both sides alike.
+    order = [x for pair in itertools.zip_longest(ours, trl) for x in pair if x is not None]
     for _ in range(args.repeats):
-        for label, (fn, kw) in runs.items():
+        for label in order:
+            fn, kw = runs[label]
             steps, rss = in_child(args.threads, fn, checkpoint, examples, **kw)
             times[label] += steps[1:]  # the first interval includes warm-up
             per_run[label].append(statistics.median(steps[1:]))
             peak[label] = max(peak[label], rss)
-    ours = next(iter(runs))
-    t0, m0 = statistics.median(times[ours]), peak[ours]
+    median = {label: statistics.median(steps) for label, steps in times.items()}
+    best_trl = min(trl, key=median.__getitem__)
+    best_ours = min(ours, key=median.__getitem__)
+    t0, m0 = median[best_trl], peak[best_trl]
     print(
         f"\n{method.upper()} {name}: batch {args.batch_size} sequences, {args.steps} steps x "
-        f"{args.repeats} runs, {args.threads or torch.get_num_threads()} threads; median s/step "
-        "(and per run), first step dropped; peak RSS of the run's process"
+        f"{args.repeats} runs, {args.threads or torch.get_num_threads()} threads, native bf16: "
+        f"{'yes' if args.native_bf16 else 'no'}; median s/step (and per run), first step "
+        f"dropped; peak RSS of the run's process; ratios to TRL's fastest ({best_trl})"
     )
-    for label, steps in times.items():
-        t, each = statistics.median(steps), ", ".join(f"{x:.3f}" for x in per_run[label])
+    for label in runs:
+        t, each = median[label], ", ".join(f"{x:.3f}" for x in per_run[label])
         print(
-            f"  {label:28s} {t:8.3f} s/step  ({each})  {t / t0:5.2f}x time   "
-            f"{peak[label]:7.0f} MiB  {peak[label] / m0:5.2f}x memory  (ratios to {ours})"
+            f"  {label:34s} {t:8.3f} s/step  ({each})  {t0 / t:5.2f}x speed   "
+            f"{peak[label]:7.0f} MiB  {peak[label] / m0:5.2f}x memory"
         )
+    print(
+        f"  speed-up over TRL at its fastest (its s/step / ours): {t0 / median[best_ours]:.2f}x "
+        f"({best_ours} {median[best_ours]:.3f} vs {best_trl} {t0:.3f} s/step)"
+    )
+    for p in args.precisions:  # like for like, precision by precision
+        a, b = f"{ours[0].split()[0]} {p}", next(x for x in trl if x.endswith(f"Trainer {p}"))
+        print(f"  speed-up in {p} alone: {median[b] / median[a]:.2f}x ({b} / {a})")
 
 
 def main() -> None:
@@ -257,8 +326,20 @@ def main() -> None:
     parser.add_argument("--methods", default="sft,grpo", help="comma list: sft, grpo")
     parser.add_argument("--generations", type=int, default=4, help="GRPO group size G")
     parser.add_argument("--completion-length", type=int, default=16, help="GRPO token budget")
+    parser.add_argument(
+        "--bf16",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="also run both sides under bf16 autocast: auto = where the CPU has native bf16",
+    )
     args = parser.parse_args()
+    if 0 < args.steps < 3:
+        parser.error("--steps must be at least 3 (the first step's time is dropped)")
+    args.native_bf16 = native_bf16("cpu")
+    use_bf16 = args.native_bf16 if args.bf16 == "auto" else args.bf16 == "on"
+    args.precisions = ["fp32", "bf16"] if use_bf16 else ["fp32"]
     logging.basicConfig(level=logging.WARNING)
+    _quiet()
     for name in args.models.split(","):
         examples = load_training_set("arithmetic", 64 * args.batch_size, seed=0)
         run_args = argparse.Namespace(**vars(args))
