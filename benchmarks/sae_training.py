@@ -30,8 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sts_lightning.model.rows import keep_rows
-from sts_lightning.model.sae_config import SAETrainConfig
-from sts_lightning.model.sae_training import train_sae
+from sts_lightning.model.sae_training import SAETrainConfig, train_sae
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -103,7 +103,7 @@ def test_experiment_forecaster(tiny_llama, tiny_tokenizer, tiny_sae):
 
 
 def test_sae_data(tiny_llama, tiny_tokenizer):
-    from sts_lightning.model.sae_data import collect_activations
+    from sts_lightning.model.sae_source import collect_activations
 
     texts = [e for ex in DOMAINS.values() for e in ex] + TRAIN
     with poisoned(tiny_llama, float("nan")):

@@ -11,7 +11,7 @@ import torch
 from sts_lightning.data.prompts import Example
 from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.model import run_inputs
-from sts_lightning.model.sae_data import collect_activations
+from sts_lightning.model.sae_source import collect_activations
 from sts_lightning.monitor.settings import tracking_configs
 from sts_lightning.monitor.tracker import TrackerConfig
 

@@ -10,10 +10,17 @@ import torch
 
 from sts_lightning.model import sae as sae_facade
 from sts_lightning.model.rows import keep_rows
-from sts_lightning.model.sae import check_sae, resid_post_hook, sae_layer
-from sts_lightning.model.sae_encode import encode, sae_d_in, sae_d_sae
-from sts_lightning.model.sae_load import load_sae
-from sts_lightning.model.sae_quality import ReconstructionQuality, evaluate_sae
+from sts_lightning.model.sae import (
+    ReconstructionQuality,
+    check_sae,
+    encode,
+    evaluate_sae,
+    load_sae,
+    resid_post_hook,
+    sae_d_in,
+    sae_d_sae,
+    sae_layer,
+)
 
 D_IN, D_SAE, K = 16, 64, 4
 

@@ -1,4 +1,4 @@
-"""The SAE's training rows (model/sae_data.py) and which SAE a run reads (model/sae_source.py)."""
+"""The SAE's training rows and which SAE a run reads (model/sae_source.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from sts_lightning.data.domains import DOMAINS, load_domain, load_training_set
 from sts_lightning.data.prompts import Example
-from sts_lightning.model import sae_data
+from sts_lightning.model import sae_source as sae_data
 from sts_lightning.model.sae_source import SAESourceConfig, resolve_sae
 from sts_lightning.model.sae_training import SAETrainConfig
 

@@ -7,13 +7,8 @@ import logging
 import pytest
 import torch
 
-from sts_lightning.model.sae import sae_layer
-from sts_lightning.model.sae_cache import sae_cache_path
-from sts_lightning.model.sae_config import SAETrainConfig
-from sts_lightning.model.sae_fit import prepare_rows
-from sts_lightning.model.sae_load import load_sae
-from sts_lightning.model.sae_quality import evaluate_sae
-from sts_lightning.model.sae_training import train_sae
+from sts_lightning.model.sae import evaluate_sae, load_sae, sae_layer
+from sts_lightning.model.sae_training import SAETrainConfig, prepare_rows, sae_cache_path, train_sae
 
 D_IN, D_SAE, K = 16, 64, 4
 N_ROWS = 1200

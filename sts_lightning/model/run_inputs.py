@@ -22,8 +22,7 @@ from typing import Any
 import torch
 
 from sts_lightning.model.device import resolve_device
-from sts_lightning.model.sae import check_sae_fits, sae_layer
-from sts_lightning.model.sae_encode import sae_d_sae
+from sts_lightning.model.sae import check_sae_fits, sae_d_sae, sae_layer
 
 __all__ = [
     "DTYPES",

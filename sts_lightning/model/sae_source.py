@@ -6,24 +6,40 @@ train (or find in the cache) the very same SAE for the same model, layer and row
 The cache key names the activations the SAE was trained on: model, layer, text mix, token
 budget and massive-activation rule. The default mix keeps the tag ``mixed-v1`` it has always
 had, so SAEs cached before the mix became configurable are still found.
+
+The SAE is trained on residual-stream rows of chat-formatted examples through the model
+(:func:`collect_activations`), taken with the same massive-activation rule as every statistic
+(:class:`~sts_lightning.model.rows.RowFilter`), so it is trained on the kind of rows it will
+later encode.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from sts_lightning.config import check_fields, one_of, positive_int
 from sts_lightning.data.domains import DOMAINS, TRAINING_SETS, load_domain, load_training_set
-from sts_lightning.data.prompts import Example
-from sts_lightning.model.sae_training import SAETrainConfig
+from sts_lightning.data.prompts import Example, encode_example
+from sts_lightning.model.capture import iter_span_activations
+from sts_lightning.model.rows import RowFilter
+from sts_lightning.model.run_inputs import resolve_pad_id
+from sts_lightning.model.sae_training import SAETrainConfig, train_sae
 
-__all__ = ["DEFAULT_MIX_TASKS", "SAESourceConfig", "resolve_run_sae", "resolve_sae"]
+__all__ = [
+    "DEFAULT_MIX_TASKS",
+    "SAESourceConfig",
+    "collect_activations",
+    "resolve_run_sae",
+    "resolve_sae",
+]
 
 DEFAULT_MIX_TASKS: tuple[str, ...] = ("arithmetic", "family", "syllogism")
 """Built-in training sets in the default SAE training mix."""
@@ -129,8 +145,6 @@ def resolve_sae(
     from sts_lightning.model.capture import model_width
     from sts_lightning.model.loading import default_cache_dir
     from sts_lightning.model.sae import load_sae
-    from sts_lightning.model.sae_data import collect_activations
-    from sts_lightning.model.sae_training import train_sae
 
     if source.sae is not None:
         return load_sae(source.sae)
@@ -200,3 +214,71 @@ class _Lazy:
 
     def __iter__(self):
         yield self.build()
+
+
+# ---------------------------------------------------------------- training rows
+# Sequences are encoded until their spans hold this much more than the budget: special tokens
+# and massive activations are dropped after encoding, and the progress bar stays honest.
+_SLACK = 1.05
+
+
+def collect_activations(
+    model,
+    tokenizer,
+    examples: list[Example],
+    *,
+    layer: int,
+    n_tokens: int,
+    max_norm: float | None = None,
+    outlier_factor: float = 10.0,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> Tensor:
+    """Residual-stream rows ``(≤ n_tokens, d_model)`` of chat-formatted examples, for SAE training.
+
+    Special tokens, non-finite rows and rows with norm above ``max_norm`` (massive activations)
+    are left out; ``None`` sets the threshold to ``outlier_factor`` × the median norm of the
+    finite rows of the first batch, the same rule the predictor uses.
+
+    Args:
+        model: A Hugging Face causal LM.
+        tokenizer: Its tokenizer (chat template, special tokens, pad token).
+        examples: Texts to run; shuffled with ``seed``, then taken in order until the budget.
+        layer: Decoder layer whose output (the residual stream) is collected.
+        n_tokens: Row budget.
+        max_norm: Largest row norm kept; ``None`` derives it from the first batch.
+        outlier_factor: Multiple of the median norm used when ``max_norm`` is ``None``.
+        batch_size: Sequences per forward pass.
+        seed: Seed of the shuffle.
+
+    Returns:
+        float32 rows ``(n, d_model)`` on the CPU, ``n ≤ n_tokens``.
+    """
+    examples = list(examples)
+    random.Random(seed).shuffle(examples)
+    encoded, planned = [], 0
+    for e in examples:  # just enough sequences for the budget: an honest progress bar
+        encoded.append(encode_example(tokenizer, e))
+        start, end = encoded[-1].span("all")
+        planned += end - start
+        if planned >= n_tokens * _SLACK:
+            break
+    keep = RowFilter(max_norm, outlier_factor)
+    rows, total = [], 0
+    for batch in iter_span_activations(
+        model,
+        [e.input_ids for e in encoded],
+        [e.span("all") for e in encoded],
+        layer=layer,
+        batch_size=batch_size,
+        pad_token_id=resolve_pad_id(tokenizer),
+        exclude_token_ids=set(tokenizer.all_special_ids),
+        progress=True,
+        desc="SAE data",
+    ):
+        batch = batch[keep(batch)]
+        rows.append(batch.cpu())
+        total += batch.shape[0]
+        if total >= n_tokens:
+            break
+    return torch.cat(rows)[:n_tokens]

@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import Tensor
 
-from sts_lightning.model.sae_quality import evaluate_sae
+from sts_lightning.model.sae import evaluate_sae
 
 __all__ = ["DRIFT_FACTOR", "DRIFT_FLOOR", "SAEHealth"]
 
