@@ -50,7 +50,6 @@ _ROW_FORMATS = (
 
 def row_format(
     row: Any,
-    *,
     prompt_column: str = "prompt",
     answer_column: str = "answer",
     text_field: str = "text",

@@ -90,13 +90,8 @@ def row_format(row: Any, fmt: SFTFormat, where: str = "row") -> str:
         >>> row_format({"prompt": "2+2?", "completion": " 4"}, SFTFormat())
         'prompt_completion'
     """
-    return read_format(
-        row,
-        prompt_column=fmt.prompt_column,
-        answer_column=fmt.answer_column,
-        text_field=fmt.dataset_text_field,
-        where=where,
-    )
+    columns = (fmt.prompt_column, fmt.answer_column, fmt.dataset_text_field)
+    return read_format(row, *columns, where=where)
 
 
 def _messages(value: Any, where: str) -> list:

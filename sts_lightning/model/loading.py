@@ -133,11 +133,7 @@ def load_model_and_tokenizer(
             ``"float16"``, ``"auto"`` or a ``torch.dtype``.
         trust_remote_code: Run modelling code shipped with the checkpoint. Off by default:
             it executes arbitrary code from the checkpoint.
-        cache_dir: Cache root for embedded models (see
-            :func:`~sts_lightning.model.embedded.smollm2_dir`).
-        model_init_kwargs: Further ``from_pretrained`` arguments (``attn_implementation``,
-            ``quantization_config``, ``device_map``, ...), checked by
-            :func:`check_model_init_kwargs`.
+        cache_dir, model_init_kwargs: As in :func:`resolve_model`.
 
     Returns:
         ``(model, tokenizer)``; the tokenizer always has a pad token (EOS if it had none).
