@@ -1,2 +1,2 @@
-"""Stage 1, data: examples and prompts, named domains and training sets, any training source
-(files, ``datasets``), batching and the LightningDataModules."""
+"""Stage 1, data: examples and prompts, the one row reader (:mod:`~sts_lightning.data.row_reader`),
+named domains and training sets, any training source (files, ``datasets``) and batching."""
