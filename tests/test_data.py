@@ -247,19 +247,20 @@ def test_grouped_order_is_seeded_and_differs_per_epoch(tiny_tokenizer):
 
 
 def test_grouped_loader_resumes_mid_epoch_with_the_same_batches():
-    lengths = [(7 * i) % 23 for i in range(30)]
+    lengths = [(7 * i) % 23 for i in range(100)]  # megabatches of 6 batches of 4
 
-    def loader():
-        return resumable_loader(
-            list(range(30)), batch_size=4, seed=2, lengths=lengths, collate_fn=list
-        )
+    def loader(**kwargs):
+        return resumable_loader(list(range(100)), batch_size=4, seed=2, collate_fn=list, **kwargs)
 
-    full = loader()
+    full = loader(lengths=lengths)
     full.sampler.set_epoch(1)
     batches = list(full)
+    plain = loader()
+    plain.sampler.set_epoch(1)
+    assert sorted(map(sorted, batches)) != sorted(map(sorted, plain))  # grouping regroups
     it = iter(full)
     next(it), next(it), next(it)
-    resumed = loader()
+    resumed = loader(lengths=lengths)
     resumed.load_state_dict(full.state_dict())
     resumed.sampler.set_epoch(1)  # Lightning does this before the first batch
     assert list(resumed) == batches[3:]

@@ -226,6 +226,36 @@ def test_sft_resumed_batches_equal_uninterrupted_with_accumulation(tmp_path, tin
     assert resumed == full[{2: 3, 3: 5}[stop] :]
 
 
+def test_sft_length_grouped_batches_resume_mid_epoch(tmp_path, tiny_dir):
+    """Batches grouped across megabatches (40 rows, 5 batches of 2 per megabatch) resume as
+    an uninterrupted run continues."""
+    from sts_lightning.training.data import SFTDataModule
+    from sts_lightning.training.sft import SFTModule
+
+    rows = [Example("Q " + "ab " * (i % 13), f"A{i}") for i in range(40)]
+
+    def fit(callbacks, ckpt_path, group=True):
+        batches = _Batches()
+        trainer = Trainer(
+            accelerator="cpu", max_steps=6, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[batches, *callbacks], default_root_dir=tmp_path,
+            enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        )  # fmt: skip
+        data = SFTDataModule(rows, train_size=None, batch_size=2, max_length=96, seed=0,
+                             group_by_length=group)  # fmt: skip
+        trainer.fit(SFTModule(tiny_dir, learning_rate=3e-3), data, ckpt_path=ckpt_path)
+        return batches.seen
+
+    full, resumed = _batches_after_resume(tmp_path, fit, "batch_end_mid", 3)
+    assert resumed == full[3:] and len(full) == 6
+
+    def padding(seen):  # padding positions hold the pad id 0
+        return sum(row.count(0) for _, _, batch in seen for row in batch)
+
+    plain = fit([], None, group=False)
+    assert padding(full) < padding(plain) / 2, (padding(full), padding(plain))
+
+
 @pytest.mark.parametrize("kind", ["moments", "shift", "correlation"])
 def test_metric_state_saved_mid_stream_continues_exactly(kind):
     gen = torch.Generator().manual_seed(0)
