@@ -139,7 +139,7 @@ def _fit_callback(tmp_path, tiny_llama, tiny_tokenizer, callback, with_tokenizer
 
     from lightning.pytorch import Trainer
 
-    from tests.test_callback import TEXTS, UserModule, _fit, _loader
+    from tests.callbacks.test_sts import TEXTS, UserModule, _fit, _loader
 
     if with_tokenizer:
         return _fit(tmp_path, tiny_llama, tiny_tokenizer, callback, max_steps=1)

@@ -28,8 +28,8 @@ def _measure() -> dict[str, object]:
     from sts_lightning.forecast.config import PredictConfig
     from sts_lightning.forecast.predict import predict
     from sts_lightning.monitor.tracker import STSTracker, TrackerConfig
+    from tests.callbacks.test_sts import TEXTS
     from tests.conftest import make_tiny_model, make_tiny_sae, make_tiny_tokenizer
-    from tests.test_callback import TEXTS
 
     torch.set_num_threads(1)
     tokenizer = make_tiny_tokenizer()

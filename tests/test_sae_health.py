@@ -14,7 +14,7 @@ import torch
 
 from sts_lightning.monitor.health import SAEHealth
 from sts_lightning.monitor.tracker import TrackerConfig
-from tests.test_callback import _callback, _fit
+from tests.callbacks.test_sts import _callback, _fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -123,7 +123,7 @@ def test_malicious_checkpoint_is_refused_with_weights_only(tmp_path, marker, tin
 
     from lightning.pytorch import Trainer
 
-    from tests.test_callback import TEXTS, UserModule, _loader
+    from tests.callbacks.test_sts import TEXTS, UserModule, _loader
 
     ckpt = tmp_path / "evil.ckpt"
     torch.save({"state_dict": _Evil(marker)}, ckpt)
@@ -136,7 +136,7 @@ def test_malicious_checkpoint_is_refused_with_weights_only(tmp_path, marker, tin
 
 
 def test_sts_checkpoints_load_with_weights_only(tmp_path, tiny_llama, tiny_tokenizer, tiny_sae):
-    from tests.test_callback import _callback, _fit
+    from tests.callbacks.test_sts import _callback, _fit
 
     callback = _callback(tiny_sae, every=2)
     trainer, _ = _fit(tmp_path, tiny_llama, tiny_tokenizer, callback, max_steps=2)
@@ -204,7 +204,7 @@ def test_reward_code_sees_no_secrets(monkeypatch):
 def test_no_secret_in_any_written_file(tmp_path, monkeypatch, tiny_llama, tiny_tokenizer, tiny_sae):
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-    from tests.test_callback import _callback, _fit
+    from tests.callbacks.test_sts import _callback, _fit
 
     wandb = pytest.importorskip("wandb")
     if wandb.run is not None:  # an unfinished run of an earlier test would be reused, elsewhere

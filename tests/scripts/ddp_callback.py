@@ -21,8 +21,8 @@ from sts_lightning.callbacks import STSCallback
 from sts_lightning.data.prompts import Example
 from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.monitor.tracker import TrackerConfig
+from tests.callbacks.test_sts import TEXTS, UserModule, _loader
 from tests.conftest import make_tiny_model, make_tiny_sae, make_tiny_tokenizer
-from tests.test_callback import TEXTS, UserModule, _loader
 
 
 def main(out: Path, devices: int) -> None:

@@ -14,7 +14,7 @@ from sts_lightning.data.prompts import Example
 from sts_lightning.forecast import predict as predict_module
 from sts_lightning.hf import STSTrainerCallback
 from sts_lightning.monitor.state import load_tracker_state
-from tests.test_callback import TEXTS
+from tests.callbacks.test_sts import TEXTS
 
 PREDICT = {"domain_demos": 1, "train_tokens": 200, "domain_tokens": 200}
 TRACK = {"probe_tokens": 200, "eval_tokens": 100}

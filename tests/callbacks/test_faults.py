@@ -25,7 +25,7 @@ from sts_lightning.monitor import state as state_module
 from sts_lightning.monitor.state import load_tracker_state, save_tracker_state
 from sts_lightning.monitor.tracker import TrackerConfig
 from sts_lightning.stats import LatentMoments
-from tests.test_callback import TEXTS, _fit
+from tests.callbacks.test_sts import TEXTS, _fit
 
 # Width-32 models: one thread is fastest, and immune to a busy second core.
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -196,7 +196,7 @@ def test_hf_training_survives_a_failing_measurement_under_the_same_policy(
 
     from transformers import TrainerCallback
 
-    from tests.test_hf import _attach, _trainer
+    from tests.callbacks.test_hf import _attach, _trainer
 
     sae, kwargs, calls = copy.deepcopy(tiny_sae), {}, []
 
@@ -234,7 +234,7 @@ def test_hf_training_survives_a_failing_measurement_under_the_same_policy(
 def test_hf_misconfiguration_before_step_one_raises(tmp_path, tiny_llama, tiny_tokenizer, tiny_sae):
     import copy
 
-    from tests.test_hf import _attach, _train, _trainer
+    from tests.callbacks.test_hf import _attach, _train, _trainer
 
     trainer = _trainer(tmp_path, copy.deepcopy(tiny_llama).train(), tiny_tokenizer, max_steps=2)
     _attach(trainer, tiny_sae, domains=["no-such-domain", "law", "code"])
@@ -250,7 +250,7 @@ def _fit_with(tmp_path, tiny_llama, tiny_tokenizer, callback, extra):
     from lightning.pytorch import Trainer
     from lightning.pytorch.loggers import CSVLogger
 
-    from tests.test_callback import UserModule, _loader
+    from tests.callbacks.test_sts import UserModule, _loader
 
     trainer = Trainer(
         max_steps=4, callbacks=[callback, extra], logger=CSVLogger(tmp_path),

@@ -11,7 +11,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from tests.test_callback import TEXTS, UserModule, _callback, _csv, _loader
+from tests.callbacks.test_sts import TEXTS, UserModule, _callback, _csv, _loader
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
