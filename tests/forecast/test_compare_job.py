@@ -14,7 +14,7 @@ from sts_lightning.data.sources import read_examples
 from sts_lightning.forecast.comparison import Comparison
 from sts_lightning.forecast.config import PredictConfig
 from sts_lightning.forecast.predict import predict
-from tests.test_job import CODE, LAW, PROSE, TRAIN, _jsonl
+from tests.forecast.test_job import CODE, LAW, PROSE, TRAIN, _jsonl
 
 MUL = [{"prompt": f"What is {a} * {b}?", "answer": str(a * b)} for a in range(4) for b in range(3)]
 BUDGETS = {"k": 8, "domain_demos": 1, "train_tokens": 60, "domain_tokens": 20}
@@ -182,7 +182,7 @@ def test_chart_accepts_a_point_outside_its_interval(tmp_path):
     """A top-k point estimate can fall outside its bootstrap interval: the bar is clipped."""
     from sts_lightning.forecast.compare_job import save_compare_chart
     from sts_lightning.forecast.ranking import rank_sets
-    from tests.test_ranking import _comparison
+    from tests.forecast.test_ranking import _comparison
 
     comparison = _comparison(strength=0.3)
     ranking = rank_sets(comparison, ["math"], ["law"], n_bootstrap=50)

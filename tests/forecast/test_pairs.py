@@ -109,8 +109,7 @@ def test_rows_fed_in_slices_give_the_same_statistics(tiny_llama, tiny_tokenizer,
 
 def test_predict_many_per_item_sums_follow_the_slices(monkeypatch, tiny_llama, tiny_tokenizer):
     from sts_lightning.forecast.compare import predict_many
-
-    from .conftest import make_tiny_sae
+    from tests.conftest import make_tiny_sae
 
     sae = make_tiny_sae()
     sets = {"mul": TRAIN[:12], "spell": UNRELATED}

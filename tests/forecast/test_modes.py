@@ -22,7 +22,7 @@ from sts_lightning.forecast.modes import (
 from sts_lightning.forecast.prediction import DomainScore
 from sts_lightning.stats import LatentMoments, PairedShift
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _domain(seed: int = 0, icl: bool = True, d_sae: int = 12) -> SimpleNamespace:
