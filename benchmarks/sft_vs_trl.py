@@ -2,7 +2,9 @@
 against TRL's ``SFTTrainer`` and ``GRPOTrainer`` at its fastest setting, on CPU.
 
 Same model checkpoint, same examples, same batch size, same learning rate and optimizer
-(fused AdamW), loss on the completion only in both. Each side runs in every precision that can
+(fused AdamW), gradients clipped to norm 1 (TRL's default), batches grouped by length
+(``SFTDataModule``'s default; TRL's ``train_sampling_strategy="group_by_length"``), loss on
+the completion only in both. Each side runs in every precision that can
 be its fastest on this machine: fp32, and, where the CPU computes bf16 natively (AVX512-BF16 or
 AMX, as ``torch.cpu`` reports them; ``--bf16`` overrides), bf16 autocast (Lightning's
 ``precision="bf16-mixed"``, TRL's ``bf16=True``). TRL runs without gradient checkpointing (its
@@ -37,6 +39,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import queue as queue_module
 import resource
 import statistics
 import tempfile
@@ -135,6 +138,7 @@ def run_lightning(
     trainer = Trainer(
         accelerator="cpu",
         precision=PRECISIONS[precision],
+        gradient_clip_val=1.0,  # TRL's max_grad_norm default
         max_steps=steps,
         logger=False,
         enable_checkpointing=False,
@@ -189,6 +193,7 @@ def run_trl(
             optim="adamw_torch_fused",
             bf16=precision == "bf16",
             gradient_checkpointing=checkpointing,
+            train_sampling_strategy="group_by_length",  # as SFTDataModule's default
             max_length=384,
             logging_steps=steps + 1,
             save_strategy="no",
@@ -237,7 +242,13 @@ def in_child(threads: int, fn, *args, **kwargs) -> tuple[list[float], float]:
     queue = context.Queue()
     process = context.Process(target=_child, args=(queue, threads, fn, args, kwargs))
     process.start()
-    result = queue.get()
+    while True:
+        try:
+            result = queue.get(timeout=5)
+            break
+        except queue_module.Empty:
+            if not process.is_alive():  # it failed: its traceback is on stderr already
+                raise SystemExit(f"{fn.__name__} failed (exit code {process.exitcode})") from None
     process.join()
     return result
 

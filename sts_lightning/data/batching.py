@@ -10,7 +10,7 @@ prompt rows into a dict of lists.
 :class:`ResumableDataLoader` shuffles by ``(seed, epoch)`` and records how many batches of the
 epoch it has yielded in Lightning checkpoints (Lightning saves ``state_dict()`` of a training
 loader that has one), so a run resumed mid-epoch sees the same batches as one never stopped.
-Given the items' lengths it groups them as transformers' ``group_by_length``
+Given the items' lengths it groups them as transformers' ``group_by_length`` sampling
 (:func:`length_grouped_indices`): batches of similar lengths, so little of a batch is padding,
 in an order that is still shuffled by ``(seed, epoch)``.
 """

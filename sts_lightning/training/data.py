@@ -72,7 +72,8 @@ class SFTDataModule(SourceDataModule):
         packing: Pack whole examples into rows of ``max_length`` tokens (best-fit decreasing,
             TRL's ``"bfd"``), training and validation alike; the loss sums are unchanged.
         group_by_length: Training batches of similar lengths, as transformers'
-            ``group_by_length``: the epoch's shuffled order is cut into megabatches of 50
+            ``train_sampling_strategy="group_by_length"`` (``group_by_length=True`` before
+            transformers 5): the epoch's shuffled order is cut into megabatches of 50
             batches (fewer on small sets), each sorted by length, the longest batch first.
             Every row is still seen once per epoch, in an order seeded by ``(seed, epoch)``,
             and a resumed run continues with the same batches. ``False``: a plain shuffle.
