@@ -135,20 +135,20 @@ class MeanGradient:
 def _answer_nll_sum(model, tokenizer, batch: Sequence[Example]) -> tuple[Tensor, int]:
     """Summed answer-token NLL of ``batch`` (chat template, right-padded), and the token count."""
     encoded = [encode_example(tokenizer, ex) for ex in batch]
-    width = max(len(e.input_ids) for e in encoded)
+    width, device = max(len(e.input_ids) for e in encoded), next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = next(model.parameters()).device
     ids = torch.full((len(batch), width), pad, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
-    target = torch.zeros_like(ids, dtype=torch.bool)  # answer tokens, as targets
+    mask, target = torch.zeros_like(ids), torch.zeros_like(ids, dtype=torch.bool)
     for i, e in enumerate(encoded):
         ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
         mask[i, : len(e.input_ids)] = 1
         start, end = e.span("answer")
         target[i, start:end] = True
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (B, T-1, V)
-    logp = logits.float().log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    keep = target[:, 1:]
+    # The LM head only where a row predicts an answer token: its cost follows answer tokens.
+    where = target[:, 1:].any(0).nonzero().squeeze(1)  # (n_pos,) predicting positions
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=where).logits
+    logp = logits.float().log_softmax(-1).gather(-1, ids[:, where + 1, None]).squeeze(-1)
+    keep = target[:, where + 1]  # (B, n_pos)
     return -(logp * keep).sum(), int(keep.sum())
 
 
