@@ -165,11 +165,7 @@ SKILL_TASKS: dict[str, TrainingTask] = {
     "arithmetic": TRAINING_SETS["arithmetic"],
     "family": TRAINING_SETS["family"],
     "syllogism": TRAINING_SETS["syllogism"],
-    "word_sorting": TrainingTask(
-        dataset="word_sorting",
-        config={"min_words": 3, "max_words": 4, "min_word_length": 3, "max_word_length": 8},
-        description="sort 3-4 words by ASCII order, a comma-separated list (sorting)",
-    ),
+    "word_sorting": TRAINING_SETS["word_sorting"],
 }
 """The source tasks of the skills experiment, four kinds; none of them is in :data:`SKILLS`."""
 

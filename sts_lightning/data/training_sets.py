@@ -19,7 +19,8 @@ from sts_lightning.config import positive_int
 from sts_lightning.data.mmlu_qa import load_mmlu_qa
 from sts_lightning.data.prompts import Example
 
-__all__ = ["TRAINING_SETS", "TrainingTask", "load_training_set", "score_training_answer"]
+__all__ = ["NEEDS_METADATA", "TRAINING_SETS", "TrainingTask", "exact_answer_match"]
+__all__ += ["load_training_set", "score_training_answer"]
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,11 @@ TRAINING_SETS: dict[str, TrainingTask] = {
         dataset="syllogism",
         description="does a categorical conclusion follow from two premises? Yes/No (logic)",
     ),
-    # Words of 3-6 letters: SmolLM2-135M can spell short words; longer ones are far beyond it.
-    "spell_backward": TrainingTask(
-        dataset="spell_backward",
-        config={"min_word_len": 3, "max_word_len": 6},
-        description="spell a word of 3-6 letters backwards (string manipulation)",
+    # Sorting 3-4 short words: at floor for the base model, learnable by a fine-tune.
+    "word_sorting": TrainingTask(
+        dataset="word_sorting",
+        config={"min_words": 3, "max_words": 4, "min_word_length": 3, "max_word_length": 8},
+        description="sort 3-4 words by ASCII order, a comma-separated list (sorting)",
     ),
     # No MMLU item lies outside the domains: the task owns six domains' subjects, which an
     # experiment training on it may not score (see sts_lightning.data.mmlu_qa).
@@ -178,7 +179,29 @@ def score_training_answer(name: str, completion: str | None, example: Example) -
         from sts_lightning.data.mmlu_qa import score_mmlu_qa
 
         return score_mmlu_qa(completion, example)
+    dataset = _task(name).dataset
+    if dataset in NEEDS_METADATA:
+        return exact_answer_match(completion, example.answer)
     # These tasks' checkers read only entry["answer"]; the metadata is not needed to score.
-    return float(
-        _scorer(_task(name).dataset)(completion, {"answer": example.answer, "metadata": {}})
-    )
+    return float(_scorer(dataset)(completion, {"answer": example.answer, "metadata": {}}))
+
+
+NEEDS_METADATA = frozenset({"number_sorting", "word_sorting", "number_format"})
+"""Generators whose reasoning-gym checker reads item metadata an Example does not keep: their
+answers have one correct spelling, so they are scored by :func:`exact_answer_match`."""
+
+
+def exact_answer_match(completion: str | None, answer: str) -> float:
+    """1.0 when the whitespace-normalised texts, or the numbers they spell, are equal.
+
+    Example:
+        >>> exact_answer_match(" 4.0", "4"), exact_answer_match("a,  b", "a, b")
+        (1.0, 1.0)
+    """
+    if completion is None:
+        return 0.0
+    a, b = " ".join(completion.split()), " ".join(answer.split())
+    try:
+        return float(float(a) == float(b))
+    except ValueError:
+        return float(a == b)
