@@ -19,7 +19,7 @@ import torch
 from sts_lightning.training.grpo import GRPOConfig, GRPOModule
 from sts_lightning.training.lora import LoraConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(4)]
 
 

@@ -20,7 +20,7 @@ from sts_lightning.training import optim
 from sts_lightning.training.data import SFTDataModule
 from sts_lightning.training.sft import SFTModule
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(16)]
 
 

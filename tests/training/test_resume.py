@@ -102,7 +102,7 @@ def test_sts_callback_resumed_equals_uninterrupted(tmp_path, tiny_dir, tiny_sae)
 
 def test_grpo_resumed_weights_equal_uninterrupted(tmp_path, tiny_llama, tiny_tokenizer):
     from sts_lightning.training.data import PromptDataModule
-    from tests.test_grpo import PROMPTS, make_module
+    from tests.training.test_grpo import PROMPTS, make_module
 
     def run(callbacks=(), ckpt_path=None):
         module = make_module(
@@ -171,7 +171,7 @@ def _batches_after_resume(tmp_path, fit, where: str, stop: int):
 @pytest.mark.parametrize("where", CHECKPOINTS)
 def test_grpo_resumed_batches_equal_uninterrupted(tmp_path, tiny_llama, tiny_tokenizer, where):
     from sts_lightning.training.data import PromptDataModule
-    from tests.test_grpo import make_module
+    from tests.training.test_grpo import make_module
 
     prompts = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(6)]
 
