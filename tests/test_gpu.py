@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.test_experiment_forecast import CFG, DOMAINS, TRAIN
+from tests.experiment.test_forecast import CFG, DOMAINS, TRAIN
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
