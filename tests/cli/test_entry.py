@@ -11,7 +11,7 @@ import pytest
 
 from sts_lightning.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_recovers_planted_shift(capsys):

@@ -27,7 +27,7 @@ from sts_lightning.model import loading as embedded
 from sts_lightning.training.grpo import GRPOModule
 from sts_lightning.training.sft import SFTModule
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted(
     p for p in (ROOT / "recipes").glob("*.yaml") if p.name.startswith(("sft_", "grpo_"))
 )

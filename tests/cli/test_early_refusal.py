@@ -13,7 +13,7 @@ import pytest
 
 from sts_lightning.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
