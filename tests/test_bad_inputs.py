@@ -3,9 +3,9 @@
 Each must fail with an exception type and a message that names the argument (and what was
 expected), or give a documented warning: never a bare error from deep inside torch or a library,
 never a silently wrong number. Bad inputs already covered elsewhere (tests/test_functional.py,
-test_stats.py, test_metric.py, test_predict.py, test_prompts.py, test_sae.py, test_job.py,
-test_recipes.py, test_rewards.py, test_grpo.py, test_callback.py) are not repeated here; see
-docs/reliability.md.
+test_stats.py, test_metric.py, forecast/test_predict.py, data/test_prompts.py, model/test_sae.py,
+forecast/test_job.py, cli/test_fit.py, training/test_rewards.py, training/test_grpo.py,
+callbacks/test_sts.py) are not repeated here; see docs/reliability.md.
 """
 
 from __future__ import annotations

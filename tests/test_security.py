@@ -1,7 +1,7 @@
 """Security: no remote code or pickles unless asked, safe YAML, isolated rewards, no secrets.
 
 Code-reward basics (socket constructors raise, an infinite loop scores 0) are in
-tests/test_rewards.py; here the low-level socket module, grandchildren and the environment.
+tests/training/test_rewards.py; here the low-level socket module, grandchildren and the environment.
 """
 
 from __future__ import annotations

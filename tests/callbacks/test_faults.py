@@ -4,9 +4,9 @@ Training survives every monitoring fault; the fault is reported once and monitor
 the rest of the run, in both callbacks (one policy: ``sts_lightning.monitor.guard``), while a
 misconfiguration found before step 1 raises; a write that fails
 leaves the previous file (or nothing), never a partial one; an interrupted run leaves a usable
-checkpoint. A logger that raises in ``log_metrics`` is in tests/test_callback.py
+checkpoint. A logger that raises in ``log_metrics`` is in tests/callbacks/test_sts.py
 (test_broken_logger_does_not_stop_training_and_is_reported_once); interrupted embedded-model
-rebuilds are in tests/test_embedded.py.
+rebuilds are in tests/model/test_embedded.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""GRPOModule on the tiny model (its math alone: tests/test_grpo_loss.py)."""
+"""GRPOModule on the tiny model (its math alone: tests/training/test_grpo_loss.py)."""
 
 from __future__ import annotations
 

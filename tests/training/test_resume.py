@@ -1,14 +1,14 @@
 """Stop-and-resume equals an uninterrupted run: SFT, GRPO, the STS callback, metric states.
 
 Already proven elsewhere, not repeated: SFT loss curves after a mid-epoch resume
-(tests/test_sft.py::test_resume_mid_epoch_matches_uninterrupted, full and LoRA), GRPO curves
-(tests/test_grpo.py::test_resume_reproduces_the_uninterrupted_curve), the STS callback restoring
-its forecast without recomputing it (tests/test_callback.py), the HF/TRL twin
-(tests/test_hf.py::test_resume_twice_keeps_forecast_reports_and_state) and SFT weights after
-a Ctrl-C (tests/test_faults.py). Here: the exact batches after a resume from each kind of
-checkpoint (mid-epoch, at an epoch's last batch, in `on_train_epoch_end`, after `fit`), final
-weights, the STS callback's whole history against an uninterrupted run, and metric states saved
-mid-stream.
+(tests/training/test_sft.py::test_resume_mid_epoch_matches_uninterrupted, full and LoRA),
+GRPO curves (tests/training/test_grpo.py::test_resume_reproduces_the_uninterrupted_curve), the
+STS callback restoring its forecast without recomputing it (tests/callbacks/test_sts.py), the
+HF/TRL twin (tests/callbacks/test_hf.py::test_resume_twice_keeps_forecast_reports_and_state) and
+SFT weights after a Ctrl-C (tests/callbacks/test_faults.py). Here: the exact batches after a
+resume from each kind of checkpoint (mid-epoch, at an epoch's last batch, in
+`on_train_epoch_end`, after `fit`), final weights, the STS callback's whole history against an
+uninterrupted run, and metric states saved mid-stream.
 """
 
 from __future__ import annotations
