@@ -33,7 +33,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "experiment_smollm2.yaml"
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "experiment_mmlu_smollm2.yaml"
 
 
 def _rss_mb() -> float:

@@ -7,7 +7,7 @@ under a Lightning ``Trainer`` with the experiment's clipping, and the learned ru
 ``finetune.learned_margin``. The STS callback is left out: it measures, it does not train. Prints
 answer NLL and exact match before/after with their intervals, the verdict and seconds per step.
 
-    .venv/bin/python benchmarks/task_learning.py --config recipes/experiment_smollm2.yaml \
+    .venv/bin/python benchmarks/task_learning.py --config recipes/experiment_mmlu_smollm2.yaml \
         --task arithmetic [--steps 40 --batch_size 8 --accumulate 4 --lr 1e-4]
 
 A script: it prints one JSON line per task.
@@ -90,7 +90,7 @@ def main() -> None:
     from sts_lightning.cli.experiment import load_experiment
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="recipes/experiment_smollm2.yaml")
+    parser.add_argument("--config", default="recipes/experiment_mmlu_smollm2.yaml")
     parser.add_argument("--task", action="append", required=True)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--batch_size", type=int)

@@ -286,7 +286,7 @@ def test_there_are_three_experiment_scales():
 def test_experiment_rejects_bad_settings(override, message, capsys):
     # jsonargparse reports a failed instantiation on stderr and exits with status 2.
     with pytest.raises((ValueError, SystemExit)) as info:
-        load_experiment(ROOT / "recipes/experiment_smollm2.yaml", *override)
+        load_experiment(ROOT / "recipes/experiment_mmlu_smollm2.yaml", *override)
     assert message in str(info.value) + capsys.readouterr().err
 
 

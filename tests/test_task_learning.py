@@ -200,7 +200,9 @@ def test_report_says_at_the_top_when_no_run_learned(tmp_path):
     assert report.count("| **no** |") == 2
 
 
-@pytest.mark.parametrize("name", ["experiment_smollm2.yaml", "experiment_smollm2_full.yaml"])
+@pytest.mark.parametrize(
+    "name", ["experiment_mmlu_smollm2.yaml", "experiment_mmlu_smollm2_full.yaml"]
+)
 def test_smollm2_recipes_fix_the_rule_and_train_three_kinds_of_task(name):
     from pathlib import Path
 
@@ -238,3 +240,22 @@ def test_the_report_gives_each_runs_steps(tmp_path):
     ]
     report = _report(results, tmp_path)
     assert "| sums | 0 | 20 of 40 |" in report and "| words | 0 | 40 |" in report
+
+
+@pytest.mark.parametrize("name", ["experiment_smollm2.yaml", "experiment_smollm2_full.yaml"])
+def test_skills_recipes_carry_the_preregistered_panel_tasks_and_labels(name):
+    from pathlib import Path
+
+    from sts_lightning.cli.experiment import load_experiment
+    from sts_lightning.data.skills import NEAR_FAR, SKILL_TASKS, SKILLS
+
+    job = load_experiment(Path(__file__).resolve().parents[1] / "recipes" / name)
+    # The recipe is the panel committed in data/skills.py, not a copy that could drift.
+    assert job.domains == list(SKILLS) and job.tasks == list(SKILL_TASKS)
+    assert {k: {t: tuple(d) for t, d in v.items()} for k, v in job.near_far.items()} == NEAR_FAR
+    assert job.evaluation.metric == "answer_nll" and job.evaluation.format == "chat"
+    assert job.finetune.learned_margin == LearnedMargin(nll_drop=0.1)
+    assert job.first_order is not None and len(job.tasks) >= 4 and len(job.domains) >= 12
+    ft = job.finetune
+    assert ft.steps * ft.batch_size * ft.accumulate <= job.task_examples  # no example twice
+    assert len(job.seeds) == (3 if "full" in name else 1)

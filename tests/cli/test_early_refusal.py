@@ -95,7 +95,7 @@ def test_experiment_refuses_bad_inputs_before_any_model(
     _jsonl(tmp_path / "no_answer.jsonl", [{"prompt": "2 + 2?"}] * 3)
     _jsonl(tmp_path / "short.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
     args = [a.format(tmp=tmp_path) for a in args]
-    recipe = str(ROOT / "recipes" / "experiment_smollm2.yaml")
+    recipe = str(ROOT / "recipes" / "experiment_mmlu_smollm2.yaml")
     argv = ["experiment", "--config", recipe, "--output_dir", str(tmp_path / "out"), *args]
     line = _refused(argv, capsys)
     assert message in line
