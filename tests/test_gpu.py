@@ -106,8 +106,8 @@ def test_whole_experiment_on_gpu(tmp_path, monkeypatch, tiny_llama, tiny_tokeniz
     from sts_lightning.experiment.config import EvalConfig, ExperimentConfig, FinetuneConfig
     from sts_lightning.experiment.run import run_experiment
     from sts_lightning.model import sae_source
-    from tests.test_experiment import DOMAINS as FILES
-    from tests.test_experiment import SUMS, WORDS
+    from tests.experiment.test_run import DOMAINS as FILES
+    from tests.experiment.test_run import SUMS, WORDS
 
     tiny_llama.save_pretrained(tmp_path / "m")
     tiny_tokenizer.save_pretrained(tmp_path / "m")

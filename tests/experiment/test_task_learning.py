@@ -208,7 +208,7 @@ def test_smollm2_recipes_fix_the_rule_and_train_three_kinds_of_task(name):
 
     from sts_lightning.cli.experiment import load_experiment
 
-    job = load_experiment(Path(__file__).resolve().parents[1] / "recipes" / name)
+    job = load_experiment(Path(__file__).resolve().parents[2] / "recipes" / name)
     assert job.tasks == ["arithmetic", "family", "mmlu_qa"]
     assert job.finetune.learned_margin == LearnedMargin(nll_drop=0.1)
     assert job.evaluation.task_items >= 64
@@ -249,7 +249,7 @@ def test_skills_recipes_carry_the_preregistered_panel_tasks_and_labels(name):
     from sts_lightning.cli.experiment import load_experiment
     from sts_lightning.data.skills import NEAR_FAR, SKILL_TASKS, SKILLS
 
-    job = load_experiment(Path(__file__).resolve().parents[1] / "recipes" / name)
+    job = load_experiment(Path(__file__).resolve().parents[2] / "recipes" / name)
     # The recipe is the panel committed in data/skills.py, not a copy that could drift.
     assert job.domains == list(SKILLS) and job.tasks == list(SKILL_TASKS)
     assert {k: {t: tuple(d) for t, d in v.items()} for k, v in job.near_far.items()} == NEAR_FAR

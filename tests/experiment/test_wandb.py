@@ -48,7 +48,7 @@ def test_explicit_group_online_mode_and_off(tmp_path):
 def test_bad_wandb_settings_name_the_field(override, field, capsys):
     from pathlib import Path
 
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / "experiment_mmlu_smollm2.yaml"
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "experiment_mmlu_smollm2.yaml"
     with pytest.raises((SystemExit, ValueError)) as err:
         load_experiment(recipe, *override)
     assert field in str(err.value) + capsys.readouterr().err

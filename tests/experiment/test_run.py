@@ -14,7 +14,7 @@ from sts_lightning.cli import main
 from sts_lightning.cli.experiment import load_experiment
 from sts_lightning.experiment.summary import PREDICTORS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 SUMS = [{"prompt": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(6) for b in range(6)]
 WORDS = [
