@@ -65,9 +65,12 @@ class NearFarLabels:
 
 
 def _normalised(scores: np.ndarray) -> np.ndarray:
-    """Z-scores of each column over the rows; a constant column is all 0."""
+    """Z-scores of each column over the rows; a constant column is all 0 (constant up to
+    rounding: a spread below 1e-9 of the column's magnitude is rounding, not signal)."""
+    centred = scores - scores.mean(0, keepdims=True)
     sd = scores.std(0, keepdims=True)
-    return (scores - scores.mean(0, keepdims=True)) / np.where(sd > 0, sd, 1.0)
+    flat = sd <= 1e-9 * np.abs(scores).max(0, keepdims=True)
+    return np.where(flat, 0.0, centred / np.where(flat, 1.0, sd))
 
 
 def near_far_control(

@@ -85,10 +85,10 @@ def _ranking_table(ranking: dict[str, Any]) -> Table:
 
 def _near_far_table(near_far: dict[str, Any]) -> Table:
     head = ["predictor", "tasks passing", "mean margin (near − far, z)"]
-    rows = [
-        [p, f"{fmt(c['fraction_passing'], 2)} of {c['n_tasks']}", fmt(c["mean_margin"], 2)]
-        for p, c in near_far.items()
-    ]
+    rows = []
+    for p, c in near_far.items():
+        passing = round(c["fraction_passing"] * c["n_tasks"])
+        rows.append([p, f"{passing} of {c['n_tasks']}", fmt(c["mean_margin"], 2)])
     note = (
         "Positive control, labels fixed in the recipe (`near_far`): per task, the mean "
         "z-scored (over tasks) score of its near domains minus that of its far ones; a task "

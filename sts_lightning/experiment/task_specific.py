@@ -17,6 +17,9 @@ From the learned runs of every task (the same held-out items of every domain for
 - ``near_far``: per forecast (and for the realised change itself), the pre-registered
   positive control (:mod:`~sts_lightning.experiment.near_far`).
 
+A predictor that is the same for every task (the base model's loss on a domain) cannot tell
+tasks apart: it is left out of these analyses rather than reported as r = 0.
+
 Every analysis is on |Δ|, the magnitude the forecasts predict (the paper's target); the
 interaction of signed Δ is reported beside the gate.
 """
@@ -34,6 +37,7 @@ from sts_lightning.experiment.delta_items import DeltaItems
 from sts_lightning.experiment.near_far import NearFarLabels, near_far_control
 from sts_lightning.experiment.set_ranking import MIN_TASKS, set_ranking
 from sts_lightning.experiment.specificity import (
+    double_centre,
     halves_reliability,
     interaction_reliability,
     task_specificity,
@@ -78,6 +82,8 @@ def _forecasts(by_task, tables, tasks, domains, predictors) -> dict[str, dict[st
         m = _matrix(tables, tasks, domains, p)
         if not np.isfinite(m).all():
             continue  # a mode without ICL, or a predictor these runs lack
+        if np.abs(double_centre(m)).max() <= 1e-9 * np.abs(m).max():
+            continue  # the same for every task (e.g. base loss): it cannot tell tasks apart
         halves = _halves(by_task, tasks, domains, p)
         rel = math.nan
         if halves is not None and all(np.isfinite(h).all() for h in halves):

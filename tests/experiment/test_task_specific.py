@@ -115,3 +115,24 @@ def test_two_tasks_have_no_set_ranking_and_one_task_no_cross_task_analysis():
     assert two["set_ranking"] is None and two["task_specificity"] is not None
     one = summarise_runs([_run(0, rng)], k=10, d_sae=100, n_bootstrap=50)
     assert one["task_specificity"] is None and one["across_tasks"] is None
+
+
+def test_a_predictor_equal_for_every_task_is_left_out_not_reported_as_zero():
+    rng = np.random.default_rng(3)
+    runs = [_run(t, rng) for t in range(len(TASKS))]
+    for run in runs:  # the same value for every task, up to rounding
+        for d, row in enumerate(run["scores"].values()):
+            row["notebook"] = 0.1 * d + (1e-17 if run["task"] == "sums" else 0.0)
+    out = summarise_runs(runs, k=10, d_sae=100, n_bootstrap=50, labels=_labels())
+    assert "notebook" not in out["across_tasks"]["by_predictor"]
+    assert out["near_far"] is not None and "notebook" not in out["near_far"]
+
+
+def test_near_far_treats_a_column_constant_up_to_rounding_as_constant():
+    from sts_lightning.experiment.near_far import near_far_control
+
+    labels = NearFarLabels({"a": ["x"], "b": ["y"]}, {"a": ["y"], "b": ["x"]}, ["x", "y"])
+    # Column y differs only by rounding: its z-scores must be 0, not ±1.
+    out = near_far_control([[3.0, 2.0], [1.0, 2.0 + 4e-16]], ["a", "b"], ["x", "y"], labels)
+    assert out["per_task"]["a"]["margin"] == pytest.approx(1.0)  # z(x) = +1, z(y) = 0
+    assert out["per_task"]["b"]["margin"] == pytest.approx(1.0)  # 0 − (−1)
