@@ -12,6 +12,7 @@ from sts_lightning.data import domains, mmlu, training_sets
 from sts_lightning.data.domains import DOMAINS, MMLU_DOMAINS, load_domain
 from sts_lightning.data.prompts import Example
 from sts_lightning.data.training_sets import (
+    NEEDS_METADATA,
     TRAINING_SETS,
     load_training_set,
     score_training_answer,
@@ -127,9 +128,11 @@ def test_training_answers_pass_reasoning_gym_checker(name):
     examples = load_training_set(name, 200, seed=0)
     assert len(examples) == 200 == len({ex.prompt for ex in examples})
     assert examples == load_training_set(name, 200, seed=0)
-    checker = reasoning_gym.get_score_answer_fn(TRAINING_SETS[name].dataset)
+    dataset = TRAINING_SETS[name].dataset
+    checker = reasoning_gym.get_score_answer_fn(dataset)
     for ex in examples:
-        assert checker(ex.answer, {"answer": ex.answer, "metadata": {}}) == 1.0
+        if dataset not in NEEDS_METADATA:  # those checkers read metadata an Example lacks
+            assert checker(ex.answer, {"answer": ex.answer, "metadata": {}}) == 1.0
         assert score_training_answer(name, ex.answer, ex) == 1.0
         assert score_training_answer(name, "definitely wrong", ex) == 0.0
 
@@ -191,3 +194,20 @@ def test_domains_module_keeps_the_training_set_names():
     for name in ("TRAINING_SETS", "TrainingTask", "load_training_set", "score_training_answer"):
         assert getattr(domains, name) is getattr(training_sets, name)
         assert name in domains.__all__
+
+
+def test_word_sorting_exact_match_agrees_with_its_checker_on_full_entries():
+    # Oracle: reasoning-gym's own checker on regenerated entries, metadata included.
+    import reasoning_gym
+
+    from sts_lightning.data import training_sets
+
+    task = TRAINING_SETS["word_sorting"]
+    seed = training_sets._generator_seed("word_sorting", 0)
+    dataset = reasoning_gym.create_dataset(task.dataset, size=40, seed=seed, **task.config)
+    entries = {e["question"] + task.instruction: e for e in dataset}
+    for ex in load_training_set("word_sorting", 10, seed=0):
+        entry = entries[ex.prompt]
+        for completion in (ex.answer, f" {ex.answer} ", "zzz, aaa"):
+            real = float(dataset.score_answer(completion, entry) == 1.0)
+            assert score_training_answer("word_sorting", completion, ex) == real
