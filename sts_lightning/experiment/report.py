@@ -15,18 +15,17 @@ from typing import Any
 
 from sts_lightning.experiment.analysis import fit_line
 from sts_lightning.experiment.rank_agreement import rank_agreement_table
-from sts_lightning.experiment.report_learning import (
+from sts_lightning.experiment.report_sections import (
+    METRIC_TEXT,
     learning_banner,
     learning_table,
-    not_learned_table,
-)
-from sts_lightning.experiment.report_measurement import (
-    METRIC_TEXT,
     measurement_banner,
     measurement_tables,
+    not_learned_table,
     sign_text,
+    specificity_banner,
+    specificity_tables,
 )
-from sts_lightning.experiment.report_specific import specificity_banner, specificity_tables
 from sts_lightning.forecast.modes import PRIMARY
 
 __all__ = ["write_report"]
