@@ -40,13 +40,12 @@ are letter_counting and ransom_note, which read strings rather than rewrite them
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from typing import Any
 
 from sts_lightning.config import positive_int
 from sts_lightning.data.prompts import Example
-from sts_lightning.data.training_sets import TRAINING_SETS, TrainingTask
+from sts_lightning.data.training_sets import TRAINING_SETS, TrainingTask, score_generated_answer
 
 __all__ = ["NEAR_FAR", "SKILLS", "SKILL_TASKS", "SPLITS", "load_skill", "score_skill_answer"]
 __all__ += ["split_of"]
@@ -254,29 +253,6 @@ def load_skill(name: str, n: int, split: str = "heldout", seed: int = 0) -> list
     )
 
 
-@functools.cache
-def _scorer(dataset: str) -> Any:
-    import reasoning_gym
-
-    return reasoning_gym.get_score_answer_fn(dataset)
-
-
-_NEEDS_METADATA = frozenset({"number_sorting", "word_sorting", "number_format"})
-"""Skills whose reasoning-gym checker reads item metadata an Example does not keep: scored by
-:func:`_exact_match` instead (these answers have one correct spelling)."""
-
-
-def _exact_match(completion: str | None, answer: str) -> float:
-    """1.0 when the whitespace-normalised texts, or the numbers they spell, are equal."""
-    if completion is None:
-        return 0.0
-    a, b = " ".join(completion.split()), " ".join(answer.split())
-    try:
-        return float(float(a) == float(b))
-    except ValueError:
-        return float(a == b)
-
-
 def score_skill_answer(name: str, completion: str | None, example: Example) -> float:
     """The generator's own score in ``[0, 1]`` of ``completion`` against the oracle answer.
 
@@ -289,8 +265,4 @@ def score_skill_answer(name: str, completion: str | None, example: Example) -> f
         >>> score_skill_answer("products", "12", ex), score_skill_answer("products", "13", ex)
         (1.0, 0.0)
     """
-    dataset = _skill(name).dataset
-    if dataset in _NEEDS_METADATA:
-        return _exact_match(completion, example.answer)
-    entry = {"question": example.prompt, "answer": example.answer, "metadata": {}}
-    return float(_scorer(dataset)(completion, entry))
+    return score_generated_answer(_skill(name).dataset, completion, example)

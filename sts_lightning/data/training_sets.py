@@ -20,7 +20,7 @@ from sts_lightning.data.mmlu_qa import load_mmlu_qa
 from sts_lightning.data.prompts import Example
 
 __all__ = ["NEEDS_METADATA", "TRAINING_SETS", "TrainingTask", "exact_answer_match"]
-__all__ += ["load_training_set", "score_training_answer"]
+__all__ += ["load_training_set", "score_generated_answer", "score_training_answer"]
 
 
 @dataclass(frozen=True)
@@ -179,11 +179,17 @@ def score_training_answer(name: str, completion: str | None, example: Example) -
         from sts_lightning.data.mmlu_qa import score_mmlu_qa
 
         return score_mmlu_qa(completion, example)
-    dataset = _task(name).dataset
+    return score_generated_answer(_task(name).dataset, completion, example)
+
+
+def score_generated_answer(dataset: str, completion: str | None, example: Example) -> float:
+    """reasoning-gym generator ``dataset``'s score of ``completion`` against ``example``'s oracle
+    answer: its own checker, which reads only ``entry["answer"]``, or :func:`exact_answer_match`
+    for the generators whose checker needs item metadata (:data:`NEEDS_METADATA`)."""
     if dataset in NEEDS_METADATA:
         return exact_answer_match(completion, example.answer)
-    # These tasks' checkers read only entry["answer"]; the metadata is not needed to score.
-    return float(_scorer(dataset)(completion, {"answer": example.answer, "metadata": {}}))
+    entry = {"question": example.prompt, "answer": example.answer, "metadata": {}}
+    return float(_scorer(dataset)(completion, entry))
 
 
 NEEDS_METADATA = frozenset({"number_sorting", "word_sorting", "number_format"})
