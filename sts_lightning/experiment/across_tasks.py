@@ -22,7 +22,7 @@ from sts_lightning.experiment.delta_items import DeltaItems
 from sts_lightning.experiment.specificity import double_centre, interaction_reliability
 from sts_lightning.reliability import correlate_rows, noise_ceiling
 
-__all__ = ["across_tasks", "across_tasks_paired", "resample_matrices"]
+__all__ = ["across_tasks", "across_tasks_paired", "check_bootstrap", "resample_matrices"]
 
 _CHUNK = 256  # resampled slots per block: bounds memory at _CHUNK × items of a domain
 
@@ -83,13 +83,18 @@ def _cell_r(forecast: np.ndarray, realised: np.ndarray) -> np.ndarray:
     return correlate_rows(f, r).reshape(lead) if lead else correlate_rows(f, r)[0]
 
 
-def _checked(items: DeltaItems, n_boot: int, level: float) -> None:
-    if len(items.tasks) < 2 or len(items.domains) < 3:
-        raise ValueError("`realised` needs >= 2 tasks and >= 3 domains")
+def check_bootstrap(n_boot: int, level: float) -> None:
+    """``n_boot`` is a positive int and ``level`` in (0, 1), each error naming its argument."""
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
         raise ValueError(f"`n_boot` must be a positive int, got {n_boot!r}")
     if not 0 < level < 1:
         raise ValueError(f"`level` must be in (0, 1), got {level!r}")
+
+
+def _checked(items: DeltaItems, n_boot: int, level: float) -> None:
+    if len(items.tasks) < 2 or len(items.domains) < 3:
+        raise ValueError("`realised` needs >= 2 tasks and >= 3 domains")
+    check_bootstrap(n_boot, level)
 
 
 def _boot(forecasts, items, n_boot, seed, absolute) -> list[np.ndarray]:

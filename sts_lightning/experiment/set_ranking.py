@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from sts_lightning.experiment.across_tasks import resample_matrices
+from sts_lightning.experiment.across_tasks import check_bootstrap, resample_matrices
 from sts_lightning.experiment.delta_items import DeltaItems
 
 __all__ = ["kendall_tau_b", "set_ranking"]
@@ -89,10 +89,7 @@ def set_ranking(
             f"set ranking needs >= {MIN_TASKS} tasks to order; `realised` has "
             f"{len(realised.tasks)}: {list(realised.tasks)}"
         )
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        raise ValueError(f"`n_boot` must be a positive int, got {n_boot!r}")
-    if not 0 < level < 1:
-        raise ValueError(f"`level` must be in (0, 1), got {level!r}")
+    check_bootstrap(n_boot, level)
     f = np.asarray(forecast, dtype=np.float64)
     if f.shape != (len(realised.tasks), len(realised.domains)):
         raise ValueError(
