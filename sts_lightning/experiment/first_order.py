@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sts_lightning.data.prompts import Example
 
@@ -44,26 +45,21 @@ class FirstOrderControl:
     config: object
     lr: float
     domain_grads: dict = field(default_factory=dict)
+    _gradient: Any = field(default=None, repr=False)
 
-    def _grad(self, examples: Sequence[Example], halves: bool = False, seed: int = 0):
-        from sts_lightning.forecast.first_order import (
-            RandomProjection,
-            mean_answer_gradient,
-            select_parameters,
-        )
+    def _grad(self, examples: Sequence[Example], halves: bool = False):
+        if self._gradient is None:  # parameters and projection: chosen once
+            from sts_lightning.forecast.first_order import gradient_fn
 
-        cfg = self.config
-        projection = RandomProjection(cfg.dim, seed=cfg.seed, kind=cfg.kind) if cfg.dim else None
-        return mean_answer_gradient(
-            self.model,
-            self.tokenizer,
-            list(examples),
-            select_parameters(self.model, cfg.parameters),
-            projection=projection,
-            halves=halves,
-            split_seed=seed,
-            batch_size=cfg.batch_size,
-        )
+            cfg = self.config
+            self._gradient = gradient_fn(
+                self.model, self.tokenizer, which=cfg.parameters, dim=cfg.dim, kind=cfg.kind,
+                seed=cfg.seed,
+            )  # fmt: skip
+        return self._gradient(
+            list(examples), halves=halves, split_seed=self.config.seed,
+            batch_size=self.config.batch_size,
+        )  # fmt: skip
 
     def domains(self, scored: Mapping[str, Sequence[Example]]) -> FirstOrderControl:
         """Take every domain's gradient on its first ``domain_items`` forecast items (whole and

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sts_lightning.data.prompts import Example
-from sts_lightning.experiment.config import ExperimentConfig
+from sts_lightning.experiment.config import ExperimentConfig, task_name
 
 __all__ = ["SKILL_SCORE_ITEMS", "check_inputs", "domain_halves", "task_pool"]
 
@@ -56,7 +56,7 @@ def task_pool(
     if check_only:
         return None
     examples = [Example(r["prompt"], r["answer"]) for r in rows][: job.task_examples]
-    name = Path(task).stem if Path(task).suffix else task.rstrip("/").rsplit("/", 1)[-1]
+    name = task_name(task)
     return name, False, examples
 
 

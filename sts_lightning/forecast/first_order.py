@@ -28,7 +28,7 @@ from sts_lightning.data.prompts import Example, encode_example
 from sts_lightning.functional import first_order_change
 
 __all__ = ["MeanGradient", "RandomProjection", "first_order_forecast", "mean_answer_gradient"]
-__all__ += ["first_order_scores", "select_parameters"]
+__all__ += ["first_order_scores", "gradient_fn", "select_parameters"]
 
 _BLOCK = 4096  # coordinates per block of the projection: memory dim × _BLOCK, seeded per block
 _LAYER = re.compile(r"\.(?:layers|h)\.(\d+)\.")
@@ -280,20 +280,34 @@ def first_order_scores(
     parameters' size per domain). Returns :func:`first_order_forecast`'s dict plus
     ``n_parameters`` and ``dim``.
     """
-    params = select_parameters(model, which)
-    projection = None if dim is None else RandomProjection(dim, seed=seed, kind=kind)
-    grad = functools.partial(
-        mean_answer_gradient,
-        model,
-        tokenizer,
-        parameters=params,
-        projection=projection,
-        batch_size=batch_size,
-    )
+    grad = gradient_fn(model, tokenizer, which=which, dim=dim, kind=kind, seed=seed)
+    grad = functools.partial(grad, batch_size=batch_size)
     g_train = grad(train)
     g_domains = {d: grad(items, halves=True, split_seed=seed) for d, items in domains.items()}
     out = first_order_forecast(g_train, g_domains, lr)
-    return out | {"n_parameters": sum(p.numel() for _, p in params), "dim": dim}
+    n_parameters = sum(p.numel() for _, p in grad.keywords["parameters"])
+    return out | {"n_parameters": n_parameters, "dim": dim}
+
+
+def gradient_fn(
+    model,
+    tokenizer,
+    *,
+    which: str | Sequence[str] = "last_layer",
+    dim: int | None = 1024,
+    kind: str = "sketch",
+    seed: int = 0,
+) -> functools.partial:
+    """:func:`mean_answer_gradient` with its parameters and projection chosen once:
+    ``grad(examples, halves=..., split_seed=..., batch_size=...)``."""
+    projection = None if dim is None else RandomProjection(dim, seed=seed, kind=kind)
+    return functools.partial(
+        mean_answer_gradient,
+        model,
+        tokenizer,
+        parameters=select_parameters(model, which),
+        projection=projection,
+    )
 
 
 def _named(names: list[str], values: Tensor) -> dict[str, float]:
