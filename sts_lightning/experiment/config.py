@@ -64,6 +64,10 @@ class FinetuneConfig:
     transformers' ``group_by_length``; ``false``: uniformly shuffled batches."""
     gradient_checkpointing: bool = False
     """SFT only: recompute activations in the backward pass (long sequences, big models)."""
+    micro_batch_size: int | None = None
+    """SFT only: rows per forward and backward inside a batch (``SFTModule.micro_batch_size``):
+    less activation memory, the same gradient (the batch's token mean); ``None``: the whole
+    batch at once."""
     warmup_steps: int = 4
     """Linear warm-up steps."""
     lora: LoraConfig | None = None
@@ -102,6 +106,8 @@ class FinetuneConfig:
                 "`finetune.stop_when_learned` needs a rule: set `finetune.learned_margin`"
             )
         positive_int("max_length", self.max_length)
+        if self.micro_batch_size is not None:
+            positive_int("finetune.micro_batch_size", self.micro_batch_size)
         positive("finetune.lr", self.lr)
         non_negative_int("finetune.warmup_steps", self.warmup_steps)
 
@@ -155,6 +161,11 @@ class EvalConfig:
     its default system prompt). Template tokens are never scored."""
     items_per_domain: int = 40
     """Held-out items per domain (fewer when a domain's held-out half is smaller)."""
+    item_nll: bool = False
+    """Also measure every fine-tuned model's whole-item NLL (a secondary metric in
+    ``results.json``): logits at every content token, on long items most of a pass's time and
+    memory. Always measured for the base model (the base-loss control) and with
+    ``metric: item_nll``."""
     rotate_options: bool = False
     """Also score each listed item (MMLU) with its options rotated, so that every option sits
     under every letter once, and average each option's log-prob over the rotations

@@ -54,6 +54,7 @@ def _sft(job: ExperimentConfig, examples: Sequence[Example], n: int, seed: int):
         **_model_kw(job),
         lora=ft.lora,
         gradient_checkpointing=ft.gradient_checkpointing,
+        micro_batch_size=ft.micro_batch_size,
         learning_rate=ft.lr,
         warmup_steps=min(ft.warmup_steps, ft.steps - 1),
         save_hf_on_fit_end=False,

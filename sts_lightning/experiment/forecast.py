@@ -70,6 +70,11 @@ class Forecaster:
         self.config = config
         self.extractor = Extractor(model, sae, tokenizer, layer, config)
 
+    def release_model(self) -> None:
+        """Drop the reference to the base model once every forecast is made (the fine-tunes
+        load their own copies): its memory goes back before the first fine-tune."""
+        self.extractor.model = None
+
     @property
     def sae(self):
         """The SAE read."""

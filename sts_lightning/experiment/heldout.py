@@ -103,6 +103,9 @@ class Evaluation:
     ``evaluation.rotate_options``; empty without."""
     precision: str = "32-true"
     """Of the scoring forwards (``evaluation.precision``, resolved for the model's device)."""
+    item_nll: bool = True
+    """Whether fine-tuned models' passes score the whole item (``evaluation.item_nll``, or the
+    metric reads it); the base model's always does (the base-loss control reads it)."""
 
     @classmethod
     def measure(cls, model, tokenizer, job: ExperimentConfig, layer: int, heldout, task_items):
@@ -136,6 +139,7 @@ class Evaluation:
             {},
             rotated,
             resolve_precision(settings.precision, device, "evaluation.precision"),
+            settings.item_nll or settings.metric == "item_nll",
         )
         for seed in encoded:
             base[seed] = evaluation.scores(model, seed)
@@ -145,16 +149,17 @@ class Evaluation:
             }
         return evaluation
 
-    def scores(self, model, key: int) -> dict:
-        """``{domain: ChoiceScores}`` of ``model`` on item set ``key``, rotations averaged."""
+    def scores(self, model, key: int, item_nll: bool = True) -> dict:
+        """``{domain: ChoiceScores}`` of ``model`` on item set ``key``, rotations averaged
+        (``item_nll``: also the whole item's NLL)."""
         device = next(model.parameters()).device
         with autocast(self.precision, device):
-            scores = score_choices(model, self.encoded[key], **self.score_kw)
+            scores = score_choices(model, self.encoded[key], **self.score_kw, item_nll=item_nll)
         if key not in self.rotated:
             return scores
         flat = {name: encoded for name, (encoded, _) in self.rotated[key].items()}
         with autocast(self.precision, device):
-            extra = score_choices(model, flat, **(self.score_kw | {"layer": None}))  # no rows
+            extra = score_choices(model, flat, **(self.score_kw | {"layer": None}), item_nll=False)
         return {
             name: average_rotations(s, extra[name], self.rotated[key][name][1])
             for name, s in scores.items()
@@ -163,7 +168,7 @@ class Evaluation:
     def realised(self, model, sae, max_norm: float, seed: int) -> dict[str, dict]:
         """:func:`compare` of ``model``'s pass over ``seed``'s items with the base model's."""
         key = seed if self.vary_items else 0
-        now = self.scores(model, key)
+        now = self.scores(model, key, item_nll=self.item_nll)
         return compare(self.base[key], now, sae, max_norm, metric=self.metric)
 
     def task_accuracy(self, model, tokenizer, task: str) -> dict[str, float]:

@@ -8,11 +8,12 @@ In order (each stage printed with the elapsed time):
    log-probs, item NLL and layer-L rows per item; :mod:`~sts_lightning.experiment.heldout`)
    and its answer NLL and exact match on held-out problems of each source task
    (:mod:`~sts_lightning.experiment.task_probe`);
-4. per (task, seed): the forecast (every STS mode, contrast, raw baseline, similarity
-   controls), fine-tuning with the STS callback tracking the realised shift, and the fine-tuned
-   model's pass over the same held-out items and problems (was the task learned?
+4. per (task, seed), all before the first fine-tune: the forecast (every STS mode, contrast,
+   raw baseline, similarity controls, the first-order control); the base model is then let go;
+5. per (task, seed): fine-tuning with the STS callback tracking the realised shift, and the
+   fine-tuned model's pass over the same held-out items and problems (was the task learned?
    :mod:`~sts_lightning.experiment.task_learning`);
-5. :mod:`~sts_lightning.experiment.summary` and :mod:`~sts_lightning.experiment.report`.
+6. :mod:`~sts_lightning.experiment.summary` and :mod:`~sts_lightning.experiment.report`.
 """
 
 from __future__ import annotations
@@ -241,12 +242,11 @@ def _fit(ctx: _Shared, name: str, builtin: bool, pool, seed: int, prediction):
     return model, tokenizer, tracker, steps, budget, checks
 
 
-def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, stage: _Stages) -> dict:
-    """Forecast, fine-tune and measure one (task, seed); returns its record for the summary."""
+def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, forecast, stage) -> dict:
+    """Fine-tune and measure one (task, seed) given its ``forecast`` (:func:`_forecast`);
+    returns its record for the summary."""
     job, tag, k, sae = ctx.job, f"{name} seed {seed}", ctx.job.predict.k, ctx.forecaster.sae
-    tf, scores, halves, prediction = _forecast(ctx, pool, seed, tag)
-    stage(f"forecast {tag}", "forecast")
-
+    tf, scores, halves, prediction = forecast
     model, tokenizer, tracker, steps, budget, checks = _fit(
         ctx, name, builtin, pool, seed, prediction
     )
@@ -306,10 +306,11 @@ def _task_inputs(job: ExperimentConfig) -> tuple[dict, dict, dict]:
 
 def _plan(job: ExperimentConfig) -> list[str]:
     """The stage keys of a run, in order (the progress display's plan)."""
-    per_run = ["forecast", "finetune", "evaluation"] * (len(job.tasks) * len(job.seeds))
+    n_runs = len(job.tasks) * len(job.seeds)
     shared = ["load_model", "sae", "domain_statistics"]
     shared += ["first_order"] if job.first_order is not None else []
-    return [*shared, "evaluation", *per_run, "report"]
+    per_run = ["finetune", "evaluation"] * n_runs
+    return [*shared, "evaluation", *["forecast"] * n_runs, *per_run, "report"]
 
 
 def _shared(job, device, model, tokenizer, sae, layer, stage: _Stages) -> tuple[_Shared, dict]:
@@ -351,10 +352,22 @@ def run_experiment(job: ExperimentConfig) -> dict[str, Any]:
     device = resolve_device(job.device)  # a bad device fails before anything loads
     model, tokenizer, sae, layer = _load(job, device, stage)
     ctx, pools = _shared(job, device, model, tokenizer, sae, layer, stage)
+    del model
+    order = [
+        (name, builtin, pool, seed) for name, (builtin, pool) in pools.items() for seed in job.seeds
+    ]
+    forecasts = []
+    for name, _, pool, seed in order:  # every forecast first: they are what needs the base model
+        forecasts.append(_forecast(ctx, pool, seed, f"{name} seed {seed}"))
+        stage(f"forecast {name} seed {seed}", "forecast")
+    # Each fine-tune loads its own copy: without the base model beside it, a fine-tune's peak is
+    # its own (weights, gradients, optimizer state), not that plus the base model's weights.
+    ctx.forecaster.release_model()
+    ctx.first_order = None
+    release_memory()
     runs = [
-        _one_run(ctx, name, builtin, pool, seed, stage)
-        for name, (builtin, pool) in pools.items()
-        for seed in job.seeds
+        _one_run(ctx, name, builtin, pool, seed, forecast, stage)
+        for (name, builtin, pool, seed), forecast in zip(order, forecasts, strict=True)
     ]
     d_sae = ctx.forecaster.extractor.d_sae
     results = summarise_runs(

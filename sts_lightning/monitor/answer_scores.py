@@ -165,10 +165,12 @@ def _batch_tensors(items, batch, pad_token_id: int):
     return ids, mask, answer, content
 
 
-def _score_batch(model, items, batch, out: dict, pad_token_id: int, store, excluded) -> None:
+def _score_batch(
+    model, items, batch, out: dict, pad_token_id: int, store, excluded, item_nll: bool
+) -> None:
     """One forward over ``batch``; adds its scores to ``out``'s per-item accumulators."""
     ids, mask, answer, content = _batch_tensors(items, batch, pad_token_id)
-    targets = answer | content
+    targets = answer | content if item_nll else answer  # logits only where something is read
     store.clear()
     token_logp, logits = target_logprobs(model, ids, mask, targets)  # (N,) in (B, T) order
     where = targets.nonzero()  # (N, 2): (b, t) of each scored token
@@ -180,8 +182,8 @@ def _score_batch(model, items, batch, out: dict, pad_token_id: int, store, exclu
         out["logp"][i, k] = token_logp[mine & is_answer].sum()
         if not is_correct:
             continue
-        out["nll"][i] = -token_logp[mine & is_content].sum()
-        out["tokens"][i] = int((mine & is_content).sum())
+        out["nll"][i] = -token_logp[mine & is_content].sum() if item_nll else float("nan")
+        out["tokens"][i] = int(content[b].sum())
         e = items[i]
         if e.single_token:  # every option's token is scored at the same position
             start = e.answer_spans[0][0]
@@ -202,6 +204,7 @@ def score_choices(
     layer: int | None = None,
     exclude_token_ids: Sequence[int] = (),
     batch_size: int = 8,
+    item_nll: bool = True,
 ) -> dict[str, ChoiceScores]:
     """Option log-probs, item NLL and (optionally) layer rows of every named set, teacher-forced.
 
@@ -214,6 +217,9 @@ def score_choices(
             ``None``: scores only.
         exclude_token_ids: Token ids left out of ``rows`` (special tokens).
         batch_size: Sequences per forward (sorted by length, so little padding).
+        item_nll: Also score every content token (the item NLL); ``False``: logits only at
+            the answers (on long items most of a pass's time and memory saved), ``item_nll``
+            NaN (``item_tokens`` is still counted).
 
     Returns:
         ``{name: ChoiceScores}``, items in the given order.
@@ -232,7 +238,7 @@ def score_choices(
             jobs = _jobs(items)
             for first in range(0, len(jobs), batch_size):
                 batch = jobs[first : first + batch_size]
-                _score_batch(model, items, batch, acc, pad_token_id, store, excluded)
+                _score_batch(model, items, batch, acc, pad_token_id, store, excluded, item_nll)
             out[name] = ChoiceScores(
                 option_logp=acc["logp"],
                 correct=torch.tensor([e.correct for e in items], dtype=torch.long),

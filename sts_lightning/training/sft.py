@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
+from sts_lightning.config import positive_int
 from sts_lightning.model.loading import (
     DEFAULT_MODEL,
     check_model_init_kwargs,
@@ -38,7 +39,7 @@ from sts_lightning.training.lora import LoraConfig
 from sts_lightning.training.optim import OptimizerCallable, check_schedule
 
 # LoraConfig: re-exported, its home was here.
-__all__ = ["LoraConfig", "SFTModule", "answer_nll"]
+__all__ = ["LoraConfig", "SFTModule", "answer_nll", "split_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,25 @@ def answer_nll(
     return nll, n_tokens
 
 
+def split_rows(inputs: tuple, micro: int) -> list[tuple]:
+    """``(input_ids, attention_mask, labels, position_ids)`` cut into parts of ``micro`` rows,
+    each right-trimmed to its own longest row (packed rows, without a mask, keep their width).
+
+    Example:
+        >>> ids = torch.tensor([[1, 2, 3], [4, 5, 0], [6, 0, 0]])
+        >>> parts = split_rows((ids, (ids > 0).long(), ids, None), 2)
+        >>> [tuple(p[0].shape) for p in parts]
+        [(2, 3), (1, 1)]
+    """
+    mask = inputs[1]
+    parts = []
+    for first in range(0, inputs[0].shape[0], micro):
+        rows = slice(first, first + micro)
+        width = inputs[0].shape[1] if mask is None else int(mask[rows].sum(-1).max())
+        parts.append(tuple(None if x is None else x[rows, :width] for x in inputs))
+    return parts
+
+
 def _model_inputs(batch: dict[str, Any]) -> tuple:
     """``(input_ids, attention_mask, labels, position_ids)``: packed batches have no mask."""
     mask, positions = batch.get("attention_mask"), batch.get("position_ids")
@@ -95,6 +115,12 @@ class SFTModule(HFModelMixin, LightningModule):
             shares it: it is most of a small model's parameters and optimizer time, and an
             update there moves every token's input representation at once.
         gradient_checkpointing: Recompute activations in the backward pass (less memory, slower).
+        micro_batch_size: Rows per forward and backward inside a training batch: each batch is
+            run ``micro_batch_size`` rows at a time, each part's summed NLL divided by the whole
+            batch's labelled tokens, so the gradient is the batch's token mean as without it
+            (up to summation order) and only one part's activations are alive at a time.
+            Unlike ``accumulate_grad_batches`` it changes neither the data order nor the loss
+            weighting. One device only. ``None``: the whole batch at once.
         model_init_kwargs: Extra ``from_pretrained`` arguments (``attn_implementation``,
             ``quantization_config``, ``device_map``, ...), as TRL's ``model_init_kwargs``.
         optimizer: Builds the optimizer from parameter groups (in YAML a ``class_path`` and its
@@ -122,6 +148,7 @@ class SFTModule(HFModelMixin, LightningModule):
         lora: LoraConfig | dict[str, Any] | None = None,
         freeze_tied_embeddings: bool = True,
         gradient_checkpointing: bool = False,
+        micro_batch_size: int | None = None,
         model_init_kwargs: dict[str, Any] | None = None,
         optimizer: OptimizerCallable | None = None,
         learning_rate: float = 1e-4,
@@ -141,6 +168,8 @@ class SFTModule(HFModelMixin, LightningModule):
             learning_rate, weight_decay, warmup_steps, lr_scheduler_type, lr_scheduler_kwargs
         )
         check_model_init_kwargs(model_init_kwargs)
+        if micro_batch_size is not None:
+            positive_int("micro_batch_size", micro_batch_size)
         if isinstance(lora, dict):  # from a checkpoint's hyperparameters
             lora = LoraConfig(**lora)
         # The optimizer is an object, not a hyperparameter: the CLI's config.yaml records it.
@@ -151,6 +180,7 @@ class SFTModule(HFModelMixin, LightningModule):
         self.lora = lora
         self._tokenizer = None
         self._val_sums: dict[str, Tensor] = {}
+        self._zeroed_at: int | None = None  # batch whose micro-batches zeroed the gradients
         # Answer tokens trained on, over all ranks; a buffer, so checkpoints carry it.
         self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long))
 
@@ -190,9 +220,57 @@ class SFTModule(HFModelMixin, LightningModule):
         self._install_model(model)
 
     # ----------------------------------------------------------------------------- steps
+    def on_fit_start(self) -> None:
+        if self.hparams.get("micro_batch_size") and self.trainer.world_size > 1:
+            raise ValueError(
+                "`micro_batch_size` runs extra backward passes inside a step, which a "
+                f"distributed strategy does not expect (world size {self.trainer.world_size}): "
+                "use the Trainer's `accumulate_grad_batches` instead"
+            )
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
+        if self._zeroed_at == batch_idx:  # zeroed before this step's micro-batches already
+            self._zeroed_at = None
+            return
+        optimizer.zero_grad()
+
+    def _micro_batched(self, inputs: tuple, micro: int, batch_idx: int) -> tuple[Tensor, Tensor]:
+        """``(loss, n_tokens)`` of a batch run ``micro`` rows at a time.
+
+        Every part but the last is back-propagated here, scaled as Lightning scales the
+        returned loss (gradient accumulation, a gradient scaler); the last part's loss is
+        returned with the others' values added as constants, so Lightning's own backward
+        completes the batch's gradient and the logged loss is the batch's.
+        """
+        labels = inputs[2]
+        # Lightning zeroes the gradients after `training_step`, before its own backward
+        # (the first batch of each accumulation window): zero them now instead, so that the
+        # parts' gradients survive (see `optimizer_zero_grad`).
+        if batch_idx % self.trainer.accumulate_grad_batches == 0:
+            for optimizer in self.trainer.optimizers:
+                optimizer.zero_grad()
+            self._zeroed_at = batch_idx
+        n = (labels[:, 1:] != -100).sum()  # the whole batch's labelled tokens
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        accumulate = self.trainer.accumulate_grad_batches
+        *early, last = split_rows(inputs, micro)
+        done = torch.zeros((), device=labels.device)
+        for part in early:
+            nll = answer_nll(self.model, *part)[0] / n.clamp_min(1)
+            done = done + nll.detach()
+            nll = nll / accumulate
+            with torch.autocast(labels.device.type, enabled=False):  # backward outside autocast
+                (nll if scaler is None else scaler.scale(nll)).backward()
+        return answer_nll(self.model, *last)[0] / n.clamp_min(1) + done, n
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        nll, n = answer_nll(self.model, *_model_inputs(batch))
-        loss = nll / n.clamp_min(1)
+        inputs = _model_inputs(batch)
+        micro = self.hparams.get("micro_batch_size")
+        if micro and micro < inputs[0].shape[0]:
+            loss, n = self._micro_batched(inputs, micro, batch_idx)
+        else:
+            nll, n = answer_nll(self.model, *inputs)
+            loss = nll / n.clamp_min(1)
         with torch.no_grad():
             self.tokens_seen += self.trainer.strategy.reduce(n.detach(), reduce_op="sum")
         batch_size = batch["input_ids"].shape[0]

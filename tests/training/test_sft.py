@@ -190,6 +190,44 @@ def test_resume_mid_epoch_matches_uninterrupted(tmp_path, tiny_dir, lora):
     assert restored.tokens_seen == stored["tokens_seen"]
 
 
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_micro_batches_give_the_whole_batch_gradient(tmp_path, tiny_dir, accumulate):
+    """Parts of 3 rows (the last of 1) train exactly as the whole batch of 4: the same logged
+    losses and weights, also under gradient accumulation (the parts' losses summed, each over
+    the batch's tokens, not a mean of part means). SGD: Adam's first steps take the sign of
+    near-zero gradients, which rounding may flip."""
+    import functools
+
+    sgd = functools.partial(torch.optim.SGD, lr=0.5)
+
+    def fit(micro):
+        seed_everything(0)
+        module = SFTModule(tiny_dir, learning_rate=0.5, optimizer=sgd, micro_batch_size=micro)
+        losses = _Losses()
+        trainer = _trainer(tmp_path, 3, accumulate_grad_batches=accumulate, callbacks=[losses])
+        trainer.fit(module, _data())
+        return losses.losses, module.model.state_dict(), int(module.tokens_seen)
+
+    whole, parts = fit(None), fit(3)
+    torch.testing.assert_close(parts[0], whole[0], rtol=1e-5, atol=1e-6)
+    for key, value in whole[1].items():
+        torch.testing.assert_close(parts[1][key], value, rtol=1e-4, atol=1e-6)
+    assert parts[2] == whole[2] > 0
+
+
+def test_split_rows_trims_each_part_to_its_longest_row():
+    from sts_lightning.training.sft import split_rows
+
+    ids = torch.tensor([[5, 6, 7, 8], [5, 6, 0, 0], [5, 0, 0, 0], [5, 6, 7, 0]])
+    mask = (ids > 0).long()
+    labels = torch.where(mask.bool(), ids, -100)
+    parts = split_rows((ids, mask, labels, None), 2)
+    assert [tuple(p[0].shape) for p in parts] == [(2, 4), (2, 3)]
+    assert torch.equal(parts[1][2], labels[2:, :3]) and parts[1][3] is None
+    packed = split_rows((ids, None, labels, torch.zeros_like(ids)), 3)  # no mask: full width
+    assert [tuple(p[3].shape) for p in packed] == [(3, 4), (1, 4)]
+
+
 def test_arguments_are_checked():
     with pytest.raises(ValueError, match="`learning_rate`"):
         SFTModule("x", learning_rate=0.0)
@@ -199,6 +237,8 @@ def test_arguments_are_checked():
         SFTModule("x", lr_scheduler_type="step")
     with pytest.raises(ValueError, match="`model_init_kwargs` must not set 'dtype'"):
         SFTModule("x", model_init_kwargs={"dtype": "bfloat16"})
+    with pytest.raises(ValueError, match="`micro_batch_size` must be a positive int"):
+        SFTModule("x", micro_batch_size=0)
     with pytest.raises(ValueError, match="`r`"):
         LoraConfig(r=0)
     assert "model" not in SFTModule("no/such/model")._modules  # nothing loads before it is used
