@@ -64,6 +64,24 @@ def test_option_logp_equals_a_hand_computed_forward(tiny_llama, tiny_tokenizer, 
         assert torch.equal(scores.answer_nll, -scores.option_logp[range(len(enc)), scores.correct])
 
 
+def test_answers_only_pass_scores_the_same_answers_without_the_item_nll(tiny_llama, tiny_tokenizer):
+    """``item_nll=False`` computes logits at the answers only: the option log-probs, token
+    counts and rows are those of the full pass; the item NLL is NaN."""
+    encoded = {
+        "listed": encode_choices(tiny_tokenizer, LISTED, text_format="chat"),
+        "code": encode_choices(tiny_tokenizer, CODE, text_format="chat"),
+    }
+    full = score_choices(tiny_llama, encoded, pad_token_id=0, batch_size=2, layer=1)
+    short = score_choices(
+        tiny_llama, encoded, pad_token_id=0, batch_size=2, layer=1, item_nll=False
+    )
+    for name in encoded:
+        a, b = full[name], short[name]
+        torch.testing.assert_close(b.option_logp, a.option_logp, rtol=1e-6, atol=1e-6)
+        assert torch.equal(b.item_tokens, a.item_tokens) and torch.equal(b.rows, a.rows)
+        assert a.item_nll.isfinite().all() and b.item_nll.isnan().all()
+
+
 def test_listed_options_are_one_token_and_share_the_context(tiny_tokenizer):
     e = encode_choice(tiny_tokenizer, LISTED[0], text_format="plain")
     assert e.single_token and len(e.sequences) == 4
