@@ -53,10 +53,11 @@ def _reset_peak() -> None:
         f.write("5")
 
 
-# What the runner did before bf16 autocast and length-grouped batches (``--before-after``).
+# What the runner did before bf16 autocast, length-grouped batches and answers-only fine-tuned
+# passes (``--before-after``).
 BEFORE = (
     *("--finetune.precision", "32-true", "--evaluation.precision", "32-true"),
-    *("--finetune.group_by_length", "false"),
+    *("--finetune.group_by_length", "false", "--evaluation.item_nll", "true"),
 )
 
 
@@ -190,7 +191,7 @@ def main() -> None:
     parser.add_argument(
         "--before-after",
         action="store_true",
-        help="also run as before bf16 autocast and length grouping (fp32, shuffled batches)",
+        help="also run as before bf16 autocast, length grouping and answers-only passes",
     )
     parser.add_argument(
         "--real-tasks", action="store_true", help="the README run's tasks and batch shape"

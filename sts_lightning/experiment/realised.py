@@ -27,6 +27,7 @@ from sts_lightning.stats import PairedShift
 __all__ = ["ItemLosses", "compare", "exact_match", "item_costs", "item_losses", "score_choices"]
 
 METRICS = ("choice_margin", "answer_nll", "item_nll")
+_ENCODE_ROWS = 2048  # rows per SAE encoding in the post-training shift (~38 MB at d_sae 4,608)
 
 
 def item_costs(scores: ChoiceScores, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +64,12 @@ def _post_shift(before: torch.Tensor, after: torch.Tensor, sae, max_norm: float)
     if not keep.any():
         return {"post_shift_sae": float("nan"), "post_shift_resid": float("nan")}
     shift = PairedShift(sae_d_sae(sae), sync_on_compute=False)
-    shift.update(encode(sae, before[keep]), encode(sae, after[keep]))
+    before_kept, after_kept = before[keep], after[keep]
+    # Encoded in chunks: dense latents of a long domain's rows are (rows × d_sae), several times
+    # the rows' own size, and the sums stream.
+    for first in range(0, len(before_kept), _ENCODE_ROWS):
+        rows = slice(first, first + _ENCODE_ROWS)
+        shift.update(encode(sae, before_kept[rows]), encode(sae, after_kept[rows]))
     diff = (after[keep] - before[keep]).double().square().sum(-1).mean()
     return {
         "post_shift_sae": float(shift.feature_shift().sum()),

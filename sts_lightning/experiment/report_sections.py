@@ -283,6 +283,12 @@ def specificity_banner(results: dict[str, Any]) -> list[str]:
         verdict = f"**This run cannot test a task-specific forecast.** {verdict}"
     elif gate.get("specific"):
         verdict = f"**The gate holds.** {verdict}"
+    seeds, all_seeds = gate.get("paired_seeds"), results.get("config", {}).get("seeds")
+    if seeds is not None and all_seeds is not None and len(seeds) < len(all_seeds):
+        verdict += (
+            f" The cross-task analyses pair the tasks on seeds {seeds}, on which every task"
+            " learned (each seed has its own held-out items)."
+        )
     return ["", verdict]
 
 

@@ -28,7 +28,7 @@ from sts_lightning.experiment.task_learning import learning_rows, split_learned
 from sts_lightning.experiment.task_specific import summarise_task_specific
 from sts_lightning.forecast.modes import MODES, contrast_modes
 
-__all__ = ["GROUPS", "PREDICTORS", "summarise_runs"]
+__all__ = ["GROUPS", "PREDICTORS", "paired_runs", "summarise_runs"]
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "STS (paper's definitions)": tuple(MODES),
@@ -181,6 +181,29 @@ def _n_predictors(tables: dict[str, dict[str, dict[str, float]]]) -> int:
     return len([p for p in PREDICTORS if rows and p in rows[0]])
 
 
+def paired_runs(by_task: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], list[int]]:
+    """The learned runs the cross-task analyses compare: each task's runs on the seeds on which
+    every task has a learned run, and those seeds.
+
+    Tasks are compared item by item, and each seed measures its own held-out items
+    (``evaluation.vary_items``): a seed on which one task did not learn leaves the other tasks'
+    runs of that seed without a partner, so it is left out of the cross-task analyses (the
+    per-task analyses keep every learned run). Every task keeps its place while one seed is
+    shared; with none, there is no cross-task analysis.
+
+    Example:
+        >>> runs = {"a": [{"seed": 0}, {"seed": 1}], "b": [{"seed": 1}, {"seed": 2}]}
+        >>> paired_runs(runs)
+        ({'a': [{'seed': 1}], 'b': [{'seed': 1}]}, [1])
+    """
+    if not by_task:
+        return {}, []
+    seeds = set.intersection(*({r["seed"] for r in rs} for rs in by_task.values()))
+    if not seeds:
+        return {}, []
+    return {t: [r for r in rs if r["seed"] in seeds] for t, rs in by_task.items()}, sorted(seeds)
+
+
 def summarise_runs(
     runs: list[dict[str, Any]],
     *,
@@ -200,7 +223,8 @@ def summarise_runs(
         :func:`~sts_lightning.experiment.task_specific.summarise_task_specific`, ``None`` where
         they do not apply: fewer than 2 learned tasks, 3 for ``set_ranking``, no labels for
         ``near_far``); see ``docs/results.md``
-        for how to read them. ``tasks`` and every analysis cover the learned runs only;
+        for how to read them. ``tasks`` and every analysis cover the learned runs only (the
+        cross-task ones those on the seeds every task learned on: :func:`paired_runs`);
         ``task_learning`` has a row per run.
     """
     learned, not_learned = split_learned(runs)
@@ -219,10 +243,13 @@ def summarise_runs(
             "after": summarise([r["task_accuracy"]["after"] for r in rs]),
         }
     forecast_time = [p for p in PREDICTORS if p not in _POST]
+    paired, seeds = paired_runs(by_task)
     specific = summarise_task_specific(
-        by_task, tables, forecast_time, target_reliability=target_reliability, labels=labels,
-        n_bootstrap=n_bootstrap,
+        paired, {t: _task_table(rs) for t, rs in paired.items()}, forecast_time,
+        target_reliability=target_reliability, labels=labels, n_bootstrap=n_bootstrap,
     )  # fmt: skip
+    if specific.get("task_specificity") is not None:
+        specific["task_specificity"]["paired_seeds"] = seeds
     return {
         "tasks": tasks,
         "task_specificity": specific.get("task_specificity"),

@@ -68,6 +68,10 @@ def scored_logits(
     return logits[positions] if logits.dim() == 3 else logits
 
 
+_ROWS = 512
+"""Positions per fp32 log-softmax in :func:`target_logprobs` (~100 MB at a 49k vocabulary)."""
+
+
 def target_logprobs(model, ids: Tensor, mask: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """Log-probability of every target token given its prefix, in one forward.
 
@@ -80,15 +84,21 @@ def target_logprobs(model, ids: Tensor, mask: Tensor, targets: Tensor) -> tuple[
 
     Returns:
         ``(logp, logits)``: ``(N,)`` float64 log-probabilities on the CPU, in ``(B, T)`` order
-        of the ``N`` targets, and the float32 logits ``(N, V)`` that predicted them (on the
-        model's device).
+        of the ``N`` targets, and the logits ``(N, V)`` that predicted them (on the model's
+        device, in the forward's dtype: bf16 under bf16 autocast).
     """
     if targets[:, :1].any():
         raise ValueError("`targets` must be False at position 0: the first token has no context")
     device = next(model.parameters()).device
     predictors = F.pad(targets[:, 1:], (0, 1), value=False)  # position t predicts t + 1
-    logits = scored_logits(model, ids.to(device), mask.to(device), predictors.to(device)).float()
-    logp = -F.cross_entropy(logits, ids[targets].to(device), reduction="none")
+    logits = scored_logits(model, ids.to(device), mask.to(device), predictors.to(device))
+    wanted = ids[targets].to(device)
+    # fp32 log-softmax in row chunks: whole-item scoring keeps every content position, and one
+    # fp32 copy plus its log-softmax would be two (N, V) tensors (2.4 GB at N = 6,000).
+    logp = torch.cat([
+        -F.cross_entropy(logits[i : i + _ROWS].float(), wanted[i : i + _ROWS], reduction="none")
+        for i in range(0, len(wanted), _ROWS)
+    ]) if len(wanted) else logits.new_zeros(0, dtype=torch.float32)  # fmt: skip
     return logp.double().cpu(), logits
 
 

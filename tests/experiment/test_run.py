@@ -413,3 +413,40 @@ def test_first_order_control_and_early_stop_run_in_the_experiment(recipe, tmp_pa
         for half in run["score_halves"].values():
             assert all("first_order" in row for row in half.values())
     assert "first_order" in results["timings"]
+
+
+def test_fine_tunes_run_without_the_base_model_and_in_the_recipes_micro_batches(
+    recipe, tmp_path, monkeypatch
+):
+    """Every forecast is made before the first fine-tune, and the base model is let go then:
+    no other model is alive when a fine-tune starts. ``finetune.micro_batch_size`` reaches the
+    module (its batches run in parts)."""
+    import gc
+
+    from transformers import PreTrainedModel
+
+    import sts_lightning.experiment.finetune as finetune_module
+    from sts_lightning.training.sft import SFTModule
+
+    alive, parts = [], []
+    real_finetune, real_parts = finetune_module.finetune, SFTModule._micro_batched
+
+    def finetune(*args, **kwargs):
+        gc.collect()
+        alive.append(sum(isinstance(o, PreTrainedModel) for o in gc.get_objects()))
+        return real_finetune(*args, **kwargs)
+
+    def micro_batched(self, inputs, micro, batch_idx):
+        parts.append(micro)
+        return real_parts(self, inputs, micro, batch_idx)
+
+    monkeypatch.setattr(finetune_module, "finetune", finetune)
+    monkeypatch.setattr(SFTModule, "_micro_batched", micro_batched)
+    args = [*recipe, "--seeds", "[0]", "--wandb", "false", "--finetune.micro_batch_size", "2"]
+    assert main(["experiment", *args]) == 0
+    assert alive == [0, 0]  # two tasks, one seed: no model alive as either fine-tune starts
+    assert parts and set(parts) == {2}
+    with pytest.raises(ValueError, match=r"`finetune\.micro_batch_size` must be a positive int"):
+        from sts_lightning.experiment.config import FinetuneConfig
+
+        FinetuneConfig(micro_batch_size=0)

@@ -136,3 +136,26 @@ def test_near_far_treats_a_column_constant_up_to_rounding_as_constant():
     out = near_far_control([[3.0, 2.0], [1.0, 2.0 + 4e-16]], ["a", "b"], ["x", "y"], labels)
     assert out["per_task"]["a"]["margin"] == pytest.approx(1.0)  # z(x) = +1, z(y) = 0
     assert out["per_task"]["b"]["margin"] == pytest.approx(1.0)  # 0 − (−1)
+
+
+def test_a_seed_on_which_one_task_did_not_learn_is_left_out_of_the_cross_task_analyses():
+    """Seeds measure their own items: the cross-task analyses keep the seeds every task learned
+    on (here seed 1: ``sums`` did not learn on seed 0), and the per-task ones every learned run."""
+    rng = np.random.default_rng(2)
+    runs = []
+    for seed in (0, 1):
+        for t in range(len(TASKS)):
+            run = _run(t, rng) | {"seed": seed}
+            if seed == 0 and t == 0:
+                run["task_learning"] = {"learned": False, "reasons": ["exact match fell"]}
+            runs.append(run)
+    results = summarise_runs(runs, k=10, d_sae=100, n_bootstrap=50, target_reliability=0.8)
+    gate = results["task_specificity"]
+    assert gate["paired_seeds"] == [1] and gate["specific"] is True
+    only_seed_1 = summarise_runs(
+        [r for r in runs if r["seed"] == 1], k=10, d_sae=100, n_bootstrap=50,
+        target_reliability=0.8,
+    )  # fmt: skip
+    want = only_seed_1["task_specificity"]["interaction_reliability"]
+    assert gate["interaction_reliability"]["reliability"] == pytest.approx(want["reliability"])
+    assert len(results["tables"]["words"]) == len(DOMAINS) and results["n_learned"] == 5

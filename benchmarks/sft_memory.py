@@ -1,0 +1,114 @@
+"""Benchmark: the peak memory and step time of one SmolLM2 fine-tune, per memory setting.
+
+The README experiment's fine-tune (SmolLM2-135M-Instruct, full fine-tuning with the tied
+embedding frozen, fused AdamW, bf16 autocast where the CPU has native bf16, batches of 16
+length-grouped ``family`` examples), each setting in a fresh process, one after the other:
+
+- ``whole``: the batch of 16 in one forward and backward;
+- ``micro8`` / ``micro``: ``SFTModule(micro_batch_size=8 / 4)``, the same gradient from parts
+  of 8 / 4 rows;
+- ``micro+ckpt``: the same with gradient checkpointing.
+
+Each process reports its peak resident size (``VmHWM``), what it held before training (imports,
+tokenizer, data) and the median seconds per optimizer step after the first. The floor of full
+fine-tuning is the weights, their gradients and AdamW's two moments: ~4 bytes x (134.5M +
+3 x 106.2M trained) = 1.8 GB above the process.
+
+    .venv/bin/python benchmarks/sft_memory.py [--steps 6] [--settings whole micro8 micro micro+ckpt]
+
+A script: it prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SETTINGS = {
+    "whole": {"micro_batch_size": None, "gradient_checkpointing": False},
+    "micro8": {"micro_batch_size": 8, "gradient_checkpointing": False},
+    "micro": {"micro_batch_size": 4, "gradient_checkpointing": False},
+    "micro+ckpt": {"micro_batch_size": 4, "gradient_checkpointing": True},
+}
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return int(next(x for x in f if x.startswith(field)).split()[1]) / 1024
+
+
+def _child(setting: str, steps: int, batch: int) -> dict:
+    from lightning.pytorch import Callback, Trainer, seed_everything
+
+    from sts_lightning.data.training_sets import load_training_set
+    from sts_lightning.model.precision import native_bf16
+    from sts_lightning.training.data import SFTDataModule
+    from sts_lightning.training.sft import SFTModule
+
+    examples = load_training_set("family", batch * steps, seed=0)
+    seed_everything(0)
+    module = SFTModule("embedded:smollm2", learning_rate=1e-4, save_hf_on_fit_end=False,
+                       **SETTINGS[setting])  # fmt: skip
+    data = SFTDataModule(examples, train_size=None, batch_size=batch, seed=0)
+    held = _status_mb("VmRSS")
+    times: list[float] = []
+
+    class Clock(Callback):
+        def on_train_batch_start(self, *args) -> None:
+            self.t = time.perf_counter()
+
+        def on_train_batch_end(self, *args) -> None:
+            times.append(time.perf_counter() - self.t)
+
+    trainer = Trainer(
+        max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[Clock()], gradient_clip_val=1.0,
+        precision="bf16-mixed" if native_bf16() else "32-true",
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    return {
+        "held_mb": held,
+        "peak_mb": _status_mb("VmHWM"),
+        "s_per_step": statistics.median(times[1:]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(_child(args.child, args.steps, args.batch)))
+        return
+    rows = {}
+    for setting in args.settings:
+        cmd = [sys.executable, __file__, "--child", setting, "--steps", str(args.steps),
+               "--batch", str(args.batch)]  # fmt: skip
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        rows[setting] = json.loads(out.strip().splitlines()[-1])
+    first = rows[args.settings[0]]
+    print(f"SmolLM2 SFT, batch {args.batch}, {args.steps} steps, one process per setting")
+    print(
+        f"{'setting':<12} {'held MB':>8} {'peak MB':>8} {'s/step':>7} {'peak ×':>7} {'time ×':>7}"
+    )
+    for setting, row in rows.items():
+        peak, step = row["peak_mb"] / first["peak_mb"], row["s_per_step"] / first["s_per_step"]
+        print(
+            f"{setting:<12} {row['held_mb']:>8.0f} {row['peak_mb']:>8.0f} {row['s_per_step']:>7.2f}"
+            f" {peak:>7.2f} {step:>7.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
