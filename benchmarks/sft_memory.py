@@ -2,7 +2,8 @@
 
 The README experiment's fine-tune (SmolLM2-135M-Instruct, full fine-tuning with the tied
 embedding frozen, fused AdamW, bf16 autocast where the CPU has native bf16, batches of 16
-length-grouped ``family`` examples), each setting in a fresh process, one after the other:
+length-grouped examples of ``--task``, ``family`` by default), each setting in a fresh
+process, one after the other:
 
 - ``whole``: the batch of 16 in one forward and backward;
 - ``micro8`` / ``micro``: ``SFTModule(micro_batch_size=8 / 4)``, the same gradient from parts
@@ -14,7 +15,8 @@ tokenizer, data) and the median seconds per optimizer step after the first. The 
 fine-tuning is the weights, their gradients and AdamW's two moments: ~4 bytes x (134.5M +
 3 x 106.2M trained) = 1.8 GB above the process.
 
-    .venv/bin/python benchmarks/sft_memory.py [--steps 6] [--settings whole micro8 micro micro+ckpt]
+    .venv/bin/python benchmarks/sft_memory.py [--steps 6] [--task family]
+        [--settings whole micro8 micro micro+ckpt]
 
 A script: it prints.
 """
@@ -45,7 +47,7 @@ def _status_mb(field: str) -> float:
         return int(next(x for x in f if x.startswith(field)).split()[1]) / 1024
 
 
-def _child(setting: str, steps: int, batch: int) -> dict:
+def _child(setting: str, steps: int, batch: int, task: str) -> dict:
     from lightning.pytorch import Callback, Trainer, seed_everything
 
     from sts_lightning.data.training_sets import load_training_set
@@ -53,7 +55,7 @@ def _child(setting: str, steps: int, batch: int) -> dict:
     from sts_lightning.training.data import SFTDataModule
     from sts_lightning.training.sft import SFTModule
 
-    examples = load_training_set("family", batch * steps, seed=0)
+    examples = load_training_set(task, batch * steps, seed=0)
     seed_everything(0)
     module = SFTModule("embedded:smollm2", learning_rate=1e-4, save_hf_on_fit_end=False,
                        **SETTINGS[setting])  # fmt: skip
@@ -85,20 +87,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--task", default="family", help="a built-in training set")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_child(args.child, args.steps, args.batch)))
+        print(json.dumps(_child(args.child, args.steps, args.batch, args.task)))
         return
     rows = {}
     for setting in args.settings:
         cmd = [sys.executable, __file__, "--child", setting, "--steps", str(args.steps),
-               "--batch", str(args.batch)]  # fmt: skip
+               "--batch", str(args.batch), "--task", args.task]  # fmt: skip
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows[setting] = json.loads(out.strip().splitlines()[-1])
     first = rows[args.settings[0]]
-    print(f"SmolLM2 SFT, batch {args.batch}, {args.steps} steps, one process per setting")
+    print(f"SmolLM2 SFT on {args.task}, batch {args.batch}, {args.steps} steps, a process each")
     print(
         f"{'setting':<12} {'held MB':>8} {'peak MB':>8} {'s/step':>7} {'peak ×':>7} {'time ×':>7}"
     )
