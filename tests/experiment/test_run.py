@@ -199,8 +199,13 @@ def test_experiment_writes_every_artefact_and_its_numbers_match_the_json(recipe,
             assert math.isclose(row["delta"], delta, rel_tol=1e-9, abs_tol=1e-12)
             margins = row["per_item"]["margin"]
             assert [-m for m in margins["base"]] == items["base"]
-            for key in ("accuracy_base", "accuracy", "answer_nll_delta", "item_nll_delta"):
+            for key in ("accuracy_base", "accuracy", "answer_nll_delta"):
                 assert math.isfinite(row[key]), key
+            # Fine-tuned passes score the answers only (`evaluation.item_nll` off): no tuned
+            # item NLL; the base model's, which the base-loss control reads, is measured.
+            item_nll = row["per_item"]["item_nll"]
+            assert row["item_nll_delta"] is None and set(item_nll["tuned"]) == {None}
+            assert all(math.isfinite(v) for v in item_nll["base"])
             assert row["n_tokens"] == sum(row["per_item"]["item_tokens"]) > 0
     # Seeds draw their own held-out items: the two seeds of a task differ in some domain.
     first, second = (r for r in results["runs"] if r["task"] == "sums")
