@@ -70,10 +70,10 @@ def _post_shift(before: torch.Tensor, after: torch.Tensor, sae, max_norm: float)
     for first in range(0, len(before_kept), _ENCODE_ROWS):
         rows = slice(first, first + _ENCODE_ROWS)
         shift.update(encode(sae, before_kept[rows]), encode(sae, after_kept[rows]))
-    diff = (after[keep] - before[keep]).double().square().sum(-1).mean()
+    diff = (after_kept - before_kept).double().square().sum(-1).mean()
     return {
         "post_shift_sae": float(shift.feature_shift().sum()),
-        "post_shift_resid": float(diff / before[keep].double().square().sum(-1).mean()),
+        "post_shift_resid": float(diff / before_kept.double().square().sum(-1).mean()),
     }
 
 

@@ -177,6 +177,14 @@ class _Shared:
     """Stop probes of each source task with the base model's values
     (``finetune.stop_when_learned``); ``None`` without."""
 
+    def release_base_model(self) -> None:
+        """Let the base model go once every forecast is made: each fine-tune loads its own
+        copy, so its peak is its own (weights, gradients, optimizer state), not that plus the
+        base model's weights. The first-order control's gradients hold it too."""
+        self.forecaster.release_model()
+        self.first_order = None
+        release_memory()
+
 
 def _final_shift(tracker, model, tokenizer, steps: int) -> torch.Tensor:
     """Δ_real after ``steps`` steps: the callback's measurement at the last step when it has one.
@@ -360,11 +368,7 @@ def run_experiment(job: ExperimentConfig) -> dict[str, Any]:
     for name, _, pool, seed in order:  # every forecast first: they are what needs the base model
         forecasts.append(_forecast(ctx, pool, seed, f"{name} seed {seed}"))
         stage(f"forecast {name} seed {seed}", "forecast")
-    # Each fine-tune loads its own copy: without the base model beside it, a fine-tune's peak is
-    # its own (weights, gradients, optimizer state), not that plus the base model's weights.
-    ctx.forecaster.release_model()
-    ctx.first_order = None
-    release_memory()
+    ctx.release_base_model()
     runs = [
         _one_run(ctx, name, builtin, pool, seed, forecast, stage)
         for (name, builtin, pool, seed), forecast in zip(order, forecasts, strict=True)

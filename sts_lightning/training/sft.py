@@ -242,17 +242,16 @@ class SFTModule(HFModelMixin, LightningModule):
         returned with the others' values added as constants, so Lightning's own backward
         completes the batch's gradient and the logged loss is the batch's.
         """
-        labels = inputs[2]
+        labels, accumulate = inputs[2], self.trainer.accumulate_grad_batches
         # Lightning zeroes the gradients after `training_step`, before its own backward
         # (the first batch of each accumulation window): zero them now instead, so that the
         # parts' gradients survive (see `optimizer_zero_grad`).
-        if batch_idx % self.trainer.accumulate_grad_batches == 0:
+        if batch_idx % accumulate == 0:
             for optimizer in self.trainer.optimizers:
                 optimizer.zero_grad()
             self._zeroed_at = batch_idx
         n = (labels[:, 1:] != -100).sum()  # the whole batch's labelled tokens
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        accumulate = self.trainer.accumulate_grad_batches
         *early, last = split_rows(inputs, micro)
         done = torch.zeros((), device=labels.device)
         for part in early:
