@@ -8,7 +8,9 @@ process, one after the other:
 - ``whole``: the batch of 16 in one forward and backward;
 - ``micro8`` / ``micro``: ``SFTModule(micro_batch_size=8 / 4)``, the same gradient from parts
   of 8 / 4 rows;
-- ``micro+ckpt``: the same with gradient checkpointing.
+- ``micro+ckpt``: the same with gradient checkpointing;
+- ``micro+lora``: parts of 4 rows training a rank-16 LoRA adapter on every linear layer
+  (:class:`~sts_lightning.training.lora.LoraConfig`'s defaults) instead of the weights.
 
 Each process reports its peak resident size (``VmHWM``), what it held before training (imports,
 tokenizer, data) and the median seconds per optimizer step after the first. The floor of full
@@ -39,6 +41,7 @@ SETTINGS = {
     "micro8": {"micro_batch_size": 8, "gradient_checkpointing": False},
     "micro": {"micro_batch_size": 4, "gradient_checkpointing": False},
     "micro+ckpt": {"micro_batch_size": 4, "gradient_checkpointing": True},
+    "micro+lora": {"micro_batch_size": 4, "gradient_checkpointing": False, "lora": "r16"},
 }
 
 
@@ -53,12 +56,14 @@ def _child(setting: str, steps: int, batch: int, task: str) -> dict:
     from sts_lightning.data.training_sets import load_training_set
     from sts_lightning.model.precision import native_bf16
     from sts_lightning.training.data import SFTDataModule
+    from sts_lightning.training.lora import LoraConfig
     from sts_lightning.training.sft import SFTModule
 
     examples = load_training_set(task, batch * steps, seed=0)
     seed_everything(0)
-    module = SFTModule("embedded:smollm2", learning_rate=1e-4, save_hf_on_fit_end=False,
-                       **SETTINGS[setting])  # fmt: skip
+    kw = dict(SETTINGS[setting])
+    kw["lora"] = LoraConfig() if kw.pop("lora", None) else None
+    module = SFTModule("embedded:smollm2", learning_rate=1e-4, save_hf_on_fit_end=False, **kw)
     data = SFTDataModule(examples, train_size=None, batch_size=batch, seed=0)
     held = _status_mb("VmRSS")
     times: list[float] = []

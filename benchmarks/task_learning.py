@@ -8,7 +8,10 @@ under a Lightning ``Trainer`` with the experiment's clipping, and the learned ru
 answer NLL and exact match before/after with their intervals, the verdict and seconds per step.
 
     .venv/bin/python benchmarks/task_learning.py --config recipes/experiment_mmlu_smollm2.yaml \
-        --task arithmetic [--steps 40 --batch_size 8 --accumulate 4 --lr 1e-4]
+        --task arithmetic [--steps 40 --batch_size 8 --accumulate 4 --lr 1e-4] [--lora_r 16]
+
+``--lora_r R`` trains a rank-R LoRA adapter on every linear layer (alpha 2R) instead of the
+recipe's ``finetune.lora``.
 
 A script: it prints one JSON line per task.
 """
@@ -48,6 +51,7 @@ def measure(job, task: str, seed: int = 0) -> dict:
     from sts_lightning.experiment.task_learning import is_learned, task_change
     from sts_lightning.experiment.task_probe import TaskProbe
     from sts_lightning.model.loading import load_model_and_tokenizer
+    from sts_lightning.model.precision import resolve_precision
 
     ft = job.finetune
     pool = load_training_set(task, job.task_examples, seed=0)
@@ -62,7 +66,7 @@ def measure(job, task: str, seed: int = 0) -> dict:
     module, data = _sft(job, pool, n, seed)
     timer = _steps_timer()
     trainer = Trainer(
-        accelerator="cpu", devices=1, max_steps=ft.steps, precision=ft.precision,
+        accelerator="cpu", devices=1, max_steps=ft.steps, precision=resolve_precision(ft.precision),
         accumulate_grad_batches=ft.accumulate, logger=False, enable_checkpointing=False,
         enable_model_summary=False, enable_progress_bar=False, num_sanity_val_steps=0,
         limit_val_batches=0, gradient_clip_val=1.0, callbacks=[timer],
@@ -79,7 +83,7 @@ def measure(job, task: str, seed: int = 0) -> dict:
     gaps = [b - a for a, b in zip(timer.ends, timer.ends[1:], strict=False)]
     return {
         "task": task, "steps": ft.steps, "batch_size": ft.batch_size,
-        "accumulate": ft.accumulate, "lr": ft.lr,
+        "accumulate": ft.accumulate, "lr": ft.lr, "lora_r": ft.lora.r if ft.lora else None,
         "learned": learned, "reasons": reasons, **change,
         "s_per_step": sorted(gaps)[len(gaps) // 2] if gaps else fit_s / ft.steps,
         "fit_s": fit_s, "eval_s": eval_s,
@@ -98,11 +102,16 @@ def main() -> None:
     parser.add_argument("--accumulate", type=int)
     parser.add_argument("--task_items", type=int)
     parser.add_argument("--task_examples", type=int)
+    parser.add_argument("--lora_r", type=int, help="train a LoRA adapter of this rank")
     args = parser.parse_args()
     job = load_experiment(args.config)
     job.task_examples = args.task_examples or job.task_examples
     override = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "accumulate")}
     job.finetune = replace(job.finetune, **{k: v for k, v in override.items() if v is not None})
+    if args.lora_r is not None:
+        from sts_lightning.training.lora import LoraConfig
+
+        job.finetune = replace(job.finetune, lora=LoraConfig(r=args.lora_r, alpha=2 * args.lora_r))
     if args.task_items is not None:
         job.evaluation = replace(job.evaluation, task_items=args.task_items)
     for task in args.task:

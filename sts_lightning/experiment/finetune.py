@@ -166,8 +166,8 @@ def finetune(
     :class:`~sts_lightning.experiment.learned_stop.LearnedStop`) join the STS callback.
 
     Returns:
-        ``(model, tokenizer, tracker)``: the fine-tuned HF model (a peft model with LoRA), its
-        tokenizer and the STS callback's tracker (its ``history`` holds the realised shift over
+        ``(model, tokenizer, tracker)``: the fine-tuned HF model (with LoRA, the adapter merged
+        into its weights), its tokenizer and the STS callback's tracker (its ``history`` holds the realised shift over
         steps, ``last_shift`` the latest one). Nothing else of the run outlives the call: the
         optimizer state, the gradients, the trainer and the module are freed before it returns.
     """
@@ -203,6 +203,10 @@ def finetune(
             logger.experiment.finish()
     model, tokenizer, tracker = module.model, module.tokenizer, callback.tracker
     _drop_training_state(trainer, model)
+    if hasattr(model, "merge_and_unload"):
+        # A LoRA adapter folded into the weights: the same function, evaluated without the
+        # adapter's extra matrix products (a forward costs the base model's).
+        model = model.merge_and_unload()
     # The trainer, module and optimizer refer to each other: only a collection frees them.
     del trainer, module, data, callback, loggers
     release_memory()

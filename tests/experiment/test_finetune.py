@@ -132,3 +132,41 @@ def test_task_budgets_are_checked_against_the_tasks():
         from sts_lightning.experiment.task_learning import LearnedMargin
 
         LearnedStop(lambda m, t: {}, {}, LearnedMargin(), check_every=0)
+
+def test_a_lora_run_hands_back_its_adapter_merged(run_inputs, monkeypatch, one_thread):
+    """With LoRA the model handed back is the plain HF model with the adapter folded into its
+    weights: no peft wrapper left, the same logits as the trained adapter model."""
+    import dataclasses
+
+    import torch
+
+    from sts_lightning.training.lora import LoraConfig
+
+    job, sae, prediction, log_dir = run_inputs
+    ft = dataclasses.replace(job.finetune, lora=LoraConfig(r=4, alpha=8), lr=5e-2)
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    trained = {}
+
+    class Keep(pl.Trainer):  # the adapter model's logits, read before it is merged
+        def fit(self, model, *args, **kwargs):
+            super().fit(model, *args, **kwargs)
+            with torch.no_grad():
+                trained["logits"] = model.model.eval()(ids).logits
+                trained["base"] = model.model.get_base_model().__class__
+
+    monkeypatch.setattr(pl, "Trainer", Keep)
+    model, _, _ = finetune(
+        dataclasses.replace(job, finetune=ft), "sums", False, TRAIN, 0, sae, prediction,
+        DOMAINS, log_dir,
+    )  # fmt: skip
+    assert type(model) is trained["base"] and not hasattr(model, "peft_config")
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    with torch.no_grad():
+        logits = model.eval()(ids).logits
+    torch.testing.assert_close(logits, trained["logits"], rtol=1e-4, atol=1e-4)
+    # The adapter trained: the merged model is not the untouched base.
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(job.model)
+    with torch.no_grad():
+        assert (base.eval()(ids).logits - logits).abs().max() > 1e-3
