@@ -1,4 +1,4 @@
-"""A pre-registered panel of skills the model can do, four source tasks, and their near/far labels.
+"""A pre-registered panel of skills the model can do, the source tasks, and their near/far labels.
 
 On MMLU a 135M model answers at chance and every fine-tune changes every domain alike. The
 skills panel measures domains the model has something to lose on: reasoning-gym generators
@@ -12,7 +12,8 @@ Fixed here before any fine-tune reads them, and not changed after seeing outcome
   reading and number patterns. None is a source task's generator.
 - :data:`SKILL_TASKS`: the source tasks, four kinds: ``arithmetic`` (basic_arithmetic: maths),
   ``family`` (family_relationships: verbal kinship), ``syllogism`` (categorical logic, Yes/No)
-  and ``word_sorting`` (sorting words).
+  and ``word_sorting`` (sorting words); ``leg_counting`` (maths, a word problem) joined later
+  for the quick README design, where it replaces arithmetic.
 - :data:`NEAR_FAR`: per task, its *near* panel skills (the same skill through another generator
   or format) and its *far* ones (unrelated): a positive control for every forecast.
 
@@ -162,21 +163,26 @@ SKILLS: dict[str, TrainingTask] = {
 
 SKILL_TASKS: dict[str, TrainingTask] = {
     "arithmetic": TRAINING_SETS["arithmetic"],
+    "leg_counting": TRAINING_SETS["leg_counting"],
     "family": TRAINING_SETS["family"],
     "syllogism": TRAINING_SETS["syllogism"],
     "word_sorting": TRAINING_SETS["word_sorting"],
 }
-"""The source tasks of the skills experiment, four kinds; none of them is in :data:`SKILLS`."""
+"""The source tasks of the skills experiment; none of them is in :data:`SKILLS`. Each recipe
+names four of them, of four kinds: the full run arithmetic, family, syllogism and word_sorting;
+the quick README run leg_counting in arithmetic's place (arithmetic failed the learned rule)."""
 
 NEAR_FAR: dict[str, dict[str, tuple[str, ...]]] = {
     "near": {
         "arithmetic": ("chain_sum", "products", "gcd", "lcm"),
+        "leg_counting": ("chain_sum", "products"),
         "family": ("needle_haystack",),
         "syllogism": ("knights_knaves", "circuit_logic"),
         "word_sorting": ("number_sorting", "number_format"),
     },
     "far": {
         "arithmetic": ("knights_knaves", "ransom_note", "needle_haystack"),
+        "leg_counting": ("knights_knaves", "ransom_note", "needle_haystack"),
         "family": ("chain_sum", "products", "gcd", "number_sorting", "circuit_logic"),
         "syllogism": (
             "chain_sum",

@@ -51,6 +51,15 @@ TRAINING_SETS: dict[str, TrainingTask] = {
         instruction=" Give only the final answer.",
         description="integer arithmetic, 2-3 terms of <= 2 digits (maths, STEM)",
     ),
+    # Multiply and add: the number of legs of 2-3 kinds of animal (e.g. "5 woodlouses,
+    # 2 leechs" -> 70). Maths with a bare number for an answer, and at floor for the base model,
+    # so a fine-tune cannot lower its exact match (as SFT on arithmetic's bare sums does).
+    "leg_counting": TrainingTask(
+        dataset="leg_counting",
+        config={"min_animals": 2, "max_animals": 3},
+        instruction=" Give only the final answer.",
+        description="total legs of 2-3 kinds of animal, a bare number (maths word problem)",
+    ),
     # reasoning-gym 0.1.25 labels in-law questions backwards ("What is Susan to Samuel?" ->
     # "father-in-law" when Susan is Samuel's daughter-in-law): drop them. Above 8 people its
     # niece/nephew answers take the wrong person's gender, so keep families at <= 8.
