@@ -10,7 +10,8 @@ process, one after the other:
   of 8 / 4 rows;
 - ``micro+ckpt``: the same with gradient checkpointing;
 - ``micro+lora``: parts of 4 rows training a rank-16 LoRA adapter on every linear layer
-  (:class:`~sts_lightning.training.lora.LoraConfig`'s defaults) instead of the weights.
+  (:class:`~sts_lightning.training.lora.LoraConfig`'s defaults) instead of the weights;
+  ``micro2+lora`` the same in parts of 2 rows.
 
 Each process reports its peak resident size (``VmHWM``), what it held before training (imports,
 tokenizer, data) and the median seconds per optimizer step after the first. The floor of full
@@ -42,6 +43,7 @@ SETTINGS = {
     "micro": {"micro_batch_size": 4, "gradient_checkpointing": False},
     "micro+ckpt": {"micro_batch_size": 4, "gradient_checkpointing": True},
     "micro+lora": {"micro_batch_size": 4, "gradient_checkpointing": False, "lora": "r16"},
+    "micro2+lora": {"micro_batch_size": 2, "gradient_checkpointing": False, "lora": "r16"},
 }
 
 
