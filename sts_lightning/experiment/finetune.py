@@ -167,9 +167,10 @@ def finetune(
 
     Returns:
         ``(model, tokenizer, tracker)``: the fine-tuned HF model (with LoRA, the adapter merged
-        into its weights), its tokenizer and the STS callback's tracker (its ``history`` holds the realised shift over
-        steps, ``last_shift`` the latest one). Nothing else of the run outlives the call: the
-        optimizer state, the gradients, the trainer and the module are freed before it returns.
+        into its weights), its tokenizer and the STS callback's tracker (its ``history`` holds
+        the realised shift over steps, ``last_shift`` the latest one). Nothing else of the run
+        outlives the call: the optimizer state, the gradients, the trainer and the module are
+        freed before it returns.
     """
     from lightning.pytorch import seed_everything
 

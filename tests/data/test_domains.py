@@ -211,3 +211,11 @@ def test_word_sorting_exact_match_agrees_with_its_checker_on_full_entries():
         for completion in (ex.answer, f" {ex.answer} ", "zzz, aaa"):
             real = float(dataset.score_answer(completion, entry) == 1.0)
             assert score_training_answer("word_sorting", completion, ex) == real
+
+
+def test_leg_counting_is_two_or_three_kinds_with_a_bare_number():
+    for ex in load_training_set("leg_counting", 100, seed=0):
+        assert ex.prompt.endswith("Give only the final answer.") and ex.answer.isdigit()
+        kinds = ex.prompt.split("if you have ")[1].split("?")[0].split(", ")
+        assert 2 <= len(kinds) <= 3, ex.prompt
+        assert all(k.split(" ", 1)[0].isdigit() for k in kinds), ex.prompt

@@ -133,6 +133,7 @@ def test_task_budgets_are_checked_against_the_tasks():
 
         LearnedStop(lambda m, t: {}, {}, LearnedMargin(), check_every=0)
 
+
 def test_a_lora_run_hands_back_its_adapter_merged(run_inputs, monkeypatch, one_thread):
     """With LoRA the model handed back is the plain HF model with the adapter folded into its
     weights: no peft wrapper left, the same logits as the trained adapter model."""
