@@ -42,8 +42,8 @@ SETTINGS = {
     "micro8": {"micro_batch_size": 8, "gradient_checkpointing": False},
     "micro": {"micro_batch_size": 4, "gradient_checkpointing": False},
     "micro+ckpt": {"micro_batch_size": 4, "gradient_checkpointing": True},
-    "micro+lora": {"micro_batch_size": 4, "gradient_checkpointing": False, "lora": "r16"},
-    "micro2+lora": {"micro_batch_size": 2, "gradient_checkpointing": False, "lora": "r16"},
+    "micro+lora": {"micro_batch_size": 4, "gradient_checkpointing": False, "lora": True},
+    "micro2+lora": {"micro_batch_size": 2, "gradient_checkpointing": False, "lora": True},
 }
 
 
@@ -64,7 +64,7 @@ def _child(setting: str, steps: int, batch: int, task: str) -> dict:
     examples = load_training_set(task, batch * steps, seed=0)
     seed_everything(0)
     kw = dict(SETTINGS[setting])
-    kw["lora"] = LoraConfig() if kw.pop("lora", None) else None
+    kw["lora"] = LoraConfig() if kw.pop("lora", False) else None
     module = SFTModule("embedded:smollm2", learning_rate=1e-4, save_hf_on_fit_end=False, **kw)
     data = SFTDataModule(examples, train_size=None, batch_size=batch, seed=0)
     held = _status_mb("VmRSS")
