@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import zipfile
@@ -61,6 +62,14 @@ def test_wheel_ships_callbacks_under_package(tmp_path):
     shipped = {n.split("/")[-1] for n in names if n.startswith("sts_lightning/recipes/")}
     assert shipped == {"__init__.py"} | {p.name for p in (ROOT / "recipes").glob("*.yaml")}
     assert not any(n.startswith("recipes/") for n in names)
+    # The embedded default's SAE ships too (model/shipped_sae.py), with its manifest.
+    assets = {n for n in names if n.startswith("sts_lightning/assets/sae/")}
+    name = json.loads((ROOT / "sts_lightning/assets/sae/MANIFEST.json").read_text())["name"]
+    assert assets == {
+        "sts_lightning/assets/sae/MANIFEST.json",
+        f"sts_lightning/assets/sae/{name}/cfg.json",
+        f"sts_lightning/assets/sae/{name}/sae_weights.safetensors",
+    }
     subprocess.run(
         [
             sys.executable,

@@ -1,6 +1,7 @@
 """The ``sts-lightning`` command line: ``predict`` (forecast before training), ``experiment``
 (forecast → fine-tune → realised deltas → report), ``fit``/``validate``, ``recipes`` (list the
-shipped recipes, copy one out) and ``demo``."""
+shipped recipes, copy one out), ``shipped-sae`` (regenerate the SAE shipped with the package and
+compare) and ``demo``."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ _SUBCOMMANDS = {
     "predict": "sts_lightning.cli.predict",
     "experiment": "sts_lightning.cli.experiment",
     "recipes": "sts_lightning.cli.recipes",
+    "shipped-sae": "sts_lightning.cli.shipped_sae",
     "fit": "sts_lightning.cli.fit",
     "validate": "sts_lightning.cli.fit",
 }
@@ -46,6 +48,7 @@ def _dispatch(argv: list[str]) -> int:
     sub.add_parser("fit", help="train from a recipe (see `fit --help`)")
     sub.add_parser("validate", help="validate from a recipe (see `validate --help`)")
     sub.add_parser("recipes", help="list the shipped recipes or copy one out (see --help)")
+    sub.add_parser("shipped-sae", help="regenerate the shipped SAE and compare (see --help)")
     demo = sub.add_parser("demo", help="run the STS core on synthetic latents")
     demo.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

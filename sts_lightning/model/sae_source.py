@@ -1,5 +1,8 @@
 """Which SAE a run reads: a named one, or one trained on a fixed text mix and cached.
 
+The embedded default's SAE ships in the package (:mod:`~sts_lightning.model.shipped_sae`): a
+run that asks for exactly it reads it on a cache miss instead of training it.
+
 ``sts-lightning predict`` and ``sts-lightning experiment`` share this policy, so that they
 train (or find in the cache) the very same SAE for the same model, layer and row rule.
 
@@ -122,6 +125,7 @@ def resolve_sae(
     max_norm: float | None = None,
     outlier_factor: float = 10.0,
     cache_dir: str | Path | None = None,
+    shipped: bool = True,
 ) -> Any:
     """The SAE ``source`` names: loaded, or trained on ``model`` on first use and cached.
 
@@ -135,6 +139,8 @@ def resolve_sae(
             ``None`` derives it from the first batch.
         outlier_factor: Multiple of the median norm used when no threshold is given.
         cache_dir: Cache root (trained SAEs live in its ``sae/``); ``None``: the default cache.
+        shipped: Read the SAE shipped in the package when it is this one (see
+            :func:`~sts_lightning.model.sae_training.train_sae`); ``False`` trains on a miss.
 
     Returns:
         A frozen sae-lens SAE.
@@ -173,10 +179,13 @@ def resolve_sae(
         cache_key=source.cache_key(model_name, layer, max_norm, outlier_factor),
         layer=layer,
         model_name=model_name,
+        shipped=shipped,
     )
 
 
-def resolve_run_sae(run: Any, model, tokenizer, cache_dir: str | Path | None = None) -> Any:
+def resolve_run_sae(
+    run: Any, model, tokenizer, cache_dir: str | Path | None = None, *, shipped: bool = True
+) -> Any:
     """The SAE a run's settings name, with the default training mix.
 
     Args:
@@ -186,6 +195,8 @@ def resolve_run_sae(run: Any, model, tokenizer, cache_dir: str | Path | None = N
         model: The loaded causal LM.
         tokenizer: Its tokenizer.
         cache_dir: Cache root; ``None``: the run's ``cache_dir``, then the default cache.
+        shipped: Read the SAE shipped in the package when it is this one; ``False`` trains on
+            a cache miss.
 
     Example:
         >>> from sts_lightning.forecast.job import load_job
@@ -203,6 +214,7 @@ def resolve_run_sae(run: Any, model, tokenizer, cache_dir: str | Path | None = N
         max_norm=rule.max_norm,
         outlier_factor=rule.outlier_factor,
         cache_dir=cache_dir or getattr(run, "cache_dir", None),
+        shipped=shipped,
     )
 
 

@@ -3,8 +3,10 @@
 Read top to bottom: the recipe (:class:`SAETrainConfig`), the cache, the fit, then
 :func:`train_sae`, which runs them in this order:
 
-1. Look the config up in the cache (``cache_dir/<name>-<hash of cache_key + config>``); a hit
-   returns without touching ``activations`` (a lazy generator is never run). A cache directory
+1. Look the config up in the cache (``cache_dir/<name>-<hash of cache_key + config>``), then
+   among the SAEs shipped in the package under the same name
+   (:mod:`~sts_lightning.model.shipped_sae`); a hit returns without touching ``activations``
+   (a lazy generator is never run). A cache directory
    is published by a rename of a finished private temp dir, so it holds both sae-lens files
    exactly when the SAE is cached; an unreadable entry (a bad disk, a foreign writer) is
    dropped and retrained.
@@ -172,12 +174,27 @@ def load_cached(final: Path, device: str | torch.device) -> Any | None:
     return sae
 
 
+def _load_shipped(name: str, device: str | torch.device) -> Any | None:
+    """The SAE shipped in the package under the cache entry ``name``, frozen; else ``None``."""
+    from sts_lightning.model.shipped_sae import shipped_sae_dir
+
+    path = shipped_sae_dir(name)
+    if path is None:
+        return None
+    logger.info("SAE shipped with the package: %s", path)
+    return load_sae(path, device=device)
+
+
 def publish(sae: Any, final: Path) -> None:
     """Save to a private temp dir, then rename it into place: readers never see a partial SAE."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     try:
         sae.save_inference_model(tmp)
+        # sae-lens writes cfg.json's keys in an order that varies between processes (string
+        # hashing); sorted, the same SAE is the same bytes (model/shipped_sae.py compares them).
+        cfg = tmp / "cfg.json"
+        cfg.write_text(json.dumps(json.loads(cfg.read_text()), sort_keys=True))
         if final.exists() and not is_sae_dir(final):  # a leftover that was never published
             shutil.rmtree(final, ignore_errors=True)
         try:
@@ -426,6 +443,7 @@ def train_sae(
     layer: int | None = None,
     model_name: str | None = None,
     on_eval: Callable[[dict[str, float]], None] | None = None,
+    shipped: bool = True,
 ) -> Any:
     """Train an SAE on activation rows (or load it from the cache) and return it frozen.
 
@@ -442,6 +460,8 @@ def train_sae(
         model_name: Recorded in the metadata.
         on_eval: Called with each held-out evaluation (``step``, ``tokens``, ``elapsed_s``,
             ``fvu``, ``l0``, ``dead_fraction``); every one is also logged.
+        shipped: On a cache miss, read the SAE shipped in the package under the cache entry's
+            name (:mod:`~sts_lightning.model.shipped_sae`) before training; ``False`` trains.
 
     Returns:
         An inference sae-lens SAE that takes *raw* activations, frozen, in eval mode, on
@@ -457,6 +477,8 @@ def train_sae(
     final = None if cache_dir is None else sae_cache_path(cache_dir, cache_key, cfg, d_in, layer)
     if final is not None:
         cached = load_cached(final, cfg.device)
+        if cached is None and shipped:
+            cached = _load_shipped(final.name, cfg.device)
         if cached is not None:
             return cached
 
