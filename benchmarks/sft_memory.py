@@ -11,7 +11,8 @@ process, one after the other:
 - ``micro+ckpt``: the same with gradient checkpointing;
 - ``micro+lora``: parts of 4 rows training a rank-16 LoRA adapter on every linear layer
   (:class:`~sts_lightning.training.lora.LoraConfig`'s defaults) instead of the weights;
-  ``micro2+lora`` the same in parts of 2 rows.
+  ``micro2+lora`` the same in parts of 2 rows; ``micro+lora+ckpt``, ``micro8+lora+ckpt`` and
+  ``whole+lora+ckpt`` with gradient checkpointing, in parts of 4 or 8 rows or whole.
 
 Each process reports its peak resident size (``VmHWM``), what it held before training (imports,
 tokenizer, data) and the median seconds per optimizer step after the first. The floor of full
@@ -44,6 +45,10 @@ SETTINGS = {
     "micro+ckpt": {"micro_batch_size": 4, "gradient_checkpointing": True},
     "micro+lora": {"micro_batch_size": 4, "gradient_checkpointing": False, "lora": True},
     "micro2+lora": {"micro_batch_size": 2, "gradient_checkpointing": False, "lora": True},
+    "micro+lora-percall": {"micro_batch_size": 4, "gradient_checkpointing": False, "lora": True},
+    "micro+lora+ckpt": {"micro_batch_size": 4, "gradient_checkpointing": True, "lora": True},
+    "micro8+lora+ckpt": {"micro_batch_size": 8, "gradient_checkpointing": True, "lora": True},
+    "whole+lora+ckpt": {"micro_batch_size": None, "gradient_checkpointing": True, "lora": True},
 }
 
 
@@ -61,6 +66,10 @@ def _child(setting: str, steps: int, batch: int, task: str) -> dict:
     from sts_lightning.training.lora import LoraConfig
     from sts_lightning.training.sft import SFTModule
 
+    if setting.endswith("-percall"):  # autocast's own cast per layer (no shared input casts)
+        from sts_lightning.model import precision
+
+        precision.share_input_casts = lambda model: []
     examples = load_training_set(task, batch * steps, seed=0)
     seed_everything(0)
     kw = dict(SETTINGS[setting])

@@ -4,8 +4,9 @@ that can resume.
 :func:`tokenize_sft` renders each (prompt, answer) pair with the tokenizer's chat template
 (:func:`~sts_lightning.data.prompts.encode_example`) and labels the answer tokens plus the
 end-of-turn token that closes the answer (so the model learns to stop); everything else is
-``-100``. :class:`SFTCollator` right-pads them (packed rows too); :func:`collate_rows` turns
-prompt rows into a dict of lists.
+``-100``. :class:`SFTCollator` right-pads them (packed rows too) to a multiple of
+:data:`LENGTH_MULTIPLE` tokens (:func:`padded_length`); :func:`collate_rows` turns prompt rows
+into a dict of lists.
 
 :class:`ResumableDataLoader` shuffles by ``(seed, epoch)`` and records how many batches of the
 epoch it has yielded in Lightning checkpoints (Lightning saves ``state_dict()`` of a training
@@ -29,15 +30,39 @@ from torch.utils.data import DataLoader, DistributedSampler
 from sts_lightning.data.prompts import Example, encode_example
 
 __all__ = [
+    "LENGTH_MULTIPLE",
     "ResumableDataLoader",
     "SFTCollator",
     "collate_rows",
     "length_grouped_indices",
+    "padded_length",
     "resumable_loader",
     "tokenize_sft",
 ]
 
 log = logging.getLogger(__name__)
+
+LENGTH_MULTIPLE = 32
+"""Batches of bf16 forwards are padded to a multiple of this many tokens.
+
+On CPUs, oneDNN compiles a bf16 matrix-product kernel for each new input shape and keeps it in
+a cache of up to 1,024 entries, about 12 MB per sequence length for SmolLM2-135M's train step.
+Measured: 40 lengths 40..391 left 470 MB in the heap; padded to 64 they left 70 MB, in about
+the same time (266 s against 255 s: the extra tokens cost what fewer compilations save).
+Unpadded widths grow the process by hundreds of MB over a run and fragment its heap. Rounding
+up to 32 tokens bounds the shapes; right padding is masked, so no result changes beyond bf16
+rounding.
+"""
+
+
+def padded_length(longest: int, multiple: int = LENGTH_MULTIPLE) -> int:
+    """``longest`` rounded up to a multiple of ``multiple``: a batch's padded width.
+
+    Example:
+        >>> padded_length(1), padded_length(32), padded_length(33), padded_length(5, 1)
+        (32, 32, 64, 5)
+    """
+    return -(-longest // multiple) * multiple
 
 
 def tokenize_sft(
@@ -108,6 +133,8 @@ class SFTCollator:
 
     pad_token_id: int
     """Id written in padding positions."""
+    pad_to_multiple_of: int = LENGTH_MULTIPLE
+    """Batches are padded to a multiple of this many tokens (:data:`LENGTH_MULTIPLE`)."""
     name: str | None = None
     """Added to every batch as ``batch["name"]`` (the validation domain it comes from)."""
 
@@ -117,7 +144,7 @@ class SFTCollator:
             raise ValueError("a batch mixes packed rows (with `position_ids`) and unpacked ones")
         fills = {"input_ids": self.pad_token_id, "labels": -100}
         fills |= {"position_ids": 0} if packed == {True} else {"attention_mask": 0}
-        longest = max(len(x["input_ids"]) for x in items)
+        longest = padded_length(max(len(x["input_ids"]) for x in items), self.pad_to_multiple_of)
         batch: dict[str, Any] = {
             key: torch.full((len(items), longest), fill, dtype=torch.long)
             for key, fill in fills.items()

@@ -13,12 +13,14 @@ run outside any autocast region.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
-__all__ = ["PRECISIONS", "autocast", "native_bf16", "resolve_precision"]
+__all__ = ["PRECISIONS", "autocast", "native_bf16", "resolve_precision", "share_input_casts"]
 
 PRECISIONS = ("auto", "bf16-mixed", "32-true")
 """Settings a user may give: ``auto`` (bf16 autocast where native, else fp32), or either."""
@@ -89,3 +91,73 @@ def autocast(precision: str, device: torch.device | str = "cpu") -> Iterator[Non
         context = torch.autocast(device.type, dtype=torch.bfloat16)
     with context:
         yield
+
+
+class _SharedCast(torch.autograd.Function):
+    """``cast`` (a bf16 copy of ``x``, made once) as a new view with its own backward, the
+    one autocast's cast has (the gradient back to fp32): each reader keeps its own gradient
+    path, so the gradients are summed in fp32 exactly as with separate casts."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cast: torch.Tensor) -> torch.Tensor:
+        return cast.view_as(cast)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad.to(torch.float32), None
+
+
+class _CastCache:
+    """One bf16 copy per fp32 input that several Linear layers read in one forward."""
+
+    def __init__(self) -> None:
+        self.copies: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
+
+    def pre_hook(self, module: torch.nn.Module, args: tuple) -> tuple | None:
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
+            return None
+        kind = x.device.type
+        if not torch.is_autocast_enabled(kind) or torch.get_autocast_dtype(kind) != torch.bfloat16:
+            return None
+        key = id(x)
+        hit = self.copies.get(key)
+        if hit is None or hit[0]() is not x:
+            # The entry leaves with its input: nothing outlives the forward that made it.
+            gone = weakref.ref(x, lambda _, key=key: self.copies.pop(key, None))
+            with torch.no_grad():
+                hit = self.copies[key] = (gone, x.to(torch.bfloat16))
+        return (_SharedCast.apply(x, hit[1]), *args[1:])
+
+
+def share_input_casts(model: torch.nn.Module) -> list[RemovableHandle]:
+    """Under bf16 autocast, cast each fp32 input of ``model``'s Linear layers to bf16 once.
+
+    Autocast casts a Linear's fp32 input for every layer that reads it, and each copy is kept
+    for the backward pass: in a decoder layer the normed hidden state feeds q, k and v (gate
+    and up in the MLP), and with LoRA each adapter's ``lora_A`` too, so 10 bf16 copies of the
+    same ``(B, T, d)`` tensor per layer where 2 would do. Forward pre-hooks on every Linear hand
+    them one shared copy (the same cast, so the same numbers to the bit), held only as long as
+    its fp32 input lives. Outside bf16 autocast the hooks do nothing.
+
+    Args:
+        model: A module whose Linear layers should share casts (an HF causal LM, a peft model).
+
+    Returns:
+        The hooks' handles (``handle.remove()`` undoes it).
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4))
+        >>> handles = share_input_casts(net)
+        >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+        ...     net(torch.ones(2, 4)).dtype
+        torch.bfloat16
+        >>> len(handles)
+        1
+    """
+    cache = _CastCache()
+    return [
+        m.register_forward_pre_hook(cache.pre_hook)
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear)
+    ]

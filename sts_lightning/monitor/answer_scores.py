@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sts_lightning.data.batching import LENGTH_MULTIPLE
 from sts_lightning.data.choice_format import EncodedChoice
 from sts_lightning.monitor.teacher_forcing import pad_batch, scoring_pass, target_logprobs
 
@@ -154,7 +155,8 @@ def _jobs(items: Sequence[EncodedChoice]) -> list[tuple[int, int, bool]]:
 
 def _batch_tensors(items, batch, pad_token_id: int):
     """Padded ids ``(B, T)``, mask, and the answer / content target masks of one batch."""
-    ids, mask = pad_batch([items[i].sequences[k] for i, k, _ in batch], pad_token_id)
+    sequences = [items[i].sequences[k] for i, k, _ in batch]
+    ids, mask = pad_batch(sequences, pad_token_id, LENGTH_MULTIPLE)  # bf16 kernel shapes bounded
     answer = torch.zeros_like(ids, dtype=torch.bool)  # tokens whose log-prob is the option's
     content = torch.zeros_like(answer)  # tokens of the item NLL (correct option only)
     for b, (i, k, is_correct) in enumerate(batch):

@@ -22,6 +22,7 @@ from scipy import stats as sps
 from torch import Tensor
 
 from sts_lightning.config import positive_int
+from sts_lightning.data.batching import LENGTH_MULTIPLE
 from sts_lightning.data.prompts import EncodedPrompt, Example, encode_example
 from sts_lightning.forecast.prediction import Prediction
 from sts_lightning.functional import overlap_at_k, top_shifted
@@ -120,7 +121,7 @@ def item_losses(
             nll, counts, rows = [], [], []
             for first in range(0, len(items), batch_size):
                 batch = items[first : first + batch_size]
-                ids, mask = pad_batch([e.input_ids for e in batch], pad_token_id)
+                ids, mask = pad_batch([e.input_ids for e in batch], pad_token_id, LENGTH_MULTIPLE)
                 scored = torch.zeros_like(ids, dtype=torch.bool)  # tokens whose loss counts
                 for i, e in enumerate(batch):
                     start, end = e.span(getattr(e, "scored", "all"))

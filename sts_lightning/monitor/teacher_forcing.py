@@ -17,18 +17,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sts_lightning.data.batching import padded_length
+
 __all__ = ["pad_batch", "scored_logits", "scoring_pass", "target_logprobs"]
 
 
-def pad_batch(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[Tensor, Tensor]:
+def pad_batch(
+    sequences: Sequence[Sequence[int]], pad_token_id: int, pad_to_multiple_of: int = 1
+) -> tuple[Tensor, Tensor]:
     """Right-padded token ids ``(B, T)`` and their attention mask ``(B, T)`` (1 on tokens).
+
+    ``T`` is the longest sequence rounded up to a multiple of ``pad_to_multiple_of`` (bf16
+    forwards use :data:`~sts_lightning.data.batching.LENGTH_MULTIPLE`: fewer kernel shapes).
 
     Example:
         >>> ids, mask = pad_batch([[5, 6, 7], [8]], pad_token_id=0)
         >>> ids.tolist(), mask.tolist()
         ([[5, 6, 7], [8, 0, 0]], [[1, 1, 1], [1, 0, 0]])
+        >>> pad_batch([[5, 6, 7], [8]], pad_token_id=0, pad_to_multiple_of=4)[0].tolist()
+        [[5, 6, 7, 0], [8, 0, 0, 0]]
     """
-    width = max((len(s) for s in sequences), default=0)
+    width = padded_length(max((len(s) for s in sequences), default=0), pad_to_multiple_of)
     ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for b, seq in enumerate(sequences):

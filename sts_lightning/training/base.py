@@ -77,16 +77,19 @@ def prepare_model(
         freeze_tied_embeddings: Without LoRA, freeze the input embedding when the LM head shares
             it.
     """
+    from sts_lightning.model import precision
+
     if gradient_checkpointing:
         # Non-reentrant: works with frozen inputs (LoRA) without enable_input_require_grads.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora is not None:
-        return apply_lora(model, lora)
-    if freeze_tied_embeddings:
+        model = apply_lora(model, lora)
+    elif freeze_tied_embeddings:
         head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
         if head is not None and head.weight is embedding.weight:
             embedding.weight.requires_grad_(False)
             log.info("tied input/output embedding frozen (freeze_tied_embeddings=True)")
+    precision.share_input_casts(model)  # bf16 autocast: one saved copy per input, not per layer
     return model
 
 

@@ -29,7 +29,13 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from sts_lightning.data.batching import ResumableDataLoader, SFTCollator, collate_rows
+from sts_lightning.config import positive_int
+from sts_lightning.data.batching import (
+    LENGTH_MULTIPLE,
+    ResumableDataLoader,
+    SFTCollator,
+    collate_rows,
+)
 from sts_lightning.data.packing import pack_sequences
 from sts_lightning.data.prompts import Example
 from sts_lightning.data.sft_format import SFTFormat, tokenize_rows
@@ -77,6 +83,9 @@ class SFTDataModule(SourceDataModule):
             batches (fewer on small sets), each sorted by length, the longest batch first.
             Every row is still seen once per epoch, in an order seeded by ``(seed, epoch)``,
             and a resumed run continues with the same batches. ``False``: a plain shuffle.
+        pad_to_multiple_of: Batches are right-padded to a multiple of this many tokens (as
+            transformers' collators): a few distinct shapes, so bf16 kernels compiled per shape
+            stay few (:data:`~sts_lightning.data.batching.LENGTH_MULTIPLE`); 1: the longest row.
         completion_only_loss: As TRL: loss on the completion (answer) only; ``None``: on
             prompt-completion rows and pairs.
         assistant_only_loss: As TRL: loss on assistant turns only (conversational rows).
@@ -109,6 +118,7 @@ class SFTDataModule(SourceDataModule):
         label_end_of_turn: bool = True,
         packing: bool = False,
         group_by_length: bool = True,
+        pad_to_multiple_of: int = LENGTH_MULTIPLE,
         completion_only_loss: bool | None = None,
         assistant_only_loss: bool = False,
         dataset_text_field: str = "text",
@@ -135,6 +145,8 @@ class SFTDataModule(SourceDataModule):
                 raise ValueError(f"`{name}` must be a bool, got {flag!r}")
         self.tokenizer, self.packing, self.max_length = tokenizer, packing, max_length
         self.group_by_length = group_by_length
+        positive_int("pad_to_multiple_of", pad_to_multiple_of)
+        self.pad_to_multiple_of = pad_to_multiple_of
         self.train_dataset: list[dict[str, list[int]]] | None = None
         self.val_datasets: dict[str, list[dict[str, list[int]]]] = {}
 
@@ -169,7 +181,8 @@ class SFTDataModule(SourceDataModule):
         }
 
     def _collator(self, name: str | None = None):
-        return SFTCollator(self.tokenizer.pad_token_id, name=name)  # packed rows too
+        # packed rows too
+        return SFTCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of, name=name)
 
     def train_dataloader(self) -> ResumableDataLoader:
         lengths = None

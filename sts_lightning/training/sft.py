@@ -27,6 +27,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from sts_lightning.config import positive_int
+from sts_lightning.data.batching import LENGTH_MULTIPLE, padded_length
 from sts_lightning.model.loading import (
     DEFAULT_MODEL,
     check_model_init_kwargs,
@@ -74,21 +75,25 @@ def answer_nll(
     return nll, n_tokens
 
 
-def split_rows(inputs: tuple, micro: int) -> list[tuple]:
+def split_rows(inputs: tuple, micro: int, pad_to_multiple_of: int = LENGTH_MULTIPLE) -> list[tuple]:
     """``(input_ids, attention_mask, labels, position_ids)`` cut into parts of ``micro`` rows,
-    each right-trimmed to its own longest row (packed rows, without a mask, keep their width).
+    each right-trimmed to its own longest row rounded up to ``pad_to_multiple_of`` (as the
+    collator pads: few shapes; packed rows, without a mask, keep their width).
 
     Example:
         >>> ids = torch.tensor([[1, 2, 3], [4, 5, 0], [6, 0, 0]])
-        >>> parts = split_rows((ids, (ids > 0).long(), ids, None), 2)
+        >>> parts = split_rows((ids, (ids > 0).long(), ids, None), 2, pad_to_multiple_of=1)
         >>> [tuple(p[0].shape) for p in parts]
         [(2, 3), (1, 1)]
+        >>> [tuple(p[0].shape) for p in split_rows((ids, (ids > 0).long(), ids, None), 2, 2)]
+        [(2, 3), (1, 2)]
     """
-    mask = inputs[1]
+    mask, full = inputs[1], inputs[0].shape[1]
     parts = []
     for first in range(0, inputs[0].shape[0], micro):
         rows = slice(first, first + micro)
-        width = inputs[0].shape[1] if mask is None else int(mask[rows].sum(-1).max())
+        longest = int(mask[rows].sum(-1).max()) if mask is not None else full
+        width = min(full, padded_length(longest, pad_to_multiple_of))
         parts.append(tuple(None if x is None else x[rows, :width] for x in inputs))
     return parts
 

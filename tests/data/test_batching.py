@@ -48,8 +48,12 @@ def test_collate_pads_right_and_masks(tiny_tokenizer):
     )
     batch = SFTCollator(pad_token_id=0, name="math")(items)
     lengths = [len(x["input_ids"]) for x in items]
-    assert batch["input_ids"].shape == (3, max(lengths)) and batch["name"] == "math"
+    assert batch["input_ids"].shape == (3, 64) and batch["name"] == "math"  # 50 -> 2 x 32
     assert batch["attention_mask"].sum(1).tolist() == lengths
+    exact = SFTCollator(pad_token_id=0, pad_to_multiple_of=1)(items)["input_ids"]
+    assert exact.shape == (3, max(lengths)) and torch.equal(
+        exact, batch["input_ids"][:, : max(lengths)]
+    )
     pad = batch["attention_mask"] == 0
     assert (batch["input_ids"][pad] == 0).all() and (batch["labels"][pad] == -100).all()
     assert pad[:, -1].any() and not pad[:, 0].any()  # right padding
@@ -204,6 +208,7 @@ def _padding_share(loader) -> float:
 
 def _sft(tokenizer, **kwargs) -> SFTDataModule:
     kwargs = {"train_size": None, "batch_size": 4, "tokenizer": tokenizer, "seed": 3} | kwargs
+    kwargs.setdefault("pad_to_multiple_of", 1)  # the padding that grouping saves, unrounded
     data = SFTDataModule(MIXED, max_length=128, **kwargs)
     data.setup("fit")
     return data
@@ -288,6 +293,8 @@ def test_grouping_needs_one_length_per_item():
         resumable_loader([0, 1, 2], batch_size=1, seed=0, lengths=[1, 2])
     with pytest.raises(ValueError, match="`group_by_length` must be a bool"):
         SFTDataModule(MIXED, group_by_length="yes")
+    with pytest.raises(ValueError, match="`pad_to_multiple_of` must be a positive int, got 0"):
+        SFTDataModule(MIXED, pad_to_multiple_of=0)
 
 
 def test_prompt_data_module_batches_are_dicts_of_lists(tmp_path):

@@ -51,13 +51,15 @@ def test_best_fit_decreasing_layout():
 
 def test_collator_gives_positions_and_no_attention_mask():
     rows = pack_sequences([_item([1, 2, 3]), _item([4, 5]), _item([6, 7, 8, 9])], max_length=5)
-    batch = SFTCollator(pad_token_id=0, name="math")(rows)
+    batch = SFTCollator(pad_token_id=0, pad_to_multiple_of=1, name="math")(rows)
     assert set(batch) == {"input_ids", "labels", "position_ids", "name"}
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0], [0, 1, 2, 0, 1]]
     assert batch["input_ids"].tolist() == [[6, 7, 8, 9, 0], [1, 2, 3, 4, 5]]
     assert batch["labels"][0, -1] == -100
     with pytest.raises(ValueError, match="mixes packed rows"):
         SFTCollator(pad_token_id=0)([rows[0], _item([1, 2])])
+    rounded = SFTCollator(pad_token_id=0, pad_to_multiple_of=4)(rows)
+    assert rounded["position_ids"].tolist() == [[0, 1, 2, 3, 0, 0, 0, 0], [0, 1, 2, 0, 1, 0, 0, 0]]
 
 
 def _sums(model, unpacked, packed, positions=None, mask=None):

@@ -7,6 +7,8 @@ within 3 % of fp32, and a choice margin (a difference of two such sums) within 0
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -103,3 +105,50 @@ def test_bf16_training_losses_follow_fp32(tiny_llama, tiny_tokenizer):
     fp32, bf16 = curve("32-true"), curve("bf16-mixed")
     torch.testing.assert_close(torch.tensor(bf16), torch.tensor(fp32), rtol=RTOL, atol=0.0)
     assert fp32[-1] < fp32[0] and bf16[-1] < bf16[0]  # both learn
+
+
+def _saved_bytes_and_grads(model, ids):
+    """Bytes of the distinct tensors autograd saves for backward, and the gradients."""
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    model.zero_grad(set_to_none=True)
+    saving = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    with saving, torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(ids, labels=ids).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return sum(storages.values()), loss.detach(), grads
+
+
+def test_shared_input_casts_save_copies_and_change_no_bit(tiny_llama):
+    """q/k/v (gate/up) read one bf16 copy of their input: fewer bytes kept for backward, the
+    same loss and gradients to the bit."""
+    from sts_lightning.training.lora import LoraConfig, apply_lora
+
+    model = apply_lora(copy.deepcopy(tiny_llama), LoraConfig(r=4))
+    ids = torch.randint(3, 200, (2, 24), generator=torch.Generator().manual_seed(0))
+    before, loss, grads = _saved_bytes_and_grads(model, ids)
+    handles = P.share_input_casts(model)
+    after, shared_loss, shared_grads = _saved_bytes_and_grads(model, ids)
+    assert torch.equal(loss, shared_loss) and grads.keys() == shared_grads.keys()
+    assert all(torch.equal(grads[n], shared_grads[n]) for n in grads)
+    # Per layer, the bf16 copies of (B·T, d) inputs kept for backward go from 6 to 3 here.
+    layers, width = model.config.num_hidden_layers, model.config.hidden_size
+    assert before - after == 3 * layers * ids.numel() * width * 2, (before, after)
+    cache = handles[0].hooks_dict_ref()[handles[0].id].__self__
+    assert cache.copies == {}  # nothing outlives the forward
+    for handle in handles:
+        handle.remove()
+    assert _saved_bytes_and_grads(model, ids)[0] == before
+
+
+def test_shared_input_casts_do_nothing_in_fp32(tiny_llama):
+    model = copy.deepcopy(tiny_llama)
+    P.share_input_casts(model)
+    ids = torch.randint(3, 200, (1, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, tiny_llama(ids).logits)

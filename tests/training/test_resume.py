@@ -242,7 +242,7 @@ def test_sft_length_grouped_batches_resume_mid_epoch(tmp_path, tiny_dir):
             enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         )  # fmt: skip
         data = SFTDataModule(rows, train_size=None, batch_size=2, max_length=96, seed=0,
-                             group_by_length=group)  # fmt: skip
+                             group_by_length=group, pad_to_multiple_of=1)  # fmt: skip
         trainer.fit(SFTModule(tiny_dir, learning_rate=3e-3), data, ckpt_path=ckpt_path)
         return batches.seen
 

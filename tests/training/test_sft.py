@@ -221,9 +221,14 @@ def test_split_rows_trims_each_part_to_its_longest_row():
     ids = torch.tensor([[5, 6, 7, 8], [5, 6, 0, 0], [5, 0, 0, 0], [5, 6, 7, 0]])
     mask = (ids > 0).long()
     labels = torch.where(mask.bool(), ids, -100)
-    parts = split_rows((ids, mask, labels, None), 2)
+    parts = split_rows((ids, mask, labels, None), 2, pad_to_multiple_of=1)
     assert [tuple(p[0].shape) for p in parts] == [(2, 4), (2, 3)]
     assert torch.equal(parts[1][2], labels[2:, :3]) and parts[1][3] is None
+    # Rounded up as the collator pads (here to 2: 3 -> 4), never past the batch's width.
+    assert [tuple(p[0].shape) for p in split_rows((ids, mask, labels, None), 3, 2)] == [
+        (3, 4),
+        (1, 4),
+    ]
     packed = split_rows((ids, None, labels, torch.zeros_like(ids)), 3)  # no mask: full width
     assert [tuple(p[3].shape) for p in packed] == [(3, 4), (1, 4)]
 
