@@ -252,7 +252,7 @@ def _markdown(results: dict[str, Any], figures: dict[str, Path]) -> str:
         *measurement_banner(results),
         *learning_banner(results),
         "",
-        f"Model `{cfg['model']}`, SAE `{cfg['sae'] or 'trained and cached'}` at layer "
+        f"Model `{cfg['model']}`, SAE `{cfg['sae'] or 'shipped, or trained and cached'}` at layer "
         f"{cfg['predict']['layer']} (d_sae {results['d_sae']}, k = {results['k']}). "
         f"Source tasks: {', '.join(dict.fromkeys(r['task'] for r in results['runs']))}; "
         f"seeds {cfg['seeds']}; "

@@ -2,7 +2,7 @@
 
 In order (each stage printed with the elapsed time):
 
-1. load the model and the SAE (trained and cached on first use);
+1. load the model and the SAE (shipped with the package, or trained and cached on first use);
 2. domain statistics on each domain's "score" half (once: they do not depend on the task);
 3. the base model's pass over held-out choice items of each domain's "heldout" half (option
    log-probs, item NLL and layer-L rows per item; :mod:`~sts_lightning.experiment.heldout`)
@@ -143,7 +143,7 @@ def _load(job: ExperimentConfig, device: torch.device, stage: _Stages) -> tuple[
     stage(f"model {job.model} loaded", "load_model")
     # The SAE trains where the model runs (its rows are collected there).
     on_device = replace(job, sae_training=replace(job.sae_training, device=str(device)))
-    sae = resolve_run_sae(on_device, model, tokenizer, cache)  # trained and cached on first use
+    sae = resolve_run_sae(on_device, model, tokenizer, cache)  # shipped, cached or trained
     if isinstance(sae, torch.nn.Module):
         sae.to(device)
     layer = resolve_sae_layer(model, sae, job.predict.layer, "predict")

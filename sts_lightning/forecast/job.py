@@ -184,7 +184,7 @@ def load_inputs(job: PredictJobConfig) -> tuple[Any, Any, Any, dict, dict[str, f
     model.to(device)
     t_model = time.perf_counter()
     on_device = replace(job, sae_training=replace(job.sae_training, device=str(device)))
-    sae = resolve_run_sae(on_device, model, tokenizer, cache)  # trained and cached on first use
+    sae = resolve_run_sae(on_device, model, tokenizer, cache)  # shipped, cached or trained
     if isinstance(sae, torch.nn.Module):  # a loaded SAE starts on the CPU
         sae.to(device)
     timings = {"start": t0, "load_model": t_model - t_load, "sae": time.perf_counter() - t_model}
