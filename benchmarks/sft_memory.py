@@ -11,10 +11,7 @@ process, one after the other:
 - ``micro+ckpt``: the same with gradient checkpointing;
 - ``micro+lora``: parts of 4 rows training a rank-16 LoRA adapter on every linear layer
   (:class:`~sts_lightning.training.lora.LoraConfig`'s defaults) instead of the weights;
-  ``micro2+lora`` the same in parts of 2 rows; ``micro+lora+tok768`` / ``micro+lora+tok512``
-  in parts of at most 4 rows and 768 / 512 padded tokens (``micro_batch_tokens``: long rows
-  go fewer to a part; on word_sorting, 8 steps: peak 2,193 -> 2,180 MB, step 0.94x: the
-  peak is not the longest part's); ``micro+lora+ckpt``, ``micro8+lora+ckpt`` and
+  ``micro2+lora`` the same in parts of 2 rows; ``micro+lora+ckpt``, ``micro8+lora+ckpt`` and
   ``whole+lora+ckpt`` with gradient checkpointing, in parts of 4 or 8 rows or whole.
 
 Each process reports its peak resident size (``VmHWM``), what it held before training (imports,
@@ -48,18 +45,6 @@ SETTINGS = {
     "micro+ckpt": {"micro_batch_size": 4, "gradient_checkpointing": True},
     "micro+lora": {"micro_batch_size": 4, "gradient_checkpointing": False, "lora": True},
     "micro2+lora": {"micro_batch_size": 2, "gradient_checkpointing": False, "lora": True},
-    "micro+lora+tok768": {
-        "micro_batch_size": 4,
-        "micro_batch_tokens": 768,
-        "gradient_checkpointing": False,
-        "lora": True,
-    },
-    "micro+lora+tok512": {
-        "micro_batch_size": 4,
-        "micro_batch_tokens": 512,
-        "gradient_checkpointing": False,
-        "lora": True,
-    },
     "micro+lora-percall": {"micro_batch_size": 4, "gradient_checkpointing": False, "lora": True},
     "micro+lora+ckpt": {"micro_batch_size": 4, "gradient_checkpointing": True, "lora": True},
     "micro8+lora+ckpt": {"micro_batch_size": 8, "gradient_checkpointing": True, "lora": True},

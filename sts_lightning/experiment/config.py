@@ -68,9 +68,6 @@ class FinetuneConfig:
     """SFT only: rows per forward and backward inside a batch (``SFTModule.micro_batch_size``):
     less activation memory, the same gradient (the batch's token mean); ``None``: the whole
     batch at once."""
-    micro_batch_tokens: int | None = None
-    """SFT only: most padded tokens per part (``SFTModule.micro_batch_tokens``): long rows go
-    fewer to a part, the same gradient; ``None``: parts by rows only."""
     warmup_steps: int = 4
     """Linear warm-up steps."""
     lora: LoraConfig | None = None
@@ -111,8 +108,6 @@ class FinetuneConfig:
         positive_int("max_length", self.max_length)
         if self.micro_batch_size is not None:
             positive_int("finetune.micro_batch_size", self.micro_batch_size)
-        if self.micro_batch_tokens is not None:
-            positive_int("finetune.micro_batch_tokens", self.micro_batch_tokens)
         positive("finetune.lr", self.lr)
         non_negative_int("finetune.warmup_steps", self.warmup_steps)
 

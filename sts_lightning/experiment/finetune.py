@@ -55,7 +55,6 @@ def _sft(job: ExperimentConfig, examples: Sequence[Example], n: int, seed: int):
         lora=ft.lora,
         gradient_checkpointing=ft.gradient_checkpointing,
         micro_batch_size=ft.micro_batch_size,
-        micro_batch_tokens=ft.micro_batch_tokens,
         learning_rate=ft.lr,
         warmup_steps=min(ft.warmup_steps, ft.steps - 1),
         save_hf_on_fit_end=False,

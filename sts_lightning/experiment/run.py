@@ -41,7 +41,7 @@ from sts_lightning.experiment.memory import peak_rss_mb, release_memory, rss_mb
 from sts_lightning.experiment.task_probe import TaskLearning, split_stop_items, split_task_items
 from sts_lightning.forecast.modes import MODES
 from sts_lightning.model.device import resolve_device
-from sts_lightning.model.precision import resolve_precision, store_linear_weights_in_bf16
+from sts_lightning.model.precision import resolve_precision
 
 __all__ = ["run_experiment"]
 
@@ -261,11 +261,8 @@ def _one_run(ctx: _Shared, name: str, builtin: bool, pool, seed: int, forecast, 
     how = f"{job.finetune.method}, {steps} of {budget} steps"
     stage(f"fine-tuned {tag} ({how}{', learned early' if steps < budget else ''})", "finetune")
 
-    real_top = F.top_shifted(_final_shift(tracker, model, tokenizer, steps), k)  # fp32 rows
-    if ctx.evaluation.precision == "bf16-mixed":  # every pass left runs under bf16 autocast
-        store_linear_weights_in_bf16(model)  # the same products, half the weights' memory
-        release_memory()
     realised = ctx.evaluation.realised(model, sae, float(ctx.forecaster.max_norm), seed)
+    real_top = F.top_shifted(_final_shift(tracker, model, tokenizer, steps), k)
     act = MODES["act"]
     for domain, row in realised.items():  # the paper's "actual shifted dimensions" variant
         row["realised_sts"] = float(act.combine(prediction.domain_means[domain][real_top]))

@@ -20,14 +20,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch.utils.hooks import RemovableHandle
 
-__all__ = [
-    "PRECISIONS",
-    "autocast",
-    "native_bf16",
-    "resolve_precision",
-    "share_input_casts",
-    "store_linear_weights_in_bf16",
-]
+__all__ = ["PRECISIONS", "autocast", "native_bf16", "resolve_precision", "share_input_casts"]
 
 PRECISIONS = ("auto", "bf16-mixed", "32-true")
 """Settings a user may give: ``auto`` (bf16 autocast where native, else fp32), or either."""
@@ -168,37 +161,3 @@ def share_input_casts(model: torch.nn.Module) -> list[RemovableHandle]:
         for m in model.modules()
         if isinstance(m, torch.nn.Linear)
     ]
-
-
-def store_linear_weights_in_bf16(model: torch.nn.Module) -> int:
-    """Store ``model``'s Linear weights (and biases) in bf16, for a model evaluated only under
-    bf16 autocast: autocast rounds them to bf16 before every product anyway, so the products
-    are the same to the bit, and the weights take half the memory (SmolLM2-135M: 212 MB
-    less). A Linear whose weight is also the input embedding (a tied LM head) stays fp32: the
-    embedding lookup is not autocast. Outside autocast the model then refuses fp32 inputs.
-
-    Returns:
-        The number of weights converted.
-
-    Example:
-        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
-        >>> x = torch.randn(3, 4)
-        >>> with torch.autocast("cpu", dtype=torch.bfloat16):
-        ...     before = net(x)
-        ...     store_linear_weights_in_bf16(net)
-        ...     torch.equal(net(x), before)
-        2
-        True
-    """
-    embedding = getattr(model, "get_input_embeddings", lambda: None)()
-    tied = None if embedding is None else embedding.weight
-    converted = 0
-    for module in model.modules():
-        if not isinstance(module, torch.nn.Linear) or module.weight is tied:
-            continue
-        with torch.no_grad():
-            module.weight = torch.nn.Parameter(module.weight.to(torch.bfloat16), False)
-            if module.bias is not None:
-                module.bias = torch.nn.Parameter(module.bias.to(torch.bfloat16), False)
-        converted += 1
-    return converted

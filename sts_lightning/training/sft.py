@@ -75,21 +75,10 @@ def answer_nll(
     return nll, n_tokens
 
 
-def split_rows(
-    inputs: tuple,
-    micro: int | None,
-    pad_to_multiple_of: int = LENGTH_MULTIPLE,
-    max_tokens: int | None = None,
-) -> list[tuple]:
-    """``(input_ids, attention_mask, labels, position_ids)`` cut into parts of at most
-    ``micro`` rows, each right-trimmed to its own longest row rounded up to
-    ``pad_to_multiple_of`` (as the collator pads: few shapes; packed rows, without a mask, keep
-    their width).
-
-    With ``max_tokens``, rows are taken longest first and a part also stops before its padded
-    tokens (rows × width) would pass ``max_tokens``: long rows go fewer to a part, so a batch
-    of long rows peaks no higher than one of short rows (a row longer than the budget is a part
-    of its own). Without it, parts are consecutive rows.
+def split_rows(inputs: tuple, micro: int, pad_to_multiple_of: int = LENGTH_MULTIPLE) -> list[tuple]:
+    """``(input_ids, attention_mask, labels, position_ids)`` cut into parts of ``micro`` rows,
+    each right-trimmed to its own longest row rounded up to ``pad_to_multiple_of`` (as the
+    collator pads: few shapes; packed rows, without a mask, keep their width).
 
     Example:
         >>> ids = torch.tensor([[1, 2, 3], [4, 5, 0], [6, 0, 0]])
@@ -98,29 +87,13 @@ def split_rows(
         [(2, 3), (1, 1)]
         >>> [tuple(p[0].shape) for p in split_rows((ids, (ids > 0).long(), ids, None), 2, 2)]
         [(2, 3), (1, 2)]
-        >>> parts = split_rows((ids, (ids > 0).long(), ids, None), 3, 1, max_tokens=4)
-        >>> [p[0].tolist() for p in parts]  # 3 tokens alone; then 2 rows of width 2
-        [[[1, 2, 3]], [[4, 5], [6, 0]]]
     """
-    mask, full, n = inputs[1], inputs[0].shape[1], inputs[0].shape[0]
-    lengths = mask.sum(-1) if mask is not None else torch.full((n,), full)
-    micro = micro or n
-    if max_tokens is None:
-        groups = [torch.arange(first, min(first + micro, n)) for first in range(0, n, micro)]
-    else:
-        groups, part, width = [], [], 0
-        for row in torch.argsort(lengths, descending=True, stable=True).tolist():
-            if not part:  # the part's first row is its longest: it sets the width
-                width = min(full, padded_length(int(lengths[row]), pad_to_multiple_of))
-            elif len(part) == micro or (len(part) + 1) * width > max_tokens:
-                groups.append(torch.tensor(part))
-                part, width = [], min(full, padded_length(int(lengths[row]), pad_to_multiple_of))
-            part.append(row)
-        groups.append(torch.tensor(part))
+    mask, full = inputs[1], inputs[0].shape[1]
     parts = []
-    for rows in groups:
-        longest = int(lengths[rows].max())
-        width = min(full, padded_length(longest, pad_to_multiple_of)) if mask is not None else full
+    for first in range(0, inputs[0].shape[0], micro):
+        rows = slice(first, first + micro)
+        longest = int(mask[rows].sum(-1).max()) if mask is not None else full
+        width = min(full, padded_length(longest, pad_to_multiple_of))
         parts.append(tuple(None if x is None else x[rows, :width] for x in inputs))
     return parts
 
@@ -153,11 +126,6 @@ class SFTModule(HFModelMixin, LightningModule):
             (up to summation order) and only one part's activations are alive at a time.
             Unlike ``accumulate_grad_batches`` it changes neither the data order nor the loss
             weighting. One device only. ``None``: the whole batch at once.
-        micro_batch_tokens: Most padded tokens per part (rows × the part's padded width):
-            rows are taken longest first and long ones go fewer to a part, so a batch of long
-            rows peaks no higher than one of short rows, at the same gradient
-            (:func:`split_rows`). With ``micro_batch_size`` both limits hold. ``None``: parts
-            by rows only.
         model_init_kwargs: Extra ``from_pretrained`` arguments (``attn_implementation``,
             ``quantization_config``, ``device_map``, ...), as TRL's ``model_init_kwargs``.
         optimizer: Builds the optimizer from parameter groups (in YAML a ``class_path`` and its
@@ -186,7 +154,6 @@ class SFTModule(HFModelMixin, LightningModule):
         freeze_tied_embeddings: bool = True,
         gradient_checkpointing: bool = False,
         micro_batch_size: int | None = None,
-        micro_batch_tokens: int | None = None,
         model_init_kwargs: dict[str, Any] | None = None,
         optimizer: OptimizerCallable | None = None,
         learning_rate: float = 1e-4,
@@ -208,8 +175,6 @@ class SFTModule(HFModelMixin, LightningModule):
         check_model_init_kwargs(model_init_kwargs)
         if micro_batch_size is not None:
             positive_int("micro_batch_size", micro_batch_size)
-        if micro_batch_tokens is not None:
-            positive_int("micro_batch_tokens", micro_batch_tokens)
         if isinstance(lora, dict):  # from a checkpoint's hyperparameters
             lora = LoraConfig(**lora)
         # The optimizer is an object, not a hyperparameter: the CLI's config.yaml records it.
@@ -261,13 +226,9 @@ class SFTModule(HFModelMixin, LightningModule):
 
     # ----------------------------------------------------------------------------- steps
     def on_fit_start(self) -> None:
-        hp = self.hparams
-        if (hp.get("micro_batch_size") or hp.get("micro_batch_tokens")) and (
-            self.trainer.world_size > 1
-        ):
+        if self.hparams.get("micro_batch_size") and self.trainer.world_size > 1:
             raise ValueError(
-                "`micro_batch_size` and `micro_batch_tokens` run extra backward passes inside a "
-                "step, which a "
+                "`micro_batch_size` runs extra backward passes inside a step, which a "
                 f"distributed strategy does not expect (world size {self.trainer.world_size}): "
                 "use the Trainer's `accumulate_grad_batches` instead"
             )
@@ -278,15 +239,15 @@ class SFTModule(HFModelMixin, LightningModule):
             return
         optimizer.zero_grad()
 
-    def _micro_batched(self, parts: list[tuple], batch_idx: int) -> tuple[Tensor, Tensor]:
-        """``(loss, n_tokens)`` of a batch run one part at a time (:func:`split_rows`).
+    def _micro_batched(self, inputs: tuple, micro: int, batch_idx: int) -> tuple[Tensor, Tensor]:
+        """``(loss, n_tokens)`` of a batch run ``micro`` rows at a time.
 
         Every part but the last is back-propagated here, scaled as Lightning scales the
         returned loss (gradient accumulation, a gradient scaler); the last part's loss is
         returned with the others' values added as constants, so Lightning's own backward
         completes the batch's gradient and the logged loss is the batch's.
         """
-        accumulate = self.trainer.accumulate_grad_batches
+        labels, accumulate = inputs[2], self.trainer.accumulate_grad_batches
         # Lightning zeroes the gradients after `training_step`, before its own backward
         # (the first batch of each accumulation window): zero them now instead, so that the
         # parts' gradients survive (see `optimizer_zero_grad`).
@@ -294,25 +255,23 @@ class SFTModule(HFModelMixin, LightningModule):
             for optimizer in self.trainer.optimizers:
                 optimizer.zero_grad()
             self._zeroed_at = batch_idx
-        n = sum((part[2][:, 1:] != -100).sum() for part in parts)  # the batch's labelled tokens
+        n = (labels[:, 1:] != -100).sum()  # the whole batch's labelled tokens
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        *early, last = parts
-        device = last[0].device
-        done = torch.zeros((), device=device)
+        *early, last = split_rows(inputs, micro)
+        done = torch.zeros((), device=labels.device)
         for part in early:
             nll = answer_nll(self.model, *part)[0] / n.clamp_min(1)
             done = done + nll.detach()
             nll = nll / accumulate
-            with torch.autocast(device.type, enabled=False):  # backward outside autocast
+            with torch.autocast(labels.device.type, enabled=False):  # backward outside autocast
                 (nll if scaler is None else scaler.scale(nll)).backward()
         return answer_nll(self.model, *last)[0] / n.clamp_min(1) + done, n
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         inputs = _model_inputs(batch)
-        micro, budget = self.hparams.get("micro_batch_size"), self.hparams.get("micro_batch_tokens")
-        parts = split_rows(inputs, micro, max_tokens=budget) if micro or budget else [inputs]
-        if len(parts) > 1:
-            loss, n = self._micro_batched(parts, batch_idx)
+        micro = self.hparams.get("micro_batch_size")
+        if micro and micro < inputs[0].shape[0]:
+            loss, n = self._micro_batched(inputs, micro, batch_idx)
         else:
             nll, n = answer_nll(self.model, *inputs)
             loss = nll / n.clamp_min(1)

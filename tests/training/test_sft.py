@@ -200,23 +200,19 @@ def test_micro_batches_give_the_whole_batch_gradient(tmp_path, tiny_dir, accumul
 
     sgd = functools.partial(torch.optim.SGD, lr=0.5)
 
-    def fit(micro, tokens=None):
+    def fit(micro):
         seed_everything(0)
-        module = SFTModule(
-            tiny_dir, learning_rate=0.5, optimizer=sgd, micro_batch_size=micro,
-            micro_batch_tokens=tokens,
-        )  # fmt: skip
+        module = SFTModule(tiny_dir, learning_rate=0.5, optimizer=sgd, micro_batch_size=micro)
         losses = _Losses()
         trainer = _trainer(tmp_path, 3, accumulate_grad_batches=accumulate, callbacks=[losses])
         trainer.fit(module, _data())
         return losses.losses, module.model.state_dict(), int(module.tokens_seen)
 
-    whole = fit(None)
-    for parts in (fit(3), fit(None, tokens=64)):  # by rows; by a token budget, longest first
-        torch.testing.assert_close(parts[0], whole[0], rtol=1e-5, atol=1e-6)
-        for key, value in whole[1].items():
-            torch.testing.assert_close(parts[1][key], value, rtol=1e-4, atol=1e-6)
-        assert parts[2] == whole[2] > 0
+    whole, parts = fit(None), fit(3)
+    torch.testing.assert_close(parts[0], whole[0], rtol=1e-5, atol=1e-6)
+    for key, value in whole[1].items():
+        torch.testing.assert_close(parts[1][key], value, rtol=1e-4, atol=1e-6)
+    assert parts[2] == whole[2] > 0
 
 
 def test_split_rows_trims_each_part_to_its_longest_row():
@@ -237,22 +233,6 @@ def test_split_rows_trims_each_part_to_its_longest_row():
     assert [tuple(p[3].shape) for p in packed] == [(3, 4), (1, 4)]
 
 
-def test_a_token_budget_puts_fewer_long_rows_in_a_part():
-    from sts_lightning.training.sft import split_rows
-
-    lengths = [3, 9, 2, 8, 4, 1]
-    ids = torch.tensor([[7] * n + [0] * (9 - n) for n in lengths])
-    mask = (ids > 0).long()
-    parts = split_rows((ids, mask, ids, None), 4, pad_to_multiple_of=1, max_tokens=9)
-    rows = [p[1].sum(1).tolist() for p in parts]
-    assert rows == [[9], [8], [4, 3], [2, 1]]  # longest first, rows x width <= 9
-    assert all(p[0].shape[0] * p[0].shape[1] <= 9 for p in parts)
-    assert sorted(n for part in rows for n in part) == sorted(lengths)  # every row once
-    # micro still caps the rows: a budget of 100 with parts of at most 2 rows
-    capped = split_rows((ids, mask, ids, None), 2, pad_to_multiple_of=1, max_tokens=100)
-    assert [p[0].shape[0] for p in capped] == [2, 2, 2]
-
-
 def test_arguments_are_checked():
     with pytest.raises(ValueError, match="`learning_rate`"):
         SFTModule("x", learning_rate=0.0)
@@ -264,8 +244,6 @@ def test_arguments_are_checked():
         SFTModule("x", model_init_kwargs={"dtype": "bfloat16"})
     with pytest.raises(ValueError, match="`micro_batch_size` must be a positive int"):
         SFTModule("x", micro_batch_size=0)
-    with pytest.raises(ValueError, match="`micro_batch_tokens` must be a positive int"):
-        SFTModule("x", micro_batch_tokens=0)
     with pytest.raises(ValueError, match="`r`"):
         LoraConfig(r=0)
     assert "model" not in SFTModule("no/such/model")._modules  # nothing loads before it is used
