@@ -2,19 +2,20 @@
 
 Rows through a chat template begin alike (SmolLM2's system prompt and turn header: 24 tokens);
 :func:`~sts_lightning.monitor.teacher_forcing.scored_logits` runs that prefix once and the rest
-of every row on its key-value cache in scoring passes. The README experiment's answers-only
-held-out pass (every skill's held-out items, layer-12 rows kept, as each fine-tuned model is
-measured; ``recipes/experiment_smollm2.yaml``) on SmolLM2-135M-Instruct under bf16 autocast,
-timed with the prefix shared and with it switched off (``MIN_SHARED_PREFIX`` set out of
-reach), alternating so that machine load hits both alike. It prints the seconds, the ratio and
-how far sharing moves each item's answer NLL (bf16 rounding: the same function on a different
-split of the work).
+of every row on its key-value cache. Two workloads of the README experiment
+(``recipes/experiment_smollm2.yaml``) on SmolLM2-135M-Instruct under bf16 autocast, each timed
+with the prefix shared and with it switched off (``MIN_SHARED_PREFIX`` set out of reach),
+alternating so that machine load hits both alike:
 
-Training runs every row whole. Measured with the prefix shared in SFT steps too (its backward
-through the cache): the README run's fine-tunes took 338 s against 341 s, and the run's peak
-rose from 2.9 to 3.05 GiB (prefixes of varying lengths: new bf16 kernel shapes).
+1. **held-out pass**: the answers-only pass over every skill's held-out items (layer-12 rows
+   kept), as each fine-tuned model is measured;
+2. **SFT steps**: forward and backward of the first ``--steps`` batches of each source task
+   (length-grouped, 16 rows in micro-batches of 4, a LoRA adapter), as the fine-tunes train.
 
-    .venv/bin/python benchmarks/shared_prefix.py [--repeats 2]
+It prints the tokens each way runs, the seconds, the ratio, and how far sharing moves the
+numbers (bf16 rounding: the same function on a different split of the work).
+
+    .venv/bin/python benchmarks/shared_prefix.py [--repeats 2] [--steps 4]
 
 A script: it prints.
 """
@@ -64,6 +65,40 @@ def _held_out(job, model, tok):
     return run
 
 
+def _sft_steps(job, tok, steps: int):
+    """``run() -> losses`` of forward and backward over each task's first ``steps`` batches."""
+    from sts_lightning.experiment.run import _task_inputs
+    from sts_lightning.model.loading import load_model_and_tokenizer
+    from sts_lightning.training.base import prepare_model
+    from sts_lightning.training.data import SFTDataModule
+    from sts_lightning.training.sft import answer_nll, split_rows
+
+    ft = job.finetune
+    model, _ = load_model_and_tokenizer(job.model, dtype="float32", cache_dir=job.cache_dir)
+    model = prepare_model(model, lora=ft.lora).train()
+    batches = []
+    for _, (_, pool) in _task_inputs(job)[0].items():
+        data = SFTDataModule(
+            list(pool), train_size=steps * ft.batch_size, batch_size=ft.batch_size, seed=0,
+            max_length=ft.max_length, group_by_length=True, tokenizer=tok,
+        )  # fmt: skip
+        data.setup("fit")
+        batches += [b for _, b in zip(range(steps), data.train_dataloader(), strict=False)]
+
+    def run() -> torch.Tensor:
+        losses = []
+        for batch in batches:
+            inputs = (batch["input_ids"], batch["attention_mask"], batch["labels"], None)
+            for part in split_rows(inputs, ft.micro_batch_size):
+                nll, n = answer_nll(model, *part)
+                (nll / n).backward()
+                losses.append(float(nll / n))
+            model.zero_grad(set_to_none=True)
+        return torch.tensor(losses)
+
+    return run
+
+
 def _compare(name: str, run, repeats: int) -> None:
     times = {True: [], False: []}
     values = {}
@@ -90,6 +125,7 @@ def _compare(name: str, run, repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=4, help="SFT batches per task")
     args = parser.parse_args()
     torch.manual_seed(0)
     from sts_lightning.cli.experiment import load_experiment
@@ -99,6 +135,8 @@ def main() -> None:
     model, tok = load_model_and_tokenizer(job.model, dtype="float32", cache_dir=job.cache_dir)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 autocast")
     _compare("held-out pass (answer NLL per item)", _held_out(job, model, tok), args.repeats)
+    del model
+    _compare(f"SFT steps ({args.steps} per task, loss)", _sft_steps(job, tok, args.steps), 1)
     _switch(True)
 
 

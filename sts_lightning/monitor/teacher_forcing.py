@@ -8,13 +8,10 @@ is shifted one step left to select the logits that predict them, and the vocabul
 runs at those positions only.
 
 Rows of a batch often begin alike: a chat template's system prompt and turn header are the same
-tokens in every row (24 of SmolLM2's ~100-token items). In a scoring pass (no gradient), where
-they come before anything read, :func:`scored_logits` runs them once and the rest of every row
-on their key-value cache (:func:`shared_prefix_length`): the same function on 15 % fewer tokens
-in the README experiment's held-out passes, 1.11-1.14x faster (``benchmarks/shared_prefix.py``).
-Training runs every row whole: there the prefix's backward through the cache cost what it
-saved (the README run's fine-tunes took 338 s against 341 s), and the run's peak rose from 2.9
-to 3.05 GiB (prefixes of varying lengths: new bf16 kernel shapes).
+tokens in every row (24 of SmolLM2's ~100-token items). Where they come before anything read,
+:func:`scored_logits` runs them once and the rest of every row on their key-value cache
+(:func:`shared_prefix_length`), with gradients flowing through the cache when training: the
+same function, computed on 15-35 % fewer tokens.
 """
 
 from __future__ import annotations
@@ -62,9 +59,8 @@ def pad_batch(
 
 
 MIN_SHARED_PREFIX = 8
-"""Shortest shared prefix that is run once for a batch (below it, the extra forward call costs
-about what the tokens it saves do); prefixes are cut to a multiple of it, so that few prefix
-lengths, and few bf16 kernel shapes, occur (:data:`LENGTH_MULTIPLE`)."""
+"""Shortest shared prefix that is run once for a batch: below it, the extra forward call costs
+about what the tokens it saves do."""
 
 
 def shared_prefix_length(input_ids: Tensor, attention_mask: Tensor | None, needed: Tensor) -> int:
@@ -77,15 +73,15 @@ def shared_prefix_length(input_ids: Tensor, attention_mask: Tensor | None, neede
             prefix ends before the first of them in any row.
 
     Returns:
-        The prefix length ``P``, a multiple of :data:`MIN_SHARED_PREFIX` (cut down to one);
-        0 for a single row or when nothing is read.
+        The prefix length ``P``; 0 when shorter than :data:`MIN_SHARED_PREFIX`, for a single
+        row, or when nothing is read.
 
     Example:
         >>> ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [1, 2, 3, 4, 5, 6, 7, 8, 9, 0]])
         >>> needed = torch.zeros_like(ids, dtype=torch.bool)
         >>> needed[:, 9] = True
-        >>> shared_prefix_length(ids, torch.ones_like(ids), needed)  # 9 alike, cut to 8
-        8
+        >>> shared_prefix_length(ids, torch.ones_like(ids), needed)
+        9
         >>> needed[1, 5] = True  # a read at position 5: too short to share
         >>> shared_prefix_length(ids, torch.ones_like(ids), needed)
         0
@@ -94,13 +90,16 @@ def shared_prefix_length(input_ids: Tensor, attention_mask: Tensor | None, neede
         return 0
     alike = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0) & ~needed.any(0)
     prefix = int(alike.long().cumprod(0).sum())  # the leading run
-    return prefix - prefix % MIN_SHARED_PREFIX
+    return prefix if prefix >= MIN_SHARED_PREFIX else 0
 
 
 def _shares_prefix(model) -> bool:
-    """Whether one prefix forward may stand for every row: a scoring pass (no gradient; see the
-    module's note on training) with no dropout drawing a mask per row."""
-    if torch.is_grad_enabled():
+    """Whether one prefix forward may stand for every row: no dropout draws a mask per row
+    (a module's or the attention's own), no gradient checkpointing (it turns the cache off)."""
+    checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5
+    if checkpointing is None:
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    if checkpointing:
         return False
     if not model.training:
         return True
@@ -111,9 +110,9 @@ def _shares_prefix(model) -> bool:
 
 
 def _rest(input_ids: Tensor, attention_mask: Tensor, positions: Tensor, prefix: int):
-    """``(ids, mask, positions)``: ids and positions of every row after the prefix, as wide as
-    the longest row's rest rounded up to :data:`LENGTH_MULTIPLE` (few bf16 kernel shapes), and
-    the attention mask over prefix and rest."""
+    """``(ids, positions)`` of every row after the prefix, as wide as the longest row's rest
+    rounded up to :data:`LENGTH_MULTIPLE` (few bf16 kernel shapes), and the attention mask over
+    prefix and rest."""
     width = padded_length(int(attention_mask.sum(1).max()) - prefix, LENGTH_MULTIPLE)
     extra = max(0, prefix + width - input_ids.shape[1])
 
@@ -136,7 +135,7 @@ def _forward(model, input_ids, attention_mask, positions, position_ids=None, nee
             try:
                 head = model(input_ids=input_ids[:1, :prefix], use_cache=True, logits_to_keep=1)
                 cache = getattr(head, "cache", None) or getattr(head, "past_key_values", None)
-                cache.batch_repeat_interleave(len(input_ids))
+                cache.batch_repeat_interleave(len(input_ids))  # differentiable copies
                 out = model(
                     input_ids=ids, attention_mask=mask, cache=cache, logits_to_keep=rest
                 ).logits
@@ -175,9 +174,9 @@ def scored_logits(
 
     Uses the model's own ``logits_to_keep`` with a boolean mask, so the vocabulary projection
     runs only where a next token is scored; a model without it (or one whose ``logits_to_keep``
-    takes no mask, as in older transformers) falls back to full logits, selected here. In a
-    scoring pass (no gradient, no dropout), a prefix that every row shares before its first
-    scored position runs once (:func:`shared_prefix_length`).
+    takes no mask, as in older transformers) falls back to full logits, selected here. A
+    prefix that every row shares before its first scored position runs once
+    (:func:`shared_prefix_length`; not with dropout or gradient checkpointing).
     ``position_ids`` ``(B, T)`` of packed rows (``attention_mask`` ``None``) keep their examples
     apart (:mod:`sts_lightning.data.packing`).
     """

@@ -70,19 +70,15 @@ def _shared_batch():
 def test_shared_prefix_length_stops_at_a_difference_a_pad_or_a_read():
     _, ids, mask, targets = _shared_batch()
     predictors = torch.nn.functional.pad(targets[:, 1:], (0, 1), value=False)
-    assert shared_prefix_length(ids, mask, predictors) == 8  # 10 alike, cut to a multiple of 8
+    assert shared_prefix_length(ids, mask, predictors) == 10
     ids2 = ids.clone()
-    ids2[1, 7] = 99  # rows differ from position 7: too short a prefix to share
-    assert shared_prefix_length(ids2, mask, predictors) == 0
+    ids2[1, 9] = 99  # rows differ from position 9: too short a prefix to share
+    assert shared_prefix_length(ids2, mask, predictors) == 9
     mask2 = mask.clone()
     mask2[2, 4] = 0  # a masked token inside the prefix
     assert shared_prefix_length(ids, mask2, predictors) == 0
     assert shared_prefix_length(ids, None, predictors) == 0  # packed rows
     assert shared_prefix_length(ids[:1], mask[:1], predictors[:1]) == 0  # one row
-    head = torch.arange(3, 23).expand(2, 20)  # 20 alike: 16 shared
-    needed = torch.zeros(2, 20, dtype=torch.bool)
-    needed[:, -1] = True
-    assert shared_prefix_length(head, torch.ones_like(head), needed) == 16
 
 
 def test_a_shared_prefix_gives_each_rows_own_forward(tiny_model):
@@ -114,8 +110,8 @@ def test_a_shared_prefix_returns_the_layer_rows_of_the_full_forward(tiny_llama):
     torch.testing.assert_close(got, out.hidden_states[2][reads], rtol=1e-5, atol=1e-5)
 
 
-def test_training_runs_every_row_whole(tiny_tokenizer):
-    """With gradients on, one plain forward: the loss is that of each row alone."""
+def test_gradients_flow_through_a_shared_prefix(tiny_tokenizer):
+    """Training on the shared prefix's cache: the same loss and gradient as each row alone."""
     from sts_lightning.training.sft import answer_nll
     from tests.conftest import make_tiny_model
 
@@ -123,18 +119,25 @@ def test_training_runs_every_row_whole(tiny_tokenizer):
     labels = torch.where(targets, ids, torch.full_like(ids, -100))
     model = make_tiny_model("llama", len(tiny_tokenizer)).train()
     calls = []
-    model.register_forward_pre_hook(lambda *a: calls.append(1))
+    handle = model.register_forward_pre_hook(lambda *a: calls.append(1))
     nll, n = answer_nll(model, ids, mask, labels)
-    assert len(calls) == 1
-    with torch.no_grad():
-        alone = [
-            answer_nll(model, torch.tensor([row]), None, labels[b : b + 1, : len(row)])[0]
-            for b, row in enumerate(rows)
-        ]
-    assert float(nll) == pytest.approx(float(sum(alone)), rel=1e-5) and int(n) == targets.sum()
+    handle.remove()
+    assert len(calls) == 2  # shared: no dropout in this model
+    nll.backward()
+    shared = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    total = 0.0
+    for b, row in enumerate(rows):  # oracle: one row per forward, nothing shared
+        alone = torch.tensor([row])
+        one, _ = answer_nll(model, alone, torch.ones_like(alone), labels[b : b + 1, : len(row)])
+        one.backward()
+        total += float(one.detach())
+    assert float(nll) == pytest.approx(total, rel=1e-5) and int(n) == int(targets.sum())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(shared[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_no_prefix_is_shared_under_dropout(tiny_tokenizer):
+def test_no_prefix_is_shared_under_dropout_in_training(tiny_tokenizer):
     from tests.conftest import make_tiny_model
 
     _, ids, mask, targets = _shared_batch()
@@ -142,9 +145,8 @@ def test_no_prefix_is_shared_under_dropout(tiny_tokenizer):
     calls = []
     model.register_forward_pre_hook(lambda *a: calls.append(1))
     predictors = torch.nn.functional.pad(targets[:, 1:], (0, 1), value=False)
-    with torch.no_grad():
-        scored_logits(model, ids, mask, predictors)
-        assert len(calls) == 1  # one plain forward: a per-row dropout mask cannot be shared
-        model.eval()
-        scored_logits(model, ids, mask, predictors)
+    scored_logits(model, ids, mask, predictors)
+    assert len(calls) == 1  # one plain forward: a per-row dropout mask cannot be shared
+    model.eval()
+    scored_logits(model, ids, mask, predictors)
     assert len(calls) == 3
