@@ -173,12 +173,8 @@ def _score_batch(
     """One forward over ``batch``; adds its scores to ``out``'s per-item accumulators."""
     ids, mask, answer, content = _batch_tensors(items, batch, pad_token_id)
     targets = answer | content if item_nll else answer  # logits only where something is read
-    keep = content & ~torch.isin(ids, excluded)  # rows of the content tokens, specials left out
-    token_logp, logits, rows = target_logprobs(  # (N,) in (B, T) order
-        model, ids, mask, targets, store, keep
-    )
-    if rows is not None:
-        rows = rows.split(keep.sum(1).tolist())  # per row of the batch
+    store.clear()
+    token_logp, logits = target_logprobs(model, ids, mask, targets)  # (N,) in (B, T) order
     where = targets.nonzero()  # (N, 2): (b, t) of each scored token
     is_answer, is_content = answer[targets], content[targets]
     logit_row = torch.full(ids.shape, -1, dtype=torch.long)  # (b, t) -> row of `logits`
@@ -196,8 +192,9 @@ def _score_batch(
             dist = torch.log_softmax(logits[logit_row[b, start - 1]].double(), -1).cpu()
             for j, seq in enumerate(e.sequences):
                 out["logp"][i, j] = dist[seq[start]]
-        if rows is not None:
-            out["rows"][i] = rows[b]
+        if store:  # the last forward's hidden state (a fallback ran twice)
+            keep = content[b] & ~torch.isin(ids[b], excluded)
+            out["rows"][i] = store[-1][b][keep.to(store[-1].device)].float().cpu()
 
 
 @torch.no_grad()
@@ -232,7 +229,6 @@ def score_choices(
     excluded = torch.tensor(sorted(set(exclude_token_ids)), dtype=torch.long)
     out = {}
     with scoring_pass(model, layer) as store:
-        rows = store if layer is not None else None  # the layer's outputs, or none kept
         for name, items in encoded.items():
             n, width = len(items), max((len(e.sequences) for e in items), default=1)
             acc = {
@@ -244,7 +240,7 @@ def score_choices(
             jobs = _jobs(items)
             for first in range(0, len(jobs), batch_size):
                 batch = jobs[first : first + batch_size]
-                _score_batch(model, items, batch, acc, pad_token_id, rows, excluded, item_nll)
+                _score_batch(model, items, batch, acc, pad_token_id, store, excluded, item_nll)
             out[name] = ChoiceScores(
                 option_logp=acc["logp"],
                 correct=torch.tensor([e.correct for e in items], dtype=torch.long),

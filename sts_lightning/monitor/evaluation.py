@@ -126,13 +126,14 @@ def item_losses(
                 for i, e in enumerate(batch):
                     start, end = e.span(getattr(e, "scored", "all"))
                     scored[i, max(start, 1) : end] = True  # position 0 has no context
-                keep = scored & ~torch.isin(ids, excluded) if layer is not None else None
-                logp, _, kept = target_logprobs(model, ids, mask, scored, store, keep)
+                store.clear()
+                logp, _ = target_logprobs(model, ids, mask, scored)
                 per_item = torch.zeros(len(batch), dtype=torch.float64)
                 nll.append(per_item.index_add_(0, scored.nonzero()[:, 0], -logp))
                 counts.append(scored.sum(1))
-                if layer is not None:
-                    rows.append(kept)
+                if layer is not None:  # the last forward's hidden state (a fallback ran twice)
+                    keep = scored & ~torch.isin(ids, excluded)
+                    rows.append(store[-1][keep.to(store[-1].device)].float().cpu())
             out[name] = ItemLosses(
                 torch.cat(nll), torch.cat(counts), torch.cat(rows) if layer is not None else None
             )
