@@ -11,8 +11,10 @@ process, one after the other:
 - ``micro+ckpt``: the same with gradient checkpointing;
 - ``micro+lora``: parts of 4 rows training a rank-16 LoRA adapter on every linear layer
   (:class:`~sts_lightning.training.lora.LoraConfig`'s defaults) instead of the weights;
-  ``micro2+lora`` the same in parts of 2 rows; ``micro+lora+ckpt``, ``micro8+lora+ckpt`` and
-  ``whole+lora+ckpt`` with gradient checkpointing, in parts of 4 or 8 rows or whole.
+  ``micro2+lora`` the same in parts of 2 rows; ``micro+lora-percall`` as ``micro+lora`` with
+  autocast's own cast of each Linear's input (no ``share_input_casts``); ``micro+lora+ckpt``,
+  ``micro8+lora+ckpt`` and ``whole+lora+ckpt`` with gradient checkpointing, in parts of 4 or 8
+  rows or whole.
 
 Each process reports its peak resident size (``VmHWM``), what it held before training (imports,
 tokenizer, data) and the median seconds per optimizer step after the first. The floor of full
