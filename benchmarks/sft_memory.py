@@ -12,7 +12,9 @@ process, one after the other:
 - ``micro+lora``: parts of 4 rows training a rank-16 LoRA adapter on every linear layer
   (:class:`~sts_lightning.training.lora.LoraConfig`'s defaults) instead of the weights;
   ``micro2+lora`` the same in parts of 2 rows; ``micro+lora-percall`` as ``micro+lora`` with
-  autocast's own cast of each Linear's input (no ``share_input_casts``); ``micro+lora+ckpt``,
+  autocast's own cast of each Linear's input (no ``share_input_casts``),
+  ``micro+lora-keepcasts`` with autocast's bf16 copy of each frozen weight kept for backward
+  (no ``recast_frozen_weights``); ``micro+lora+ckpt``,
   ``micro8+lora+ckpt`` and ``whole+lora+ckpt`` with gradient checkpointing, in parts of 4 or 8
   rows or whole.
 
@@ -48,6 +50,7 @@ SETTINGS = {
     "micro+lora": {"micro_batch_size": 4, "gradient_checkpointing": False, "lora": True},
     "micro2+lora": {"micro_batch_size": 2, "gradient_checkpointing": False, "lora": True},
     "micro+lora-percall": {"micro_batch_size": 4, "gradient_checkpointing": False, "lora": True},
+    "micro+lora-keepcasts": {"micro_batch_size": 4, "gradient_checkpointing": False, "lora": True},
     "micro+lora+ckpt": {"micro_batch_size": 4, "gradient_checkpointing": True, "lora": True},
     "micro8+lora+ckpt": {"micro_batch_size": 8, "gradient_checkpointing": True, "lora": True},
     "whole+lora+ckpt": {"micro_batch_size": None, "gradient_checkpointing": True, "lora": True},
@@ -72,6 +75,10 @@ def _child(setting: str, steps: int, batch: int, task: str) -> dict:
         from sts_lightning.model import precision
 
         precision.share_input_casts = lambda model: []
+    if setting.endswith("-keepcasts"):  # autocast keeps a bf16 copy of each frozen weight
+        from sts_lightning.model import precision
+
+        precision.recast_frozen_weights = lambda model: []
     examples = load_training_set(task, batch * steps, seed=0)
     seed_everything(0)
     kw = dict(SETTINGS[setting])

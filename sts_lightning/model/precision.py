@@ -9,6 +9,11 @@ A CPU without them emulates bf16 and is slower than fp32, so ``"auto"`` keeps fp
 Autocast keeps the weights, the residual stream, norms and softmax in fp32; only the matrix
 products round their inputs to bf16. The SAE statistics and the forecast stay in fp32: they
 run outside any autocast region.
+
+Training under bf16 autocast keeps fewer bf16 copies for backward, with the same numbers to the
+bit: one per Linear input read by several layers (:func:`share_input_casts`) and none of a
+frozen weight (:func:`recast_frozen_weights`); :func:`~sts_lightning.training.base.prepare_model`
+installs both.
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["PRECISIONS", "autocast", "native_bf16", "resolve_precision", "share_input_casts"]
+__all__ = [
+    "PRECISIONS",
+    "autocast",
+    "native_bf16",
+    "recast_frozen_weights",
+    "resolve_precision",
+    "share_input_casts",
+]
 
 PRECISIONS = ("auto", "bf16-mixed", "32-true")
 """Settings a user may give: ``auto`` (bf16 autocast where native, else fp32), or either."""
@@ -161,3 +173,87 @@ def share_input_casts(model: torch.nn.Module) -> list[RemovableHandle]:
         for m in model.modules()
         if isinstance(m, torch.nn.Linear)
     ]
+
+
+class _RecastLinear(torch.autograd.Function):
+    """``linear(x, weight.bf16, bias.bf16)`` that keeps the frozen fp32 ``weight`` for backward
+    (a tensor that lives anyway) and casts it again there, instead of keeping the bf16 copy."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        ctx.x_dtype = x.dtype
+        ctx.save_for_backward(weight)
+        low = torch.bfloat16
+        b = None if bias is None else bias.to(low)
+        return torch.nn.functional.linear(x.to(low), weight.to(low), b)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        (weight,) = ctx.saved_tensors
+        # autocast's linear backward: grad @ W in bf16, then the cast's backward to x's dtype
+        return grad.matmul(weight.to(grad.dtype)).to(ctx.x_dtype), None, None
+
+
+def _recast_forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    weight, bias = module.weight, module.bias
+    kind = x.device.type
+    if (
+        torch.is_grad_enabled()
+        and x.requires_grad
+        and not weight.requires_grad
+        and weight.dtype == torch.float32
+        and (bias is None or not bias.requires_grad)
+        and torch.is_autocast_enabled(kind)
+        and torch.get_autocast_dtype(kind) == torch.bfloat16
+    ):
+        return _RecastLinear.apply(x, weight, bias)
+    return torch.nn.Linear.forward(module, x)
+
+
+class _Restore:
+    """Undoes :func:`recast_frozen_weights` on one module (``remove()``, as a hook handle)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = weakref.ref(module)
+
+    def remove(self) -> None:
+        module = self.module()
+        if module is not None and "forward" in vars(module):
+            del module.forward
+
+
+def recast_frozen_weights(model: torch.nn.Module) -> list[_Restore]:
+    """Under bf16 autocast, keep no bf16 copy of a frozen fp32 Linear weight for backward.
+
+    Autocast casts a Linear's fp32 weight to bf16 for each forward and, when the product needs
+    a gradient for its input, keeps that copy until the backward pass: with a frozen base model
+    (LoRA) every layer's weight lives twice during a step, fp32 and bf16 (SmolLM2-135M:
+    255 MB, a third of what a step of 4 rows × 160 tokens keeps). Here the product keeps the
+    fp32 weight it already has and casts it again in backward: the same products to the bit,
+    for one more cast of each weight per backward pass. Trained weights, fp32 runs, forwards
+    without gradients and Linear subclasses with their own ``forward`` are left as they are.
+
+    Args:
+        model: A module whose frozen Linear layers should not keep bf16 copies (an HF causal
+            LM with a LoRA adapter, whose tied LM head is frozen too).
+
+    Returns:
+        Handles, one per Linear layer changed (``handle.remove()`` undoes it).
+
+    Example:
+        >>> net = torch.nn.Linear(4, 4).requires_grad_(False)
+        >>> handles = recast_frozen_weights(net)
+        >>> x = torch.ones(2, 4, requires_grad=True)
+        >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+        ...     y = net(x)
+        >>> y.dtype, type(y.grad_fn).__name__
+        (torch.bfloat16, '_RecastLinearBackward')
+    """
+    changed = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear) and type(m).forward is torch.nn.Linear.forward:
+            m.forward = _recast_forward.__get__(m)
+            changed.append(_Restore(m))
+    return changed

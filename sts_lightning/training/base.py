@@ -90,6 +90,7 @@ def prepare_model(
             embedding.weight.requires_grad_(False)
             log.info("tied input/output embedding frozen (freeze_tied_embeddings=True)")
     precision.share_input_casts(model)  # bf16 autocast: one saved copy per input, not per layer
+    precision.recast_frozen_weights(model)  # and none of a frozen weight (cast again in backward)
     return model
 
 

@@ -108,11 +108,14 @@ def test_bf16_training_losses_follow_fp32(tiny_llama, tiny_tokenizer):
 
 
 def _saved_bytes_and_grads(model, ids):
-    """Bytes of the distinct tensors autograd saves for backward, and the gradients."""
+    """Bytes of the distinct tensors autograd saves for backward that nothing else holds (the
+    parameters live anyway), and the gradients."""
     storages: dict[int, int] = {}
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
     def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        if t.untyped_storage().data_ptr() not in params:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
     model.zero_grad(set_to_none=True)
@@ -152,3 +155,65 @@ def test_shared_input_casts_do_nothing_in_fp32(tiny_llama):
     ids = torch.randint(3, 200, (1, 9), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, tiny_llama(ids).logits)
+
+
+def _frozen_weights_read_with_grad(model, ids) -> int:
+    """Elements of the frozen Linear weights whose input needs a gradient in a forward."""
+    seen: dict[int, int] = {}
+
+    def note(module, args):
+        if args[0].requires_grad and not module.weight.requires_grad:
+            seen[id(module)] = module.weight.numel()
+
+    handles = [m.register_forward_pre_hook(note) for m in model.modules()
+               if isinstance(m, torch.nn.Linear)]  # fmt: skip
+    model(ids)
+    for handle in handles:
+        handle.remove()
+    return sum(seen.values())
+
+
+def test_recast_frozen_weights_keep_no_copies_and_change_no_bit(tiny_llama):
+    """A LoRA model's frozen Linear weights (and the tied head) keep no bf16 copy for backward:
+    fewer bytes kept, the same loss and adapter gradients to the bit, with the shared input
+    casts on as in training."""
+    from sts_lightning.training.lora import LoraConfig, apply_lora
+
+    model = apply_lora(copy.deepcopy(tiny_llama), LoraConfig(r=4))
+    P.share_input_casts(model)
+    ids = torch.randint(3, 200, (2, 24), generator=torch.Generator().manual_seed(0))
+    before, loss, grads = _saved_bytes_and_grads(model, ids)
+    handles = P.recast_frozen_weights(model)
+    after, recast_loss, recast_grads = _saved_bytes_and_grads(model, ids)
+    assert torch.equal(loss, recast_loss) and grads.keys() == recast_grads.keys()
+    assert all(torch.equal(grads[n], recast_grads[n]) for n in grads)
+    # Every frozen Linear whose input needs a gradient kept a bf16 copy of its weight; in the
+    # first layer q/k/v and gate/up read the frozen embedding's output and keep nothing.
+    assert before - after == 2 * _frozen_weights_read_with_grad(model, ids), (before, after)
+    for handle in handles:
+        handle.remove()
+    assert _saved_bytes_and_grads(model, ids)[0] == before
+
+
+def test_recast_frozen_weights_leave_trained_and_fp32_alone(tiny_llama):
+    """Trained weights keep autocast's cached cast, fp32 runs and no-grad forwards their own
+    path: the same numbers, and in full fine-tuning the same saved bytes."""
+    model = copy.deepcopy(tiny_llama)
+    ids = torch.randint(3, 200, (1, 9), generator=torch.Generator().manual_seed(1))
+    before, loss, grads = _saved_bytes_and_grads(model, ids)
+    P.recast_frozen_weights(model)
+    after, same_loss, same_grads = _saved_bytes_and_grads(model, ids)
+    assert before == after and torch.equal(loss, same_loss)
+    assert all(torch.equal(grads[n], same_grads[n]) for n in grads)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, tiny_llama(ids).logits)
+
+
+def test_prepare_model_recasts_the_frozen_base_of_a_lora_model(tiny_llama):
+    from sts_lightning.training.base import prepare_model
+    from sts_lightning.training.lora import LoraConfig
+
+    lora = prepare_model(copy.deepcopy(tiny_llama), lora=LoraConfig(r=4))
+    base = [m.base_layer for m in lora.modules() if hasattr(m, "base_layer")]
+    assert base and all("forward" in vars(m) for m in base)
+    assert not any(p.requires_grad for m in base for p in m.parameters())
