@@ -46,7 +46,12 @@ from typing import Any
 
 from sts_lightning.config import positive_int
 from sts_lightning.data.prompts import Example
-from sts_lightning.data.training_sets import TRAINING_SETS, TrainingTask, score_generated_answer
+from sts_lightning.data.training_sets import (
+    TRAINING_SETS,
+    TrainingTask,
+    create_generator,
+    score_generated_answer,
+)
 
 __all__ = ["NEAR_FAR", "SKILLS", "SKILL_TASKS", "SPLITS", "load_skill", "score_skill_answer"]
 __all__ += ["split_of"]
@@ -239,11 +244,9 @@ def load_skill(name: str, n: int, split: str = "heldout", seed: int = 0) -> list
     positive_int("n", n)
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}")
-    import reasoning_gym  # lazy: ~1 s of imports
-
     budget = 6 * n + 100  # about half the draws fall in the other split; small skills repeat
     base = int.from_bytes(_digest("skills-seed", name, split, seed)[:8], "big")
-    data = reasoning_gym.create_dataset(skill.dataset, size=budget, seed=base, **skill.config)
+    data = create_generator(skill.dataset, budget, base, **skill.config)
     items: dict[str, Example] = {}
     for i in range(budget):
         entry = data[i]

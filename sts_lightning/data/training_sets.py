@@ -20,7 +20,41 @@ from sts_lightning.data.mmlu_qa import load_mmlu_qa
 from sts_lightning.data.prompts import Example
 
 __all__ = ["NEEDS_METADATA", "TRAINING_SETS", "TrainingTask", "exact_answer_match"]
-__all__ += ["load_training_set", "score_generated_answer", "score_training_answer"]
+__all__ += ["create_generator", "load_training_set", "score_generated_answer"]
+__all__ += ["score_training_answer"]
+
+
+class _SortedLetters(frozenset):
+    """A set of strings that iterates in sorted order, as do its differences: the same draws
+    from ``rng.choice(list(letters))`` in every process."""
+
+    def __iter__(self):
+        return iter(sorted(frozenset.__iter__(self)))
+
+    def __sub__(self, other):
+        return _SortedLetters(frozenset.__sub__(self, other))
+
+
+def create_generator(dataset: str, size: int, seed: int, **config: Any):
+    """``reasoning_gym.create_dataset(dataset, size=size, seed=seed, **config)``, the same
+    items in every process.
+
+    reasoning-gym 0.1.25's ``ransom_note`` draws letters with ``rng.choice(list(a_set))``: a
+    set of strings iterates in an order set by Python's per-process hash seed, so the same
+    seed gave other items in each run (``PYTHONHASHSEED``). Its letters iterate in sorted
+    order here. Every item is still a draw of the generator, from its seed.
+
+    Example:
+        >>> data = create_generator("ransom_note", 2, 7)
+        >>> data[0]["question"] == create_generator("ransom_note", 2, 7)[0]["question"]
+        True
+    """
+    import reasoning_gym  # lazy: ~1 s of imports
+
+    data = reasoning_gym.create_dataset(dataset, size=size, seed=seed, **config)
+    if isinstance(getattr(data, "letters", None), (set, frozenset)):
+        data.letters = _SortedLetters(data.letters)
+    return data
 
 
 @dataclass(frozen=True)
@@ -135,14 +169,10 @@ def load_training_set(
         raise TypeError(f"`seed` must be an int, got {seed!r}")
     if task.source == "mmlu":
         return load_mmlu_qa(n, seed, exclude=exclude)
-    import reasoning_gym  # lazy: ~1 s of imports, only needed here
-
     excluded = {ex.prompt for ex in exclude}
     # Small tasks repeat prompts (there are few 2-term sums); draw spares and keep the first n.
     budget = 4 * n + 2 * len(excluded) + 100
-    dataset = reasoning_gym.create_dataset(
-        task.dataset, size=budget, seed=_generator_seed(name, seed), **task.config
-    )
+    dataset = create_generator(task.dataset, budget, _generator_seed(name, seed), **task.config)
     examples: dict[str, Example] = {}
     for i in range(budget):
         entry = dataset[i]

@@ -49,3 +49,38 @@ def test_bad_arguments_are_refused_by_name():
         load_skill("basic_arithmetic", 3)
     with pytest.raises(ValueError, match="`split`"):
         load_skill("chain_sum", 3, split="train")
+
+
+_DIGEST = """
+import hashlib, json, sys
+import reasoning_gym
+from sts_lightning.data.skills import SKILL_TASKS, SKILLS, load_skill
+from sts_lightning.data.training_sets import TRAINING_SETS, load_training_set
+items = [e for name in SKILLS for split in ("score", "heldout") for e in load_skill(name, 4, split)]
+items += [e for name in SKILL_TASKS if TRAINING_SETS[name].source != "mmlu"
+          for e in load_training_set(name, 4, seed=0)]
+raw = reasoning_gym.create_dataset("ransom_note", size=8, seed=7)
+ours = "|".join(e.prompt + e.answer for e in items)
+theirs = "|".join(raw[i]["question"] for i in range(8))
+print(json.dumps([hashlib.sha256(t.encode()).hexdigest() for t in (ours, theirs)]))
+"""
+
+
+def test_items_do_not_depend_on_the_hash_seed():
+    """Two processes with different ``PYTHONHASHSEED`` draw the same skill items and training
+    examples; reasoning-gym's own ``ransom_note`` (letters drawn from a set) does not."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def digests(hash_seed: str) -> list[str]:
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        out = subprocess.run(
+            [sys.executable, "-c", _DIGEST], env=env, check=True, capture_output=True, text=True
+        ).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    (ours_a, raw_a), (ours_b, raw_b) = digests("1"), digests("2")
+    assert raw_a != raw_b  # the generator alone varies with the hash seed
+    assert ours_a == ours_b
