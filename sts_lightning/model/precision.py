@@ -196,20 +196,28 @@ class _RecastLinear(torch.autograd.Function):
         return grad.matmul(weight.to(grad.dtype)).to(ctx.x_dtype), None, None
 
 
-def _recast_forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    weight, bias = module.weight, module.bias
-    kind = x.device.type
-    if (
-        torch.is_grad_enabled()
-        and x.requires_grad
-        and not weight.requires_grad
-        and weight.dtype == torch.float32
-        and (bias is None or not bias.requires_grad)
-        and torch.is_autocast_enabled(kind)
-        and torch.get_autocast_dtype(kind) == torch.bfloat16
-    ):
-        return _RecastLinear.apply(x, weight, bias)
-    return torch.nn.Linear.forward(module, x)
+class _RecastForward:
+    """A Linear layer's ``forward``: :class:`_RecastLinear` where it applies, else the layer's
+    own. An object rather than a bound method, so the layer still pickles and copies."""
+
+    def __init__(self, module: torch.nn.Linear) -> None:
+        self.module = module
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        module = self.module
+        weight, bias = module.weight, module.bias
+        kind = x.device.type
+        if (
+            torch.is_grad_enabled()
+            and x.requires_grad
+            and not weight.requires_grad
+            and weight.dtype == torch.float32
+            and (bias is None or not bias.requires_grad)
+            and torch.is_autocast_enabled(kind)
+            and torch.get_autocast_dtype(kind) == torch.bfloat16
+        ):
+            return _RecastLinear.apply(x, weight, bias)
+        return torch.nn.Linear.forward(module, x)
 
 
 class _Restore:
@@ -254,6 +262,6 @@ def recast_frozen_weights(model: torch.nn.Module) -> list[_Restore]:
     changed = []
     for m in model.modules():
         if isinstance(m, torch.nn.Linear) and type(m).forward is torch.nn.Linear.forward:
-            m.forward = _recast_forward.__get__(m)
+            m.forward = _RecastForward(m)
             changed.append(_Restore(m))
     return changed

@@ -217,3 +217,24 @@ def test_prepare_model_recasts_the_frozen_base_of_a_lora_model(tiny_llama):
     base = [m.base_layer for m in lora.modules() if hasattr(m, "base_layer")]
     assert base and all("forward" in vars(m) for m in base)
     assert not any(p.requires_grad for m in base for p in m.parameters())
+
+
+def test_recast_layers_still_copy_and_pickle():
+    """A recast layer's forward belongs to the layer: a deep copy or an unpickled model runs
+    its own weights, on the same path."""
+    import pickle
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)).requires_grad_(False)
+    P.recast_frozen_weights(net)
+    x = torch.randn(3, 4, requires_grad=True)
+    for other in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        with torch.no_grad():
+            other[1].weight.mul_(2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, z = net(x), other(x)
+        assert type(z.grad_fn).__name__ == "_RecastLinearBackward"
+        assert not torch.equal(y, z)  # the copy's own (doubled) weight, not the original's
+        with torch.no_grad():
+            other[1].weight.div_(2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(net(x), other(x))
