@@ -127,18 +127,29 @@ def _saved_bytes_and_grads(model, ids):
     return sum(storages.values()), loss.detach(), grads
 
 
-def test_shared_input_casts_save_copies_and_change_no_bit(tiny_llama):
-    """q/k/v (gate/up) read one bf16 copy of their input: fewer bytes kept for backward, the
-    same loss and gradients to the bit."""
+def _lora_model_and_ids(tiny_llama):
     from sts_lightning.training.lora import LoraConfig, apply_lora
 
     model = apply_lora(copy.deepcopy(tiny_llama), LoraConfig(r=4))
-    ids = torch.randint(3, 200, (2, 24), generator=torch.Generator().manual_seed(0))
+    return model, torch.randint(3, 200, (2, 24), generator=torch.Generator().manual_seed(0))
+
+
+def _same_bits_after(install, model, ids):
+    """``(bytes kept before, after, handles)`` around ``install(model)``, whose loss and
+    gradients must equal the ones before to the bit."""
     before, loss, grads = _saved_bytes_and_grads(model, ids)
-    handles = P.share_input_casts(model)
-    after, shared_loss, shared_grads = _saved_bytes_and_grads(model, ids)
-    assert torch.equal(loss, shared_loss) and grads.keys() == shared_grads.keys()
-    assert all(torch.equal(grads[n], shared_grads[n]) for n in grads)
+    handles = install(model)
+    after, new_loss, new_grads = _saved_bytes_and_grads(model, ids)
+    assert torch.equal(loss, new_loss) and grads.keys() == new_grads.keys()
+    assert all(torch.equal(grads[n], new_grads[n]) for n in grads)
+    return before, after, handles
+
+
+def test_shared_input_casts_save_copies_and_change_no_bit(tiny_llama):
+    """q/k/v (gate/up) read one bf16 copy of their input: fewer bytes kept for backward, the
+    same loss and gradients to the bit."""
+    model, ids = _lora_model_and_ids(tiny_llama)
+    before, after, handles = _same_bits_after(P.share_input_casts, model, ids)
     # Per layer, the bf16 copies of (B·T, d) inputs kept for backward go from 6 to 3 here.
     layers, width = model.config.num_hidden_layers, model.config.hidden_size
     assert before - after == 3 * layers * ids.numel() * width * 2, (before, after)
@@ -177,16 +188,9 @@ def test_recast_frozen_weights_keep_no_copies_and_change_no_bit(tiny_llama):
     """A LoRA model's frozen Linear weights (and the tied head) keep no bf16 copy for backward:
     fewer bytes kept, the same loss and adapter gradients to the bit, with the shared input
     casts on as in training."""
-    from sts_lightning.training.lora import LoraConfig, apply_lora
-
-    model = apply_lora(copy.deepcopy(tiny_llama), LoraConfig(r=4))
+    model, ids = _lora_model_and_ids(tiny_llama)
     P.share_input_casts(model)
-    ids = torch.randint(3, 200, (2, 24), generator=torch.Generator().manual_seed(0))
-    before, loss, grads = _saved_bytes_and_grads(model, ids)
-    handles = P.recast_frozen_weights(model)
-    after, recast_loss, recast_grads = _saved_bytes_and_grads(model, ids)
-    assert torch.equal(loss, recast_loss) and grads.keys() == recast_grads.keys()
-    assert all(torch.equal(grads[n], recast_grads[n]) for n in grads)
+    before, after, handles = _same_bits_after(P.recast_frozen_weights, model, ids)
     # Every frozen Linear whose input needs a gradient kept a bf16 copy of its weight; in the
     # first layer q/k/v and gate/up read the frozen embedding's output and keep nothing.
     assert before - after == 2 * _frozen_weights_read_with_grad(model, ids), (before, after)
